@@ -150,7 +150,7 @@ test_eq(type(t), Tensor)
 test_eq(t._ctx, None)
 
 # %% [markdown]
-# ## Attributes
+# ## Attributes of a tensor
 #
 # The attributes mirror NumPy's and PyTorch's. Two of them differ between those libraries, and we
 # keep both meanings under their own names: `strides` is NumPy's (bytes to step along each axis),
@@ -159,17 +159,29 @@ test_eq(t._ctx, None)
 # %%
 #| export
 @patch(as_prop=True)
-def shape(self: Tensor) -> tuple: return self.data.shape
+def shape(self: Tensor) -> tuple:
+    "Size along each axis."
+    return self.data.shape
 @patch(as_prop=True)
-def ndim(self: Tensor) -> int: return self.data.ndim
+def ndim(self: Tensor) -> int:
+    "Number of axes."
+    return self.data.ndim
 @patch(as_prop=True)
-def size(self: Tensor) -> int: return self.data.size
+def size(self: Tensor) -> int:
+    "Number of elements."
+    return self.data.size
 @patch(as_prop=True)
-def dtype(self: Tensor) -> np.dtype: return self.data.dtype
+def dtype(self: Tensor) -> np.dtype:
+    "Element type (a NumPy dtype)."
+    return self.data.dtype
 @patch(as_prop=True)
-def nbytes(self: Tensor) -> int: return self.data.nbytes
+def nbytes(self: Tensor) -> int:
+    "Bytes the elements occupy."
+    return self.data.nbytes
 @patch(as_prop=True)
-def strides(self: Tensor) -> tuple: return self.data.strides
+def strides(self: Tensor) -> tuple:
+    "Bytes to step along each axis (NumPy's meaning)."
+    return self.data.strides
 
 # %%
 #| export
@@ -213,11 +225,13 @@ def item(self: Tensor):
 
 @patch
 def __len__(self: Tensor) -> int:
+    "Size of the first axis."
     if self.data.ndim == 0: raise TypeError("len() of a 0-d tensor")
     return self.data.shape[0]
 
 @patch
 def __bool__(self: Tensor) -> bool:
+    "Truth value of a one-element tensor."
     if self.data.size != 1: raise ValueError(f"bool: truth value of a tensor of shape {self.shape} is ambiguous")
     return bool(self.data)
 
@@ -225,6 +239,7 @@ def __bool__(self: Tensor) -> bool:
 #| export
 @patch
 def __repr__(self: Tensor) -> str:
+    "`tensor([...])` in PyTorch's format; the dtype is shown unless it is the default."
     body = np.array2string(self.data, separator=', ', prefix='tensor(')
     extra = '' if self.dtype in (np.float32, np.int64, np.bool_) else f", dtype={self.dtype}"
     if self.requires_grad: extra += ", requires_grad=True"
@@ -261,6 +276,7 @@ def _shape_arg(shape) -> tuple:
     return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
 
 def _generator(seed) -> np.random.Generator:
+    "The generator that `seed` (None, an int or a Generator) stands for."
     if seed is None: return _rng
     if isinstance(seed, np.random.Generator): return seed
     return np.random.default_rng(seed)
@@ -399,25 +415,45 @@ def _binary(a: Tensor, b, op: str, fn) -> Tensor:
 # %%
 #| export
 @patch
-def __add__(self: Tensor, other) -> Tensor: return _binary(self, other, 'add', np.add)
+def __add__(self: Tensor, other) -> Tensor:
+    "`self + other`, broadcasting."
+    return _binary(self, other, 'add', np.add)
 @patch
-def __radd__(self: Tensor, other) -> Tensor: return _binary(_lift(other, self), self, 'add', np.add)
+def __radd__(self: Tensor, other) -> Tensor:
+    "`other + self`."
+    return _binary(_lift(other, self), self, 'add', np.add)
 @patch
-def __sub__(self: Tensor, other) -> Tensor: return _binary(self, other, 'sub', np.subtract)
+def __sub__(self: Tensor, other) -> Tensor:
+    "`self - other`, broadcasting."
+    return _binary(self, other, 'sub', np.subtract)
 @patch
-def __rsub__(self: Tensor, other) -> Tensor: return _binary(_lift(other, self), self, 'sub', np.subtract)
+def __rsub__(self: Tensor, other) -> Tensor:
+    "`other - self`."
+    return _binary(_lift(other, self), self, 'sub', np.subtract)
 @patch
-def __mul__(self: Tensor, other) -> Tensor: return _binary(self, other, 'mul', np.multiply)
+def __mul__(self: Tensor, other) -> Tensor:
+    "`self * other`, broadcasting."
+    return _binary(self, other, 'mul', np.multiply)
 @patch
-def __rmul__(self: Tensor, other) -> Tensor: return _binary(_lift(other, self), self, 'mul', np.multiply)
+def __rmul__(self: Tensor, other) -> Tensor:
+    "`other * self`."
+    return _binary(_lift(other, self), self, 'mul', np.multiply)
 @patch
-def __truediv__(self: Tensor, other) -> Tensor: return _binary(self, other, 'div', np.true_divide)
+def __truediv__(self: Tensor, other) -> Tensor:
+    "`self / other`, broadcasting; integer inputs give float32."
+    return _binary(self, other, 'div', np.true_divide)
 @patch
-def __rtruediv__(self: Tensor, other) -> Tensor: return _binary(_lift(other, self), self, 'div', np.true_divide)
+def __rtruediv__(self: Tensor, other) -> Tensor:
+    "`other / self`."
+    return _binary(_lift(other, self), self, 'div', np.true_divide)
 @patch
-def __pow__(self: Tensor, other) -> Tensor: return _binary(self, other, 'pow', np.power)
+def __pow__(self: Tensor, other) -> Tensor:
+    "`self ** other`, broadcasting."
+    return _binary(self, other, 'pow', np.power)
 @patch
-def __rpow__(self: Tensor, other) -> Tensor: return _binary(_lift(other, self), self, 'pow', np.power)
+def __rpow__(self: Tensor, other) -> Tensor:
+    "`other ** self`."
+    return _binary(_lift(other, self), self, 'pow', np.power)
 
 # %%
 a = Tensor([[1.], [2.], [3.]])                  # (3, 1)
@@ -453,17 +489,29 @@ def _unary(a: Tensor, op: str, fn, **ctx) -> Tensor:
     return Tensor._from_op(_fix_float(fn(a.data), a.data), op, (a,), **ctx)
 
 @patch
-def __neg__(self: Tensor) -> Tensor: return _unary(self, 'neg', np.negative)
+def __neg__(self: Tensor) -> Tensor:
+    "`-self`."
+    return _unary(self, 'neg', np.negative)
 @patch
-def exp(self: Tensor) -> Tensor: return _unary(self, 'exp', np.exp)
+def exp(self: Tensor) -> Tensor:
+    "$e^x$ elementwise."
+    return _unary(self, 'exp', np.exp)
 @patch
-def log(self: Tensor) -> Tensor: return _unary(self, 'log', np.log)
+def log(self: Tensor) -> Tensor:
+    "Natural logarithm elementwise."
+    return _unary(self, 'log', np.log)
 @patch
-def sqrt(self: Tensor) -> Tensor: return _unary(self, 'sqrt', np.sqrt)
+def sqrt(self: Tensor) -> Tensor:
+    "Square root elementwise."
+    return _unary(self, 'sqrt', np.sqrt)
 @patch
-def abs(self: Tensor) -> Tensor: return _unary(self, 'abs', np.abs)
+def abs(self: Tensor) -> Tensor:
+    "Absolute value elementwise."
+    return _unary(self, 'abs', np.abs)
 @patch
-def __abs__(self: Tensor) -> Tensor: return self.abs()
+def __abs__(self: Tensor) -> Tensor:
+    "`abs(self)`."
+    return self.abs()
 
 # %%
 #| export
@@ -494,22 +542,35 @@ test_fail(lambda: x.clip(), contains="at least one")
 # %%
 #| export
 def _compare(a: Tensor, b, op: str, fn) -> Tensor:
+    "Apply the NumPy comparison `fn`; the result has no gradient, so it is wrapped directly."
     b = _lift(b, a)
     try: return _wrap(fn(a.data, b.data))
     except ValueError as e: raise _op_error(op, e, a, b) from None
 
 @patch
-def __eq__(self: Tensor, other) -> Tensor: return _compare(self, other, 'eq', np.equal)
+def __eq__(self: Tensor, other) -> Tensor:
+    "Elementwise `self == other` as a bool tensor."
+    return _compare(self, other, 'eq', np.equal)
 @patch
-def __ne__(self: Tensor, other) -> Tensor: return _compare(self, other, 'ne', np.not_equal)
+def __ne__(self: Tensor, other) -> Tensor:
+    "Elementwise `self != other` as a bool tensor."
+    return _compare(self, other, 'ne', np.not_equal)
 @patch
-def __lt__(self: Tensor, other) -> Tensor: return _compare(self, other, 'lt', np.less)
+def __lt__(self: Tensor, other) -> Tensor:
+    "Elementwise `self < other` as a bool tensor."
+    return _compare(self, other, 'lt', np.less)
 @patch
-def __le__(self: Tensor, other) -> Tensor: return _compare(self, other, 'le', np.less_equal)
+def __le__(self: Tensor, other) -> Tensor:
+    "Elementwise `self <= other` as a bool tensor."
+    return _compare(self, other, 'le', np.less_equal)
 @patch
-def __gt__(self: Tensor, other) -> Tensor: return _compare(self, other, 'gt', np.greater)
+def __gt__(self: Tensor, other) -> Tensor:
+    "Elementwise `self > other` as a bool tensor."
+    return _compare(self, other, 'gt', np.greater)
 @patch
-def __ge__(self: Tensor, other) -> Tensor: return _compare(self, other, 'ge', np.greater_equal)
+def __ge__(self: Tensor, other) -> Tensor:
+    "Elementwise `self >= other` as a bool tensor."
+    return _compare(self, other, 'ge', np.greater_equal)
 
 Tensor.__hash__ = object.__hash__
 
@@ -543,7 +604,9 @@ def __matmul__(self: Tensor, other) -> Tensor:
     ### END SOLUTION
 
 @patch
-def __rmatmul__(self: Tensor, other) -> Tensor: return _lift(other, self) @ self
+def __rmatmul__(self: Tensor, other) -> Tensor:
+    "`other @ self`."
+    return _lift(other, self) @ self
 
 # %%
 A = Tensor([[1., 2.], [3., 4.]])
@@ -594,13 +657,21 @@ def _reduce(a: Tensor, op: str, fn, axis, keepdims: bool) -> Tensor:
 # %%
 #| export
 @patch
-def sum(self: Tensor, axis=None, keepdims=False) -> Tensor: return _reduce(self, 'sum', np.sum, axis, keepdims)
+def sum(self: Tensor, axis=None, keepdims=False) -> Tensor:
+    "Sum over `axis` (all axes when None)."
+    return _reduce(self, 'sum', np.sum, axis, keepdims)
 @patch
-def mean(self: Tensor, axis=None, keepdims=False) -> Tensor: return _reduce(self, 'mean', np.mean, axis, keepdims)
+def mean(self: Tensor, axis=None, keepdims=False) -> Tensor:
+    "Mean over `axis` (all axes when None)."
+    return _reduce(self, 'mean', np.mean, axis, keepdims)
 @patch
-def max(self: Tensor, axis=None, keepdims=False) -> Tensor: return _reduce(self, 'max', np.max, axis, keepdims)
+def max(self: Tensor, axis=None, keepdims=False) -> Tensor:
+    "Maximum over `axis`; the values only, as in NumPy."
+    return _reduce(self, 'max', np.max, axis, keepdims)
 @patch
-def min(self: Tensor, axis=None, keepdims=False) -> Tensor: return _reduce(self, 'min', np.min, axis, keepdims)
+def min(self: Tensor, axis=None, keepdims=False) -> Tensor:
+    "Minimum over `axis`; the values only, as in NumPy."
+    return _reduce(self, 'min', np.min, axis, keepdims)
 
 @patch
 def argmax(self: Tensor, axis=None, keepdims=False) -> Tensor:
@@ -732,7 +803,9 @@ def transpose(self: Tensor, dim0: int, dim1: int) -> Tensor:
     return self.permute(dims)
 
 @patch(as_prop=True)
-def T(self: Tensor) -> Tensor: return self.permute(tuple(range(self.ndim))[::-1])
+def T(self: Tensor) -> Tensor:
+    "All axes reversed, as NumPy's `.T`."
+    return self.permute(tuple(range(self.ndim))[::-1])
 
 # %%
 x = Tensor(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
@@ -839,7 +912,7 @@ for n in (100, 1_000_000):
     t_np = median_time(lambda: xa + ya, number=k)
     t_tt = median_time(lambda: xt + yt, number=k)
     print(f"add on {n:>9,} float32 elements: NumPy {t_np*1e6:8.2f} us, Tensor {t_tt*1e6:8.2f} us, "
-          f"overhead {(t_tt - t_np)*1e6:6.2f} us per op")
+          f"Tensor/NumPy {t_tt / t_np:.2f}x")
 
 # %% [markdown]
 # ## Summary
