@@ -1,3 +1,6 @@
+# %%
+#| default_exp __init__
+
 # %% [markdown]
 # # TinyTorch
 #
@@ -35,3 +38,18 @@
 # x = Tensor([[1., 2.], [3., 4.]])
 # (x @ x.T).sum(axis=1)
 # ```
+
+# %% [markdown]
+# ## What `import tinytorch` does
+#
+# Importing any part of the package first runs `tinytorch/__init__.py`, which this cell writes. It imports the
+# autograd module when the package has it, so that gradients are recorded whichever module a program imports
+# first. (A student edition that does not yet contain autograd skips it.)
+
+# %%
+#| export
+from importlib.util import find_spec as _find_spec
+
+# %%
+#| export
+if _find_spec('tinytorch.core.autograd') is not None: import tinytorch.core.autograd
