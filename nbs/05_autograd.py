@@ -267,8 +267,8 @@ def _matmul_grad(g, out, a, b):
         ### END SOLUTION
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
-    g2 = g.reshape(g.shape[:-1] + (1,) + g.shape[-1:]) if A.ndim == 1 and B.ndim > 1 else g
-    g2 = g2[..., None] if B.ndim == 1 else g2                        # (..., n, m)
+    g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
+    g2 = np.expand_dims(g2, -2) if A.ndim == 1 else g2               # and the n axis of a row: (..., n, m)
     ga = unbroadcast(g2 @ np.swapaxes(B2, -1, -2), A2.shape).reshape(A.shape) if a.requires_grad else None
     gb = unbroadcast(np.swapaxes(A2, -1, -2) @ g2, B2.shape).reshape(B.shape) if b.requires_grad else None
     return ga, gb
