@@ -24,17 +24,20 @@
 #| export
 import math
 from collections import OrderedDict, namedtuple
+from types import MappingProxyType
 
 import numpy as np
 from fastcore.basics import patch
 
 from tinytorch.core.tensor import Tensor, rand, zeros
+from tinytorch.core.activations import Activation
 
 # %%
 #| hide
 from fastcore.test import test_eq, test_fail, test_close
 
 from tinytorch.core.tensor import manual_seed, ones, randn
+from tinytorch.core.activations import ReLU, GELU
 
 # %% [markdown]
 # ## Parameters
@@ -144,14 +147,15 @@ test_fail(lambda: Module()(Tensor([1.])), contains="Module.forward: a subclass o
 
 # %%
 #| export
-_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}  # where a value lives -> its type
+_REGISTRIES = {'_parameters': Parameter, '_modules': (Module, Activation), '_buffers': Tensor}  # where a value lives -> its type
+_KINDS = {'_parameters': 'Parameter', '_modules': 'Module', '_buffers': 'Tensor'}
 
 @patch
 def __setattr__(self: Module, name: str, value):
     "Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become plain attributes."
     ### BEGIN SOLUTION
     d = self.__dict__
-    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, Module) else None
+    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, (Module, Activation)) else None
     if new and '_parameters' not in d:
         raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before Module.__init__() has run; "
                              "call super().__init__() first")
@@ -161,7 +165,7 @@ def __setattr__(self: Module, name: str, value):
         d.pop(name, None)
         d[new][name] = value
     elif old:  # a registered name keeps its kind; None empties it
-        kind = _REGISTRIES[old].__name__
+        kind = _KINDS[old]
         if value is not None and not isinstance(value, _REGISTRIES[old]):
             raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to {name!r}, "
                             f"which holds a {kind}; assign a {kind} or None")
@@ -601,7 +605,8 @@ class Sequential(Module):
         for name, m in (modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))):
             if not isinstance(name, str) or not name or '.' in name:
                 raise ValueError(f"Sequential: module names must be non-empty strings without '.', got {name!r}")
-            if not isinstance(m, Module): raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module")
+            if not isinstance(m, (Module, Activation)):
+                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module or an activation")
             setattr(self, name, m)
 
     def __len__(self) -> int: return len(self._modules)
@@ -644,7 +649,7 @@ test_eq(Sequential()(x) is x, True)
 named = Sequential({'fc': Linear(4, 2), 'out': Identity()})
 test_eq([n for n, _ in named.named_parameters()], ['fc.weight', 'fc.bias'])
 test_fail(lambda: seq[3], contains="Sequential: index 3 out of range for 3 modules")
-test_fail(lambda: Sequential(Linear(2, 2), np.eye(2)), contains="'1' is a ndarray, not a Module")
+test_fail(lambda: Sequential(Linear(2, 2), np.eye(2)), contains="'1' is a ndarray, not a Module or an activation")
 test_fail(lambda: Sequential({'a.b': Identity()}), contains="without '.', got 'a.b'")
 test_fail(lambda: seq(randn(5, 3)), contains="input of shape (5, 3) does not end in in_features=4")
 
@@ -855,6 +860,39 @@ test_eq(repr(Sequential(Linear(4, 8), Identity(), Linear(8, 2, bias=False))),
         "  (2): Linear(in_features=8, out_features=2, bias=False)\n"
         ")")
 print(Block(encoder=Sequential(Linear(4, 3), Identity()), decoder=Linear(3, 4)))
+
+# %% [markdown]
+# ## Activations in a module tree
+#
+# The activations (`ReLU`, `GELU`, ...) were written before `Module` existed, so they are plain callable classes
+# deriving from `Activation`. They hold no parameters, buffers or children. To let them sit in a `Sequential` or
+# be assigned to a module's attribute as in PyTorch, `__setattr__` and `Sequential` accept them, and the cell
+# below gives `Activation` the methods a walk over the tree calls, taken from `Module`. With empty registries
+# those methods find nothing in an activation, which is the right answer: an activation adds no names to a
+# `state_dict` and no parameters to an optimizer, but it does take part in `train()` and `print(model)`.
+
+# %%
+#| export
+_TREE_METHODS = ('named_modules', 'modules', 'named_children', 'children', 'named_parameters', 'parameters',
+                 'named_buffers', 'buffers', '_named_state', 'state_dict', 'load_state_dict', 'train', 'eval', 'zero_grad')
+
+for _name in _TREE_METHODS: setattr(Activation, _name, getattr(Module, _name))
+Activation._parameters = Activation._buffers = Activation._modules = MappingProxyType({})  # empty, read-only
+Activation.training = True
+
+# %%
+manual_seed(0)
+net = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
+test_eq([n for n, _ in net.named_parameters()], ['0.weight', '0.bias', '2.weight', '2.bias'])
+test_eq(list(net.state_dict()), ['0.weight', '0.bias', '2.weight', '2.bias'])
+test_eq(repr(net), "Sequential(\n  (0): Linear(in_features=4, out_features=8, bias=True)\n  (1): ReLU()\n"
+                   "  (2): Linear(in_features=8, out_features=2, bias=True)\n)")
+test_eq([m.training for m in net.eval().modules()], [False] * 4)
+x = randn(3, 4)
+test_eq(net(x).numpy(), net[2](np.maximum(net[0](x).numpy(), 0)).numpy())
+blk = Block(fc=Linear(4, 4), act=GELU('tanh'))
+test_eq(type(blk.act), GELU)
+test_eq(len(list(blk.parameters())), 2)
 
 # %% [markdown]
 # ## Counting parameters and bytes

@@ -8,11 +8,13 @@ __all__ = ['IncompatibleKeys', 'Parameter', 'Module', 'uniform_', 'Linear', 'Seq
 # %% ../../nbs/03_layers.ipynb #e477e4a9
 import math
 from collections import OrderedDict, namedtuple
+from types import MappingProxyType
 
 import numpy as np
 from fastcore.basics import patch
 
 from .tensor import Tensor, rand, zeros
+from .activations import Activation
 
 # %% ../../nbs/03_layers.ipynb #dc2f5402
 class Parameter(Tensor):
@@ -58,14 +60,15 @@ class Module:
         return ''
 
 # %% ../../nbs/03_layers.ipynb #e5b88575
-_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}  # where a value lives -> its type
+_REGISTRIES = {'_parameters': Parameter, '_modules': (Module, Activation), '_buffers': Tensor}  # where a value lives -> its type
+_KINDS = {'_parameters': 'Parameter', '_modules': 'Module', '_buffers': 'Tensor'}
 
 @patch
 def __setattr__(self: Module, name: str, value):
     "Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become plain attributes."
     ### BEGIN SOLUTION
     d = self.__dict__
-    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, Module) else None
+    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, (Module, Activation)) else None
     if new and '_parameters' not in d:
         raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before Module.__init__() has run; "
                              "call super().__init__() first")
@@ -75,7 +78,7 @@ def __setattr__(self: Module, name: str, value):
         d.pop(name, None)
         d[new][name] = value
     elif old:  # a registered name keeps its kind; None empties it
-        kind = _REGISTRIES[old].__name__
+        kind = _KINDS[old]
         if value is not None and not isinstance(value, _REGISTRIES[old]):
             raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to {name!r}, "
                             f"which holds a {kind}; assign a {kind} or None")
@@ -234,7 +237,8 @@ class Sequential(Module):
         for name, m in (modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))):
             if not isinstance(name, str) or not name or '.' in name:
                 raise ValueError(f"Sequential: module names must be non-empty strings without '.', got {name!r}")
-            if not isinstance(m, Module): raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module")
+            if not isinstance(m, (Module, Activation)):
+                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module or an activation")
             setattr(self, name, m)
 
     def __len__(self) -> int: return len(self._modules)
@@ -334,3 +338,11 @@ def __repr__(self: Module) -> str:
     lines = (extra.split('\n') if extra else []) + [f"({k}): {_indent(repr(m), 2)}" for k, m in self._modules.items()]
     if not self._modules and len(lines) <= 1: return f"{type(self).__name__}({extra})"
     return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+# %% ../../nbs/03_layers.ipynb #62674324
+_TREE_METHODS = ('named_modules', 'modules', 'named_children', 'children', 'named_parameters', 'parameters',
+                 'named_buffers', 'buffers', '_named_state', 'state_dict', 'load_state_dict', 'train', 'eval', 'zero_grad')
+
+for _name in _TREE_METHODS: setattr(Activation, _name, getattr(Module, _name))
+Activation._parameters = Activation._buffers = Activation._modules = MappingProxyType({})  # empty, read-only
+Activation.training = True
