@@ -406,10 +406,11 @@ test_eq(_fix_float(np.zeros(2), np.zeros(2, np.int64)).dtype, np.float32)
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
     ### BEGIN SOLUTION
-    b = _lift(b, a)
+    if not isinstance(b, Tensor): b = _lift(b, a)
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
-    return Tensor._from_op(_fix_float(out, a.data, b.data), op, (a, b))
+    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the test inline: this runs on every op
+    return Tensor._from_op(out, op, (a, b))
     ### END SOLUTION
 
 # %%

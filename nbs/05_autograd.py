@@ -253,6 +253,9 @@ def _clip_grad(g, out, a, min, max):
 #
 # For $C = AB$ with $A$ of shape $(n, k)$ and $B$ of shape $(k, m)$: $\partial L/\partial A = G B^T$ (shape $(n, k)$)
 # and $\partial L/\partial B = A^T G$ (shape $(k, m)$). Check the shapes and the formula follows.
+# In the 2-D case the rule computes $\partial L/\partial B$ as $(G^T A)^T$: the same product, but when $B$ is a
+# transposed weight (`x @ W.T` in `Linear`) the transpose of the result is what reaches `W`, and it is then
+# C-contiguous, so the optimizer's update runs over contiguous memory.
 # Batched products apply the same formula to the last two axes and unbroadcast the batch axes.
 # A 1-D operand is treated as a row (left) or a column (right), as the forward pass did.
 
@@ -263,7 +266,7 @@ def _matmul_grad(g, out, a, b):
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:                                  # the common case, no reshaping
         ### BEGIN SOLUTION
-        return (g @ B.T if a.requires_grad else None, A.T @ g if b.requires_grad else None)
+        return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
@@ -432,6 +435,11 @@ def _bce_grad(g, out, p, y):
 #
 # Afterwards the graph is released: each result drops its record, so the intermediate arrays can be freed at once.
 # A second `backward()` through a released graph is an error, not a silent zero.
+#
+# One detail guards the leaves. Some rules pass the upstream gradient on unchanged (`add` hands the same array to
+# both inputs) or as a view (`reshape`, `permute`), so two leaves could receive the same memory; an in-place change
+# to one leaf's `.grad`, as gradient clipping makes, would then change the other's. `_own` gives a leaf the array
+# it received only when no other leaf holds any of that memory, and a copy otherwise.
 
 # %%
 #| export
@@ -469,14 +477,31 @@ def backward(self: Tensor,
 
 # %%
 #| export
+def _root_base(a: np.ndarray):
+    "The object that owns the memory `a` views."
+    while isinstance(a, np.ndarray) and a.base is not None: a = a.base
+    return a
+
+def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
+    "`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else a copy."
+    root = _root_base(g)
+    if (id(root) in claimed or g.dtype != dtype or not g.flags.c_contiguous or not g.flags.writeable
+            or g.size != getattr(root, 'size', -1)):
+        return np.array(g, dtype=dtype, order='C')
+    claimed.add(id(root))
+    return g
+
+# %%
+#| export
 def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
     "Apply the gradient rules over the graph ending at `root`, output first."
     grads = {id(root): gradient}
+    claimed = {id(_root_base(gradient))}  # memory handed out already; the caller's gradient is never handed out
     for t in reversed(_topo_order(root)):
         g = grads.pop(id(t), None)
         if g is None: continue
-        if t._ctx is None:                                          # a leaf: store a copy it owns
-            t.grad = g.astype(t.dtype, copy=True) if t.grad is None else t.grad + g
+        if t._ctx is None:                                          # a leaf: give it an array of its own
+            t.grad = _own(g, t.dtype, claimed) if t.grad is None else t.grad + g
             continue
         if t._ctx is _RELEASED:
             raise RuntimeError("backward: trying to backward through a graph that was already released; "

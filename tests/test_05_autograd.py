@@ -61,7 +61,9 @@ def test_matmul(data, n, k, m, case):
 @st.composite
 def array_axis(draw):
     shape = draw(shapes)
-    a = draw(hnp.arrays(np.float64, shape, elements=st.floats(-2, 2), unique=True))  # unique: no ties for max/min
+    # distinct values at least 0.25 apart: a finite-difference step cannot change which element is the max or min
+    perm = draw(st.permutations(range(int(np.prod(shape)))))
+    a = (np.array(perm, np.float64) * 0.25 - 1.0).reshape(shape)
     axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1)
                 | st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True).map(tuple))
     return a, axis
@@ -70,7 +72,6 @@ def array_axis(draw):
 @given(array_axis(), st.booleans(), st.sampled_from(["sum", "mean", "max", "min"]))
 def test_reductions(a_axis, keepdims, op):
     a, axis = a_axis
-    assume(op in ("sum", "mean") or a.size < 2 or np.unique(a).size == a.size)
     assert gradcheck(lambda x: getattr(x, op)(axis=axis, keepdims=keepdims), leaf(a))
 
 

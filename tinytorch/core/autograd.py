@@ -141,7 +141,7 @@ def _matmul_grad(g, out, a, b):
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:                                  # the common case, no reshaping
         ### BEGIN SOLUTION
-        return (g @ B.T if a.requires_grad else None, A.T @ g if b.requires_grad else None)
+        return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
@@ -293,14 +293,30 @@ def backward(self: Tensor,
     _backward(self, gradient, retain_graph)
 
 # %% ../../nbs/05_autograd.ipynb #634aef55
+def _root_base(a: np.ndarray):
+    "The object that owns the memory `a` views."
+    while isinstance(a, np.ndarray) and a.base is not None: a = a.base
+    return a
+
+def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
+    "`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else a copy."
+    root = _root_base(g)
+    if (id(root) in claimed or g.dtype != dtype or not g.flags.c_contiguous or not g.flags.writeable
+            or g.size != getattr(root, 'size', -1)):
+        return np.array(g, dtype=dtype, order='C')
+    claimed.add(id(root))
+    return g
+
+# %% ../../nbs/05_autograd.ipynb #1193634f
 def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
     "Apply the gradient rules over the graph ending at `root`, output first."
     grads = {id(root): gradient}
+    claimed = {id(_root_base(gradient))}  # memory handed out already; the caller's gradient is never handed out
     for t in reversed(_topo_order(root)):
         g = grads.pop(id(t), None)
         if g is None: continue
-        if t._ctx is None:                                          # a leaf: store a copy it owns
-            t.grad = g.astype(t.dtype, copy=True) if t.grad is None else t.grad + g
+        if t._ctx is None:                                          # a leaf: give it an array of its own
+            t.grad = _own(g, t.dtype, claimed) if t.grad is None else t.grad + g
             continue
         if t._ctx is _RELEASED:
             raise RuntimeError("backward: trying to backward through a graph that was already released; "

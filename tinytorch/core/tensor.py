@@ -203,10 +203,11 @@ def _fix_float(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
     ### BEGIN SOLUTION
-    b = _lift(b, a)
+    if not isinstance(b, Tensor): b = _lift(b, a)
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
-    return Tensor._from_op(_fix_float(out, a.data, b.data), op, (a, b))
+    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the test inline: this runs on every op
+    return Tensor._from_op(out, op, (a, b))
     ### END SOLUTION
 
 # %% ../../nbs/01_tensor.ipynb #0bbbeaaf
