@@ -27,8 +27,15 @@
 # | | module | package |
 # |---|---|---|
 # | 01 | Tensor | `tinytorch.core.tensor` |
+# | 02 | Activations | `tinytorch.core.activations` |
+# | 03 | Layers | `tinytorch.core.layers` |
+# | 04 | Losses | `tinytorch.core.losses` |
+# | 05 | Autograd | `tinytorch.core.autograd` |
+# | 06 | Optimizers | `tinytorch.core.optimizers` |
+# | 07 | Training | `tinytorch.core.training` |
 #
-# The remaining modules are listed, with their status, by `tito status`.
+# The remaining modules (data loading, convolution, normalization, text, attention, transformers, and the systems
+# modules) are listed, with their status, by `tito status`.
 
 # %% [markdown]
 # ## Using the package
