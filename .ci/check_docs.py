@@ -23,10 +23,12 @@ def fail(msg: str):
 
 
 def exported_names(module_file: Path) -> list[str]:
-    "The names in a generated module's `__all__`."
-    for node in ast.parse(module_file.read_text()).body:
+    "The functions and classes in a generated module's `__all__` (nbdev documents those, not assigned names)."
+    body = ast.parse(module_file.read_text()).body
+    defined = {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    for node in body:
         if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == '__all__' for t in node.targets):
-            return list(ast.literal_eval(node.value))
+            return [n for n in ast.literal_eval(node.value) if n in defined]
     return []
 
 
