@@ -141,3 +141,21 @@ def test_cli_release_writes_default_folder(demo_project, monkeypatch, capsys):
     out = demo_project / "release" / "student"
     assert capsys.readouterr().out.strip() == f"wrote the student edition of modules 01 to {out}"
     assert "raise NotImplementedError" in (out / "tinytorch" / "core" / "demo.py").read_text()
+
+
+def test_cli_milestone_lists_runs_and_refuses_unknown(demo_project, monkeypatch, capfd):
+    monkeypatch.chdir(demo_project)
+    assert main(["milestone"]) == 2 and "no milestone scripts" in capfd.readouterr().err
+    folder = demo_project / "milestones"
+    folder.mkdir()
+    (folder / "_common.py").write_text("X = 1\n")
+    (folder / "echo.py").write_text('"""Print the arguments and exit with their count."""\nimport sys\n'
+                                    'print("args", sys.argv[1:])\nsys.exit(len(sys.argv) - 1)\n')
+    assert main(["milestone"]) == 0
+    out = capfd.readouterr().out
+    assert "echo" in out and "Print the arguments" in out and "_common" not in out
+    assert main(["milestone", "echo", "--epochs", "3"]) == 2          # the script's own exit code comes back
+    assert "args ['--epochs', '3']" in capfd.readouterr().out
+    assert main(["milestone", "nope"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == ["tito: error: no milestone 'nope'; milestones are echo"]

@@ -1,5 +1,6 @@
-"""`tito`: status, export, test and release the TinyTorch modules."""
+"""`tito`: status, export, test and release the TinyTorch modules, and run the milestones."""
 import argparse
+import ast
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,28 @@ def cmd_release(project: Project, args) -> int:
     return 0
 
 
+def milestones(project: Project) -> dict[str, str]:
+    "Milestone name -> the first line of its script's docstring, for every milestones/NAME.py."
+    folder = project.root / "milestones"
+    found = {}
+    for path in sorted(folder.glob("[!_]*.py")) if folder.is_dir() else []:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        found[path.stem] = doc.split("\n")[0]
+    return found
+
+
+def cmd_milestone(project: Project, args) -> int:
+    found = milestones(project)
+    if not args.name:
+        if not found: raise TitoError(f"no milestone scripts in {project.root / 'milestones'}")
+        for name, doc in found.items(): print(f"{name:<16} {doc}")
+        return 0
+    if args.name not in found:
+        raise TitoError(f"no milestone {args.name!r}; milestones are {', '.join(found) or 'none'}")
+    script = project.root / "milestones" / f"{args.name}.py"
+    return subprocess.run([sys.executable, str(script), *args.args], cwd=project.root, env=subprocess_env(project.root)).returncode
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tito", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +164,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("modules", nargs="*", metavar="NN",
                    help="modules to release (default: every present module); the others' notebooks, tests and package files are left out")
     s.set_defaults(func=cmd_release)
+    s = sub.add_parser("milestone", help="run a milestone script from milestones/ (without NAME: list them)")
+    s.add_argument("name", nargs="?", metavar="NAME", help="the milestone, e.g. digits_cnn")
+    s.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script, e.g. --epochs 3")
+    s.set_defaults(func=cmd_milestone)
     return p
 
 
