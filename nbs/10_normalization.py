@@ -1,0 +1,764 @@
+# %%
+#| default_exp core.normalization
+
+# %% [markdown]
+# # Normalization
+#
+# > Batch normalization, layer normalization and dropout: each one fused op whose gradient rule is derived by hand.
+
+# %% [markdown]
+# A layer's input distribution moves while the layers before it learn. Normalization layers pin it down: they
+# subtract a mean and divide by a standard deviation, then let the network rescale and shift the result with two
+# learnable vectors, $\gamma$ (`weight`) and $\beta$ (`bias`). They differ in what they average over:
+#
+# - `BatchNorm1d` and `BatchNorm2d` (Ioffe and Szegedy, 2015) normalise each channel over the batch (and the spatial
+#   positions), and keep running averages of those statistics for evaluation, when there may be no batch to average;
+# - `LayerNorm` (Ba, Kiros and Hinton, 2016) normalises each example over its own trailing dimensions, so it behaves
+#   the same in training and evaluation and for a batch of one; transformers use it.
+#
+# `Dropout` (Srivastava et al., 2014) sits here too: like batch normalization it computes differently in training and
+# evaluation, and it is the other common tool that changes how a network trains rather than what it computes.
+#
+# Each layer calls one op (`batch_norm`, `layer_norm`, `dropout`) with a gradient rule of its own, not a chain of the
+# tensor module's small ops: these layers run on every step of training, and the fused rule is shorter, faster and
+# uses less memory than the chain. The batch-norm gradient is derived below and every rule is checked against finite
+# differences. The module ends by training a small network on handwritten digits with and without batch
+# normalization and dropout.
+#
+# Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`; the cells under it test it at once.
+
+# %%
+#| export
+import numbers
+
+import numpy as np
+from fastcore.basics import patch
+
+from tinytorch.core.tensor import Tensor, rand, ones, zeros
+from tinytorch.core.autograd import grad_rule
+from tinytorch.core.layers import Module, Parameter
+
+# %%
+#| hide
+import gzip
+from importlib.resources import files
+from timeit import repeat
+
+import matplotlib.pyplot as plt
+from fastcore.test import test_eq, test_fail, test_close
+
+from tinytorch.core.tensor import manual_seed, randn
+from tinytorch.core.autograd import gradcheck, no_grad
+from tinytorch.core.activations import ReLU
+from tinytorch.core.layers import Linear, Sequential
+from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.optimizers import Adam
+from tinytorch.core.training import Batches, Trainer
+
+# %% [markdown]
+# ## Batch normalization: the forward pass
+#
+# The input has shape $(N, C, \ldots)$: a batch of $N$ examples with $C$ channels, and possibly a length $L$ or a
+# height and width $H, W$ after them. Batch normalization treats each channel $c$ separately. It collects the
+# channel's $m$ values over the batch and the positions ($m = N$, $NL$ or $NHW$) and computes
+#
+# $$\mu = \frac1m\sum_i x_i, \qquad \sigma^2 = \frac1m\sum_i (x_i - \mu)^2, \qquad
+#   \hat x_i = \frac{x_i - \mu}{\sqrt{\sigma^2 + \varepsilon}}, \qquad y_i = \gamma_c\,\hat x_i + \beta_c .$$
+#
+# $\varepsilon$ (`eps`) keeps the division finite for a channel that is constant in the batch. Normalisation uses
+# the biased variance (divide by $m$), because that is the variance of the numbers at hand.
+#
+# In evaluation there may be a single example, so the layer uses running estimates instead of batch statistics.
+# After each training batch, as in PyTorch,
+#
+# $$\text{running} \leftarrow (1 - \text{momentum}) \cdot \text{running} + \text{momentum} \cdot \text{batch},$$
+#
+# where the batch variance in this average is the unbiased one, $\frac{m}{m-1}\sigma^2$: the running variance
+# estimates the variance of the whole population of activations, not of one batch.
+#
+# First the checks. A channel with a single value in the batch has variance 0 and normalises to 0 whatever the
+# input, so training on it is an error, as in PyTorch; in evaluation the running statistics make it fine.
+
+# %%
+#| export
+def _check_batch_norm(input: Tensor, running_mean, running_var, weight, bias, training: bool):
+    "Raise a clear error if `batch_norm` cannot run on these arguments."
+    if input.ndim < 2: raise ValueError(f"batch_norm: expected input of shape (N, C, ...), got shape {input.shape}")
+    C = input.shape[1]
+    for name, t in (('running_mean', running_mean), ('running_var', running_var), ('weight', weight), ('bias', bias)):
+        if t is not None and t.shape != (C,):
+            raise ValueError(f"batch_norm: {name} has shape {t.shape}, expected ({C},) for input of shape {input.shape}")
+    if training and input.size <= C:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape "
+                         f"{input.shape}; use a larger batch or eval()")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var are needed when not training")
+
+# %% [markdown]
+# ### A layout for per-channel work
+#
+# The obvious NumPy code broadcasts a per-channel vector of shape `(1, C, 1, 1)` against the `(N, C, H, W)` input. That
+# is correct but slow: NumPy's inner loop then runs over only the $HW$ positions of one channel before it has to
+# step to the next channel, and for a small image the loop overhead costs more than the arithmetic. Row-major order
+# puts each example's channels one after another, so the same data viewed as `(N, C·P)`, with $P$ positions per
+# channel, is one long row per example. A per-channel vector repeated $P$ times (`np.repeat`, length $C \cdot P$)
+# broadcasts against those rows with an inner loop over the whole row, and a per-channel sum is a sum over the rows
+# followed by a small sum over each channel's $P$ entries. `(N, C)` inputs are the case $P = 1$. The cell at the end of
+# the gradient section measures the fused op against the same layer composed of small broadcasting ops.
+
+# %%
+#| export
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    "View `x` of shape (N, C, ...) as (N, C*P): one row per example, each channel's P positions side by side."
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+
+def _channel_sum(a2: np.ndarray, C: int) -> np.ndarray:
+    "Per-channel sums of `a2` of shape (N, C*P): over the rows, then over each channel's P entries; shape (C,)."
+    return a2.sum(axis=0).reshape(C, -1).sum(axis=1)
+
+# %%
+x = np.arange(12.).reshape(2, 3, 2)                               # (N=2, C=3, P=2)
+test_eq(_as_rows(x).shape, (2, 6))
+test_eq(_channel_sum(_as_rows(x), 3), x.sum(axis=(0, 2)))           # (0+1+6+7, 2+3+8+9, 4+5+10+11)
+test_eq(_as_rows(x) * np.repeat([1., 0., 2.], 2), x.reshape(2, 6) * [1, 1, 0, 0, 2, 2])
+
+# %% [markdown]
+# The op itself. In training it normalises with the batch's statistics and, when running statistics are given,
+# updates them in place; in evaluation it normalises with the running statistics. The result records what the
+# gradient rule will need: $\hat x$, the per-channel $1/\sqrt{\sigma^2+\varepsilon}$, and the mode. `weight` and
+# `bias` are optional, so they enter the op's inputs only when present, and `has` says which are there.
+
+# %%
+#| export
+def batch_norm(input: Tensor,           # (N, C, ...)
+               running_mean,            # (C,) Tensor or None; updated in place when training
+               running_var,             # (C,) Tensor or None; updated in place when training
+               weight=None,             # gamma, (C,) Tensor or None
+               bias=None,               # beta, (C,) Tensor or None
+               training: bool = False,  # normalise with batch statistics (and update the running ones)?
+               momentum: float = 0.1,   # weight of the batch in the running averages
+               eps: float = 1e-5,       # added to the variance
+              ) -> Tensor:
+    "Normalise each channel (axis 1) with batch statistics (training) or running ones, then scale and shift it."
+    _check_batch_norm(input, running_mean, running_var, weight, bias, training)
+    x2 = _as_rows(input.data)                                          # (N, C*P)
+    N, C = input.shape[:2]
+    P = x2.shape[1] // C                                               # positions per channel
+    ### BEGIN SOLUTION
+    if training:
+        m = N * P                                                      # values per channel
+        mean = _channel_sum(x2, C) / m                                 # (C,)
+        xc = x2 - np.repeat(mean, P)                                   # (N, C*P)
+        var = _channel_sum(xc * xc, C) / m                             # (C,), biased
+        if running_mean is not None:
+            running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
+            running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (m / (m - 1))
+    else:
+        var = running_var.data.astype(x2.dtype, copy=False)            # (C,)
+        xc = x2 - np.repeat(running_mean.data.astype(x2.dtype, copy=False), P)
+    inv_std = 1 / np.sqrt(var + eps)                                   # (C,)
+    xhat = xc * np.repeat(inv_std, P)                                  # (N, C*P)
+    out = xhat if weight is None else xhat * np.repeat(weight.data, P)
+    if bias is not None: out = out + np.repeat(bias.data, P)
+    ### END SOLUTION
+    params = tuple(p for p in (weight, bias) if p is not None)
+    return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params), xhat=xhat, inv_std=inv_std, training=training,
+                           has=(weight is not None, bias is not None))
+
+# %% [markdown]
+# A worked example. Two channels of two values each, with $\varepsilon = 0$ so the numbers are exact: channel 0 holds
+# 1 and 3 (mean 2, variance 1), channel 1 holds 10 and 30 (mean 20, variance 100). Both normalise to $-1, 1$.
+# The running averages start at mean 0 and variance 1; with momentum 0.1 the mean becomes $0.1 \cdot (2, 20)$ and the
+# variance $0.9 + 0.1 \cdot (2, 200)$, because the unbiased variance of two values is twice the biased one.
+
+# %%
+x = Tensor([[1., 10.], [3., 30.]])                                # (N=2, C=2)
+rm, rv = zeros(2), ones(2)
+test_eq(batch_norm(x, rm, rv, training=True, eps=0.).numpy(), [[-1., -1.], [1., 1.]])
+test_close(rm.numpy(), [0.2, 2.], eps=1e-6)
+test_close(rv.numpy(), [0.9 + 0.2, 0.9 + 20.], eps=1e-5)          # float32 rounding of values near 21
+w, b = Tensor([2., 1.]), Tensor([0., 5.])
+test_eq(batch_norm(x, None, None, w, b, training=True, eps=0.).numpy(), [[-2., 4.], [2., 6.]])
+
+# %% [markdown]
+# In evaluation the same input is normalised with the running statistics, and nothing is updated. A batch of one
+# example is fine there; in training it is an error unless there are positions to average over.
+
+# %%
+y = batch_norm(x, rm, rv, training=False, eps=0.)
+test_close(y.numpy(), (x.numpy() - rm.numpy()) / np.sqrt(rv.numpy()), eps=1e-6)
+test_close(rm.numpy(), [0.2, 2.], eps=1e-6)                       # unchanged
+test_eq(batch_norm(Tensor([[1., 2.]]), rm, rv).shape, (1, 2))     # (1, C) in evaluation
+test_eq(batch_norm(randn(1, 2, 3, 3), None, None, training=True).shape, (1, 2, 3, 3))  # 9 values per channel
+test_fail(lambda: batch_norm(Tensor([[1., 2.]]), rm, rv, training=True),
+          contains="expected more than 1 value per channel when training, got input of shape (1, 2)")
+test_fail(lambda: batch_norm(randn(4, 3), rm, rv, training=True), contains="running_mean has shape (2,), expected (3,)")
+test_fail(lambda: batch_norm(randn(4, 2), None, None), contains="needed when not training")
+test_fail(lambda: batch_norm(randn(4), None, None, training=True), contains="expected input of shape (N, C, ...), got shape (4,)")
+
+# %% [markdown]
+# ## BatchNorm1d and BatchNorm2d
+#
+# The layers hold the state and pick the mode. As in PyTorch:
+#
+# - `weight` ($\gamma$) starts at ones and `bias` ($\beta$) at zeros, so a new layer only normalises;
+#   `affine=False` leaves them out.
+# - `running_mean` (zeros), `running_var` (ones) and `num_batches_tracked` (an int64 count) are buffers: saved in
+#   the `state_dict`, not trained. `track_running_stats=False` leaves them out, and the layer then uses batch
+#   statistics in evaluation too.
+# - `momentum=None` replaces the exponential average by the plain average of all batches so far, by using
+#   $1/\text{num\_batches\_tracked}$ as the momentum.
+#
+# `BatchNorm1d` takes `(N, C)` or `(N, C, L)`; `BatchNorm2d` takes `(N, C, H, W)`. They share everything but that
+# check, in the base class `_BatchNorm`.
+
+# %%
+#| export
+class _BatchNorm(Module):
+    "What `BatchNorm1d` and `BatchNorm2d` share: parameters, running statistics, and the forward pass."
+    def __init__(self,
+                 num_features: int,                # C, the size of axis 1
+                 eps: float = 1e-5,                # added to the variance
+                 momentum: float | None = 0.1,     # weight of each batch in the running averages; None: plain average
+                 affine: bool = True,              # learn a scale (weight) and a shift (bias) per channel?
+                 track_running_stats: bool = True, # keep running statistics for evaluation?
+                ):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_features, numbers.Integral) or num_features < 1:
+            raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
+        if momentum is not None and not 0 <= momentum <= 1: raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        if eps < 0: raise ValueError(f"{name}: eps must be >= 0, got {eps}")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(ones(num_features)) if affine else None    # gamma, (C,)
+        self.bias = Parameter(zeros(num_features)) if affine else None     # beta, (C,)
+        stats = (zeros(num_features), ones(num_features), Tensor(0)) if track_running_stats else (None,) * 3
+        for buf, t in zip(('running_mean', 'running_var', 'num_batches_tracked'), stats): self.register_buffer(buf, t)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+# %% [markdown]
+# `forward` checks the input and calls `batch_norm`. Batch statistics are used in training, and always when there
+# are no running statistics; the running statistics are updated only in training.
+
+# %%
+#| export
+def _check_features(bn: _BatchNorm, x: Tensor):
+    "Raise if `x` does not have `bn.num_features` channels in axis 1."
+    if x.shape[1] != bn.num_features:
+        raise ValueError(f"{type(bn).__name__}: expected {bn.num_features} channels (num_features) in axis 1, "
+                         f"got input of shape {x.shape}")
+
+@patch
+def forward(self: _BatchNorm, x: Tensor) -> Tensor:
+    "Normalise `x` with batch statistics in training (updating the running ones), with running ones in evaluation."
+    self._check_input_dim(x)
+    _check_features(self, x)
+    update = self.training and self.track_running_stats
+    n = int(self.num_batches_tracked.data) + 1 if update else 0
+    momentum = (1 / n if self.momentum is None else self.momentum) if update else 0.
+    out = batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                     self.training or self.running_mean is None, momentum, self.eps)
+    if update: self.num_batches_tracked.data[...] = n
+    return out
+
+# %%
+#| export
+class BatchNorm1d(_BatchNorm):
+    "Batch normalization of `(N, C)` or `(N, C, L)` inputs over the batch (and length), per channel."
+    def _check_input_dim(self, x: Tensor):
+        if x.ndim not in (2, 3):
+            raise ValueError(f"BatchNorm1d: expected 2-D or 3-D input, (N, C) or (N, C, L), got shape {x.shape}")
+
+class BatchNorm2d(_BatchNorm):
+    "Batch normalization of `(N, C, H, W)` inputs over the batch and the positions, per channel."
+    def _check_input_dim(self, x: Tensor):
+        if x.ndim != 4: raise ValueError(f"BatchNorm2d: expected 4-D input (N, C, H, W), got shape {x.shape}")
+
+# %% [markdown]
+# The names, shapes and order of the state follow PyTorch, so a `state_dict` lines up entry by entry with one from
+# `torch.nn.BatchNorm2d`.
+
+# %%
+bn = BatchNorm2d(3)
+test_eq(list(bn.state_dict()), ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
+test_eq([p.shape for p in bn.parameters()], [(3,), (3,)])
+test_eq((bn.weight.numpy(), bn.bias.numpy()), (np.ones(3), np.zeros(3)))
+test_eq((bn.num_batches_tracked.dtype, bn.num_batches_tracked.item()), (np.int64, 0))
+test_eq(repr(bn), "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)")
+test_eq(list(BatchNorm1d(4, affine=False, track_running_stats=False).state_dict()), [])
+test_fail(lambda: BatchNorm1d(0), contains="BatchNorm1d: num_features must be a positive integer, got 0")
+test_fail(lambda: BatchNorm1d(3, momentum=2.), contains="momentum must be in [0, 1] or None, got 2.0")
+
+# %% [markdown]
+# Training mode: the output of every channel has mean 0 and variance close to 1 (variance $\sigma^2/(\sigma^2+\varepsilon)$
+# exactly), the running statistics move towards the batch's, and the count goes up. Evaluation mode: the output uses
+# the running statistics and nothing changes.
+
+# %%
+manual_seed(0)
+x = randn(8, 3, 4, 4) * 5 + 2                                      # (8, 3, 4, 4), mean 2, std 5
+y = bn(x)
+test_close(y.numpy().mean(axis=(0, 2, 3)), np.zeros(3), eps=1e-5)
+test_close(y.numpy().var(axis=(0, 2, 3)), np.ones(3), eps=1e-4)    # 1 - eps/var, var about 25
+test_close(bn.running_mean.numpy(), 0.1 * x.numpy().mean(axis=(0, 2, 3)), eps=1e-5)
+test_close(bn.running_var.numpy(), 0.9 + 0.1 * x.numpy().var(axis=(0, 2, 3), ddof=1), eps=1e-4)
+test_eq(bn.num_batches_tracked.item(), 1)
+state = bn.state_dict()
+ye = bn.eval()(x)
+test_close(ye.numpy(), (x.numpy() - state['running_mean'][:, None, None]) / np.sqrt(state['running_var'][:, None, None] + 1e-5), eps=1e-4)
+for k, v in bn.state_dict().items(): test_eq(v, state[k])          # evaluation changes nothing
+test_eq(bn(randn(1, 3, 2, 2)).shape, (1, 3, 2, 2))
+
+# %% [markdown]
+# `momentum=None` averages all batches equally; without running statistics the layer normalises every batch with
+# its own statistics, also in evaluation; `affine=False` leaves the normalised values as they are.
+
+# %%
+bn1 = BatchNorm1d(2, momentum=None)
+batches = [Tensor([[0., 0.], [2., 4.]]), Tensor([[4., 0.], [6., 8.]])]   # batch means (1, 2) and (5, 4)
+for xb in batches: bn1(xb)
+test_close(bn1.running_mean.numpy(), [3., 3.], eps=1e-6)          # the plain average of the two batch means
+test_eq(bn1.num_batches_tracked.item(), 2)
+bn_nt = BatchNorm1d(2, track_running_stats=False).eval()
+test_close(bn_nt(batches[0]).numpy(), [[-1., -1.], [1., 1.]], eps=1e-5)
+test_eq(BatchNorm1d(2, affine=False).weight, None)
+test_eq(BatchNorm1d(3)(randn(4, 3, 5)).shape, (4, 3, 5))           # (N, C, L)
+
+# %% [markdown]
+# The failure paths name the layer and the shape. A batch of one in training fails before the count is touched.
+
+# %%
+bn1 = BatchNorm1d(3)
+test_fail(lambda: bn1(randn(1, 3)), contains="expected more than 1 value per channel when training, got input of shape (1, 3)")
+test_eq(bn1.num_batches_tracked.item(), 0)
+test_fail(lambda: bn1(randn(4, 3, 2, 2)), contains="BatchNorm1d: expected 2-D or 3-D input, (N, C) or (N, C, L), got shape (4, 3, 2, 2)")
+test_fail(lambda: BatchNorm2d(3)(randn(4, 3, 2)), contains="BatchNorm2d: expected 4-D input (N, C, H, W), got shape (4, 3, 2)")
+test_fail(lambda: bn1(randn(4, 2)), contains="BatchNorm1d: expected 3 channels (num_features) in axis 1, got input of shape (4, 2)")
+test_eq(bn1.eval()(randn(1, 3)).shape, (1, 3))
+
+# %% [markdown]
+# ## The gradient of batch normalization
+#
+# Fix one channel, write its $m$ values as $x_1, \ldots, x_m$, and let $s = (\sigma^2 + \varepsilon)^{-1/2}$, so
+# $\hat x_i = (x_i - \mu)s$ and $y_i = \gamma\hat x_i + \beta$. The rule receives $g_i = \partial L/\partial y_i$.
+# The parameters are easy, since each $y_i$ depends on them directly:
+#
+# $$\frac{\partial L}{\partial \beta} = \sum_i g_i, \qquad \frac{\partial L}{\partial \gamma} = \sum_i g_i\hat x_i .$$
+#
+# The input is harder: every $\hat x_i$ depends on every $x_j$, through $\mu$ and $s$. The pieces:
+# $\partial\mu/\partial x_j = 1/m$; $\partial\sigma^2/\partial x_j = 2(x_j - \mu)/m$ (the path through $\mu$ contributes
+# $-\frac2m\sum_i(x_i-\mu)\cdot\frac1m = 0$); and so $\partial s/\partial x_j = -\frac12 s^3\,\partial\sigma^2/\partial x_j
+# = -s^2\hat x_j/m$. Then, with $\delta_{ij}$ being 1 when $i = j$ and 0 otherwise,
+#
+# $$\frac{\partial\hat x_i}{\partial x_j} = s\Big(\delta_{ij} - \frac1m\Big) + (x_i - \mu)\frac{\partial s}{\partial x_j}
+#   = s\Big(\delta_{ij} - \frac1m - \frac{\hat x_i\hat x_j}{m}\Big).$$
+#
+# By the chain rule, with $\partial L/\partial\hat x_i = \gamma g_i$,
+#
+# $$\frac{\partial L}{\partial x_j} = \sum_i \gamma g_i\frac{\partial\hat x_i}{\partial x_j}
+#   = \gamma s\Big(g_j - \frac1m\sum_i g_i - \frac{\hat x_j}{m}\sum_i g_i\hat x_i\Big)
+#   = \frac{\gamma s}{m}\Big(m\,g_j - \frac{\partial L}{\partial\beta} - \hat x_j\,\frac{\partial L}{\partial\gamma}\Big).$$
+#
+# The two sums are the parameter gradients, so the rule computes those first and reuses them. The formula reads:
+# take the upstream gradient, remove its mean and its component along $\hat x$, and scale by $\gamma s$.
+# Shifting a channel by a constant does not change $\hat x$, so the gradient sums to 0 over each channel; with
+# $\varepsilon = 0$, scaling a channel does not change $\hat x$ either, and the gradient is orthogonal to $\hat x$.
+#
+# In evaluation $\mu$ and $s$ are the running statistics, constants: $y = \gamma s(x - \mu) + \beta$ is affine in $x$,
+# and $\partial L/\partial x = \gamma s\, g$.
+
+# %%
+#| export
+def _split_params(params: tuple, has: tuple) -> tuple:
+    "(weight or None, bias or None) from the op's optional inputs `params` and the flags `has`."
+    it = iter(params)
+    return tuple(next(it) if present else None for present in has)
+
+@grad_rule('batch_norm')
+def _batch_norm_grad(g, out, x, *params, xhat, inv_std, training, has):
+    "Gradients of `batch_norm` for x, and for weight and bias when present; `xhat` is (N, C*P)."
+    weight, bias = _split_params(params, has)
+    g2, C = _as_rows(g), g.shape[1]                                    # (N, C*P)
+    P = g2.shape[1] // C
+    ### BEGIN SOLUTION
+    need_sums = x.requires_grad and training
+    dbeta = _channel_sum(g2, C) if need_sums or (bias is not None and bias.requires_grad) else None          # (C,)
+    dgamma = _channel_sum(g2 * xhat, C) if need_sums or (weight is not None and weight.requires_grad) else None  # (C,)
+    dx = None
+    if x.requires_grad:
+        scale = inv_std if weight is None else weight.data * inv_std                       # gamma * s, (C,)
+        if training:
+            m = g2.shape[0] * P
+            dx = np.repeat(scale / m, P) * (m * g2 - np.repeat(dbeta, P) - xhat * np.repeat(dgamma, P))  # (N, C*P)
+        else: dx = g2 * np.repeat(scale, P)
+        dx = dx.reshape(g.shape)
+    ### END SOLUTION
+    grads = (dx,)
+    if weight is not None: grads += (dgamma if weight.requires_grad else None,)
+    if bias is not None: grads += (dbeta if bias.requires_grad else None,)
+    return grads
+
+# %% [markdown]
+# A worked example: one channel holding $-1, -1, 1, 1$ (mean 0, variance 1, so with $\varepsilon = 0$, $\hat x = x$ and
+# $s = 1$), $\gamma = 1$, and an upstream gradient of 1 on the first value only. Then $\partial L/\partial\beta = 1$,
+# $\partial L/\partial\gamma = -1$, and
+# $\partial L/\partial x = \frac14\big(4\,(1,0,0,0) - 1 - (-1)(-1,-1,1,1)\big) = (0.5, -0.5, 0, 0)$: raising $x_1$ moves
+# $\hat x_1$ up, but raising $x_2$, its equal, moves $\hat x_1$ down by the same amount through the mean and the
+# variance.
+
+# %%
+x = Tensor([[-1.], [-1.], [1.], [1.]], requires_grad=True)        # (N=4, C=1)
+w, b = Tensor([1.], requires_grad=True), Tensor([0.], requires_grad=True)
+batch_norm(x, None, None, w, b, training=True, eps=0.).backward(np.array([[1.], [0.], [0.], [0.]], np.float32))
+test_eq(x.grad, [[0.5], [-0.5], [0.], [0.]])
+test_eq((w.grad, b.grad), ([-1.], [1.]))
+
+# %% [markdown]
+# The rule against finite differences, in float64: 2-D, 3-D and 4-D inputs, training and evaluation, with and without
+# the parameters. The sum and orthogonality properties are checked too. Wider random coverage, with shapes drawn by
+# hypothesis, is in `tests/test_10_normalization.py`.
+
+# %%
+f64 = lambda *shape, seed, scale=1.: Tensor(np.random.default_rng(seed).standard_normal(shape) * scale, dtype=np.float64, requires_grad=True)
+gamma, beta = f64(3, seed=1), f64(3, seed=2)
+rm64 = Tensor(np.random.default_rng(3).standard_normal(3), dtype=np.float64)
+rv64 = Tensor(np.random.default_rng(4).uniform(0.5, 2, 3), dtype=np.float64)
+bn_checks = {
+    '(N, C) training': lambda: gradcheck(lambda x, w, b: batch_norm(x, None, None, w, b, training=True), f64(5, 3, seed=5), gamma, beta),
+    '(N, C, L) training': lambda: gradcheck(lambda x, w: batch_norm(x, None, None, w, None, training=True, eps=1e-3), f64(2, 3, 4, seed=6), gamma),
+    '(N, C, H, W) training': lambda: gradcheck(lambda x, b: batch_norm(x, None, None, None, b, training=True), f64(2, 3, 2, 3, seed=7), beta),
+    '(N, C, H, W) no affine': lambda: gradcheck(lambda x: batch_norm(x, None, None, training=True), f64(3, 3, 2, 2, seed=8)),
+    '(N, C, H, W) evaluation': lambda: gradcheck(lambda x, w, b: batch_norm(x, rm64, rv64, w, b), f64(2, 3, 2, 2, seed=9), gamma, beta),
+}
+for name, check in bn_checks.items(): test_eq(check(), True)
+print(f"batch_norm passes gradcheck in {len(bn_checks)} settings: {', '.join(bn_checks)}")
+
+# %%
+x = f64(6, 2, 3, seed=10)
+xhat = batch_norm(x, None, None, training=True, eps=0.)
+xhat.backward(np.random.default_rng(11).standard_normal(x.shape))
+test_close(x.grad.sum(axis=(0, 2)), np.zeros(2), eps=1e-12)                          # zero mean per channel
+test_close((x.grad * xhat.numpy()).sum(axis=(0, 2)), np.zeros(2), eps=1e-12)         # orthogonal to xhat
+
+# %% [markdown]
+# ### One fused op against a chain of small ops
+#
+# The same layer can be written with the tensor module's ops, and autograd then differentiates it with no new rule.
+# The cell below does that, checks that both give the same output and gradients, counts the ops each records, and
+# times a forward and backward pass of both on a batch of the size a small convolutional network sees. Timing
+# protocol: after a warm-up, 7 rounds that each time 20 calls of one candidate and then 20 of the other (alternating,
+# so both see the same load on a shared machine), and the median per call over the rounds.
+
+# %%
+def batch_norm_composed(x, weight, bias, eps=1e-5):
+    "Training-mode batch normalization of (N, C, H, W) built from small tensor ops."
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)                       # (1, C, 1, 1)
+    xc = x - mean                                                      # (N, C, H, W)
+    var = (xc * xc).mean(axis=(0, 2, 3), keepdims=True)                # (1, C, 1, 1)
+    return xc / (var + eps).sqrt() * weight.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+
+def graph_ops(t: Tensor) -> list:
+    "Names of the ops recorded in the graph that ends at `t`."
+    ops, stack, seen = [], [t], set()
+    while stack:
+        u = stack.pop()
+        if u._ctx is None or id(u) in seen: continue
+        seen.add(id(u)); ops.append(u._ctx[0]); stack.extend(u._ctx[1])
+    return ops
+
+# %%
+xs = f64(4, 3, 5, 5, seed=12)
+fused, composed = batch_norm(xs, None, None, gamma, beta, training=True), batch_norm_composed(xs, gamma, beta)
+test_close(fused.numpy(), composed.numpy(), eps=1e-12)
+ops_fused, ops_composed = graph_ops(fused), graph_ops(composed)
+gout = np.random.default_rng(13).standard_normal(xs.shape)
+grads = []
+for y in (fused, composed):
+    for t in (xs, gamma, beta): t.grad = None
+    y.backward(gout)
+    grads.append([t.grad.copy() for t in (xs, gamma, beta)])
+for a, b in zip(*grads): test_close(a, b, eps=1e-10)
+print(f"ops recorded: fused {len(ops_fused)} ({ops_fused[0]}), composed {len(ops_composed)} "
+      f"({', '.join(sorted(set(ops_composed)))})")
+
+# %%
+def fwd_bwd(fn, x, w, b):
+    "One forward and backward pass; the gradients are cleared first."
+    x.grad = w.grad = b.grad = None
+    fn(x, w, b).sum().backward()
+
+manual_seed(0)
+xb = Tensor(randn(64, 16, 8, 8).numpy(), requires_grad=True)             # (64, 16, 8, 8) float32
+wb, bb = Tensor(ones(16).numpy(), requires_grad=True), Tensor(zeros(16).numpy(), requires_grad=True)
+candidates = {'fused': lambda x, w, b: batch_norm(x, None, None, w, b, training=True), 'composed': batch_norm_composed}
+samples = {name: [] for name in candidates}
+for name, fn in candidates.items(): fwd_bwd(fn, xb, wb, bb)                # warm-up
+for _ in range(7):                                                          # alternate, so both see the same load
+    for name, fn in candidates.items(): samples[name].append(min(repeat(lambda: fwd_bwd(fn, xb, wb, bb), number=20, repeat=1)) / 20)
+timings = {name: float(np.median(s)) for name, s in samples.items()}
+print(f"forward + backward on {xb.shape} float32: fused {timings['fused']*1e3:.2f} ms, "
+      f"composed {timings['composed']*1e3:.2f} ms, composed/fused {timings['composed'] / timings['fused']:.2f}x")
+
+# %% [markdown]
+# The fused op records one node and keeps one intermediate array, $\hat x$, for the backward pass; the composition
+# records every step and keeps each step's result.
+
+# %% [markdown]
+# ## Layer normalization
+#
+# Layer normalization computes the same $\hat x$, but over the trailing dimensions of each example instead of over
+# the batch: for `normalized_shape=(D,)` and an input of shape $(B, T, D)$, each of the $BT$ vectors of length $D$ gets
+# its own mean and variance. `weight` and `bias` have shape `normalized_shape`, one value per normalised element.
+# No statistic crosses examples, so there are no running statistics, training and evaluation compute the same thing,
+# and a batch of one is fine.
+#
+# The input is viewed as $(R, D)$: $R$ rows, each one normalised group of $D$ elements, contiguous in memory.
+
+# %%
+#| export
+def _check_layer_norm(input: Tensor, normalized_shape, weight, bias) -> tuple:
+    "`normalized_shape` as a tuple, after checking that it ends `input`'s shape and matches `weight` and `bias`."
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    if not shape: raise ValueError("layer_norm: normalized_shape must have at least one dimension, got ()")
+    if input.ndim < len(shape) or input.shape[input.ndim - len(shape):] != shape:
+        raise ValueError(f"layer_norm: expected input with trailing shape {shape}, got shape {input.shape}")
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None and t.shape != shape:
+            raise ValueError(f"layer_norm: {name} has shape {t.shape}, expected normalized_shape {shape}")
+    return shape
+
+# %%
+#| export
+def layer_norm(input: Tensor,       # (..., *normalized_shape)
+               normalized_shape,    # an int or a tuple: the trailing dims to normalise over
+               weight=None,         # gamma, Tensor of shape normalized_shape, or None
+               bias=None,           # beta, Tensor of shape normalized_shape, or None
+               eps: float = 1e-5,   # added to the variance
+              ) -> Tensor:
+    "Normalise `input` over its trailing dims `normalized_shape`, then scale and shift each element."
+    shape = _check_layer_norm(input, normalized_shape, weight, bias)
+    D = int(np.prod(shape))
+    x2 = input.data.reshape(-1, D)                                     # (R, D), one row per normalised group
+    ### BEGIN SOLUTION
+    mean = x2.mean(axis=1, keepdims=True)                              # (R, 1)
+    xc = x2 - mean                                                     # (R, D)
+    var = (xc * xc).mean(axis=1, keepdims=True)                        # (R, 1), biased
+    inv_std = 1 / np.sqrt(var + eps)                                   # (R, 1)
+    xhat = xc * inv_std                                                # (R, D)
+    out = xhat if weight is None else xhat * weight.data.reshape(D)
+    if bias is not None: out = out + bias.data.reshape(D)
+    ### END SOLUTION
+    params = tuple(p for p in (weight, bias) if p is not None)
+    return Tensor._from_op(out.reshape(input.shape), 'layer_norm', (input, *params), xhat=xhat, inv_std=inv_std,
+                           has=(weight is not None, bias is not None))
+
+# %% [markdown]
+# A worked example with $\varepsilon = 0$: the row $(1, 3)$ has mean 2 and variance 1, the row $(2, 6)$ mean 4 and
+# variance 4, and both normalise to $(-1, 1)$. A group of one element normalises to 0, so the output is the bias.
+
+# %%
+x = Tensor([[1., 3.], [2., 6.]])
+test_eq(layer_norm(x, 2, eps=0.).numpy(), [[-1., 1.], [-1., 1.]])
+test_eq(layer_norm(x, (2,), Tensor([2., 1.]), Tensor([0., 5.]), eps=0.).numpy(), [[-2., 6.], [-2., 6.]])
+test_eq(layer_norm(x.reshape(2, 2, 1), 1, None, Tensor([7.])).numpy(), np.full((2, 2, 1), 7.))
+x3 = randn(2, 3, 4, seed=0)
+test_close(layer_norm(x3, (3, 4)).numpy().reshape(2, -1).mean(axis=1), [0., 0.], eps=1e-6)  # over the last two dims
+test_fail(lambda: layer_norm(x3, 3), contains="layer_norm: expected input with trailing shape (3,), got shape (2, 3, 4)")
+test_fail(lambda: layer_norm(x3, 4, ones(3)), contains="weight has shape (3,), expected normalized_shape (4,)")
+test_fail(lambda: layer_norm(x3, ()), contains="at least one dimension")
+
+# %% [markdown]
+# ### The gradient of layer normalization
+#
+# Within one group the algebra is the batch-norm derivation with $m = D$, so with $\hat g = \partial L/\partial\hat x
+# = \gamma \odot g$ (now $\gamma$ varies within the group, so it multiplies before the sums):
+#
+# $$\frac{\partial L}{\partial x} = s\Big(\hat g - \operatorname{mean}(\hat g) - \hat x \operatorname{mean}(\hat g\,\hat x)\Big),$$
+#
+# the means taken over each group. The parameter gradients sum over the other axis, the rows:
+# $\partial L/\partial\gamma = \sum_{\text{rows}} g\,\hat x$ and $\partial L/\partial\beta = \sum_{\text{rows}} g$. Unlike batch
+# normalization, the sums in $\partial L/\partial x$ are not the parameter gradients, so nothing is shared.
+
+# %%
+#| export
+@grad_rule('layer_norm')
+def _layer_norm_grad(g, out, x, *params, xhat, inv_std, has):
+    "Gradients of `layer_norm` for x, and for weight and bias when present; `xhat` is (R, D)."
+    weight, bias = _split_params(params, has)
+    D = xhat.shape[1]
+    g2 = g.reshape(-1, D)                                              # (R, D)
+    dx = None
+    if x.requires_grad:
+        gh = g2 if weight is None else g2 * weight.data.reshape(D)     # dL/dxhat, (R, D)
+        dx = inv_std * (gh - gh.mean(axis=1, keepdims=True) - xhat * (gh * xhat).mean(axis=1, keepdims=True))
+        dx = dx.reshape(g.shape)
+    grads = (dx,)
+    if weight is not None: grads += ((g2 * xhat).sum(axis=0).reshape(weight.shape) if weight.requires_grad else None,)
+    if bias is not None: grads += (g2.sum(axis=0).reshape(bias.shape) if bias.requires_grad else None,)
+    return grads
+
+# %%
+ln_checks = {
+    '(B, D)': lambda: gradcheck(lambda x, w, b: layer_norm(x, 4, w, b), f64(3, 4, seed=20), f64(4, seed=21), f64(4, seed=22)),
+    '(B, T, D)': lambda: gradcheck(lambda x, w: layer_norm(x, 3, w, eps=1e-3), f64(2, 2, 3, seed=23), f64(3, seed=24)),
+    'two trailing dims': lambda: gradcheck(lambda x, b: layer_norm(x, (2, 3), None, b), f64(2, 2, 3, seed=25), f64(2, 3, seed=26)),
+    'no affine': lambda: gradcheck(lambda x: layer_norm(x, 5), f64(4, 5, seed=27)),
+}
+for name, check in ln_checks.items(): test_eq(check(), True)
+print(f"layer_norm passes gradcheck in {len(ln_checks)} settings: {', '.join(ln_checks)}")
+
+# %% [markdown]
+# The layer: `LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)`, with `weight` at ones and
+# `bias` at zeros, as in PyTorch.
+
+# %%
+#| export
+class LayerNorm(Module):
+    "Layer normalization over the trailing dims `normalized_shape` of each example."
+    def __init__(self,
+                 normalized_shape,                # an int or a tuple: the trailing dims to normalise over
+                 eps: float = 1e-5,               # added to the variance
+                 elementwise_affine: bool = True, # learn a scale (weight) and a shift (bias) per element?
+                 bias: bool = True,               # learn the shift too (if elementwise_affine)?
+                ):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+        if not shape or not all(isinstance(n, numbers.Integral) and n >= 1 for n in shape):
+            raise ValueError(f"LayerNorm: normalized_shape must be positive integers, got {normalized_shape!r}")
+        if eps < 0: raise ValueError(f"LayerNorm: eps must be >= 0, got {eps}")
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        self.weight = Parameter(ones(shape)) if elementwise_affine else None                 # gamma, normalized_shape
+        self.bias = Parameter(zeros(shape)) if elementwise_affine and bias else None        # beta, normalized_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        "Normalise each example's trailing dims."
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+# %% [markdown]
+# An example's output does not depend on the rest of the batch, unlike batch normalization in training.
+
+# %%
+ln = LayerNorm(4)
+test_eq(repr(ln), "LayerNorm((4,), eps=1e-05, elementwise_affine=True)")
+test_eq(list(ln.state_dict()), ['weight', 'bias'])
+test_eq(LayerNorm((2, 3), bias=False).weight.shape, (2, 3))
+test_eq(LayerNorm((2, 3), bias=False).bias, None)
+test_eq(list(LayerNorm(4, elementwise_affine=False).state_dict()), [])
+xb = randn(5, 4, seed=1)
+test_eq(ln(xb).numpy()[:1], ln(xb[:1]).numpy())                        # one example alone: the same numbers
+test_eq(np.array_equal(BatchNorm1d(4)(xb).numpy()[:2], BatchNorm1d(4)(xb[:2]).numpy()), False)  # batch norm: not
+test_eq(ln.eval()(xb).numpy(), ln.train()(xb).numpy())
+test_fail(lambda: ln(randn(5, 3)), contains="expected input with trailing shape (4,), got shape (5, 3)")
+test_fail(lambda: LayerNorm(0), contains="LayerNorm: normalized_shape must be positive integers, got 0")
+
+# %% [markdown]
+# ## Dropout
+#
+# Dropout zeroes each element independently with probability $p$ during training, so that no unit can rely on any
+# particular other unit being present. A unit that is kept is scaled by $1/(1-p)$ ("inverted dropout"), so that the
+# expected value of every element is unchanged: $E[y] = (1-p)\cdot\frac{x}{1-p} + p \cdot 0 = x$. Evaluation then needs
+# no correction at all: dropout is the identity there. $p = 1$ drops everything and gives zeros; $p$ outside $[0, 1]$ is
+# an error.
+#
+# The mask comes from the tensor module's generator through `rand`, so `manual_seed` makes it repeat. The op keeps
+# the mask (one byte per element) for its gradient, which is the same mask and scale applied to the upstream gradient.
+
+# %%
+#| export
+def dropout(input: Tensor,          # any shape, floating point
+            p: float = 0.5,         # probability of zeroing an element
+            training: bool = True,  # drop (True) or pass `input` through unchanged (False)?
+           ) -> Tensor:
+    "Zero each element with probability `p` and scale the others by 1/(1-p) when training; the identity otherwise."
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must be a probability between 0 and 1, got {p!r}")
+    if not training or p == 0: return input
+    if input.dtype.kind != 'f': raise TypeError(f"dropout: expected a floating-point tensor, got dtype {input.dtype}")
+    ### BEGIN SOLUTION
+    keep = rand(*input.shape).data >= p                                # True with probability 1 - p
+    scale = 0. if p == 1 else 1 / (1 - p)
+    out = input.data * scale * keep                                    # same shape and dtype as the input
+    ### END SOLUTION
+    return Tensor._from_op(out, 'dropout', (input,), keep=keep, scale=scale)
+
+@grad_rule('dropout')
+def _dropout_grad(g, out, x, keep, scale):
+    "The upstream gradient through the same mask and scale."
+    return (g * scale * keep,)
+
+# %% [markdown]
+# A worked example: the mask is `rand(...) >= p` from the seeded generator, so a reader can draw it again and compare.
+# With $p = 0.5$ a kept one becomes 2, and the gradient is 2 where the element was kept and 0 elsewhere.
+
+# %%
+manual_seed(0); keep = rand(10).numpy() >= 0.5
+manual_seed(0); x = Tensor(np.ones(10, np.float32), requires_grad=True)
+y = dropout(x, 0.5)
+test_eq(y.numpy(), np.where(keep, 2., 0.))
+y.sum().backward()
+test_eq(x.grad, np.where(keep, 2., 0.))
+test_eq(dropout(x, 0.5, training=False) is x, True)                      # evaluation: the identity
+test_eq(dropout(x, 0.) is x, True)
+test_eq(dropout(x, 1.).numpy(), np.zeros(10))                            # p = 1: all dropped
+test_fail(lambda: dropout(x, 1.5), contains="dropout: p must be a probability between 0 and 1, got 1.5")
+test_fail(lambda: dropout(x, -0.1), contains="got -0.1")
+test_fail(lambda: dropout(Tensor([1, 2]), 0.5), contains="floating-point tensor, got dtype int64")
+
+# %% [markdown]
+# Over many elements the kept fraction is close to $1 - p$ and the mean is preserved. Each element is kept or not
+# independently, so the kept count is binomial, with standard deviation $\sqrt{n p (1-p)}$; the tests allow five of them.
+
+# %%
+n, p = 1_000_000, 0.3
+manual_seed(1)
+y = dropout(ones(n), p).numpy()
+kept = float((y != 0).mean())
+sd = (p * (1 - p) / n) ** 0.5
+print(f"p = {p}: kept fraction {kept:.4f} (expected {1 - p:.4f}, standard deviation {sd:.5f}), mean {y.mean():.4f}")
+test_close(kept, 1 - p, eps=5 * sd)
+test_close(y.mean(), 1., eps=5 * sd / (1 - p))                          # the mean is the kept fraction / (1 - p)
+test_eq(set(np.unique(y)), {0., np.float32(1 / (1 - p))})
+
+# %%
+def dropout_seeded(x):
+    "Dropout with the generator reset first, so every call of gradcheck draws the same mask."
+    manual_seed(2)
+    return dropout(x, 0.3)
+
+test_eq(gradcheck(dropout_seeded, f64(4, 5, seed=30)), True)
+
+# %% [markdown]
+# The layer holds only `p` and follows the module's `training` flag.
+
+# %%
+#| export
+class Dropout(Module):
+    "Inverted dropout: zero elements with probability `p` in training, scaling the rest by 1/(1-p); identity in evaluation."
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability between 0 and 1, got {p!r}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        "Drop elements in training mode; pass `x` through in evaluation mode."
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str: return f"p={self.p}"
+
+# %%
+drop = Dropout(0.25)
+test_eq(repr(drop), "Dropout(p=0.25)")
+test_eq(list(drop.state_dict()), [])
+manual_seed(3); a = drop(ones(6, 6)).numpy()
+manual_seed(3); test_eq(drop(ones(6, 6)).numpy(), a)                  # same seed, same mask
+xe = ones(6, 6)
+test_eq(drop.eval()(xe) is xe, True)
+test_fail(lambda: Dropout(2), contains="Dropout: p must be a probability between 0 and 1, got 2")
