@@ -1,0 +1,43 @@
+"""LeNet-style CNN on Fashion-MNIST: target 91% test accuracy in under 10 minutes of training on 2 cores."""
+import math
+import sys
+
+from _common import options, run
+from fashion_mlp import check_stats, prepare
+
+from tinytorch.core.activations import ReLU
+from tinytorch.core.layers import Linear, Sequential
+from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.normalization import BatchNorm2d, Dropout
+from tinytorch.core.optimizers import Adam, CosineWarmupLR
+from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
+from tinytorch.core.tensor import manual_seed
+from tinytorch.core.training import Trainer
+from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
+
+
+def lenet() -> Sequential:
+    "LeNet-5's layout (two 5x5 convolutions with pooling, then three linear layers) with ReLU, max-pooling and BatchNorm."
+    return Sequential(Conv2d(1, 16, 5, padding=2), BatchNorm2d(16), ReLU(), MaxPool2d(2),   # (N, 16, 14, 14)
+                      Conv2d(16, 32, 5), BatchNorm2d(32), ReLU(), MaxPool2d(2),             # (N, 32, 5, 5)
+                      Flatten(), Linear(32 * 5 * 5, 120), ReLU(), Dropout(0.25),             # (N, 120)
+                      Linear(120, 84), ReLU(), Linear(84, 10))                                # (N, 10)
+
+
+def main() -> int:
+    args = options(__doc__, epochs=12, batch_size=128, lr=2e-3)
+    manual_seed(args.seed)
+    X_train, y_train, X_test, y_test = load_fashion_mnist(args.root)
+    check_stats(X_train)
+    model = lenet()
+    train = DataLoader(TensorDataset(prepare(X_train, False), y_train), args.batch_size, shuffle=True, seed=args.seed)
+    test = DataLoader(TensorDataset(prepare(X_test, False), y_test), 1000)
+    opt = Adam(model.parameters(), lr=args.lr)
+    steps = args.epochs * len(train)
+    trainer = Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(0.02 * steps), steps),
+                      progress=not args.no_progress)
+    return run("fashion_lenet", trainer, train, test, args.epochs, target=0.91, out=args.out, time_limit=600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
