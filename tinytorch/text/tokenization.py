@@ -187,7 +187,6 @@ class BPETokenizer:
         special_tokens = list(special_tokens)
         if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
             raise ValueError(f"BPETokenizer: special tokens must be distinct non-empty strings, got {special_tokens!r}")
-        re.compile(pattern)
         self.special_tokens, self.pattern = special_tokens, pattern
         self.merges = _checked_merges(merges)
         self._build()
