@@ -135,7 +135,7 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
         gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding)              # (N, C, H, W)
-    gb = g.sum(axis=(0, 2, 3)) if bias is not None and bias.requires_grad else None  # (O,)
+    gb = G.sum(axis=1) if bias is not None and bias.requires_grad else None  # (O,)
     ### END SOLUTION
     return (gx, gw) if bias is None else (gx, gw, gb)
 
@@ -192,23 +192,25 @@ def max_pool2d(x: Tensor,       # input (N, C, H, W)
     (KH, KW), stride, out_size = _pool_args('max_pool2d', x, kernel_size, stride)
     ### BEGIN SOLUTION
     out = x.data[_window(0, 0, stride, out_size)].copy()                     # (N, C, OH, OW)
-    arg = np.zeros(out.shape, np.min_scalar_type(KH * KW - 1))               # winning kernel position, p*KW + q
     for k in range(1, KH * KW):
-        v = x.data[_window(k // KW, k % KW, stride, out_size)]               # (N, C, OH, OW), a view
-        hit = v > out                                                        # strict: a tie keeps the first
-        np.copyto(out, v, where=hit)
-        np.copyto(arg, k, where=hit)
-    return Tensor._from_op(out, 'max_pool2d', (x,), arg=arg, kernel=(KH, KW), stride=stride)
+        np.maximum(out, x.data[_window(k // KW, k % KW, stride, out_size)], out=out)
+    return Tensor._from_op(out, 'max_pool2d', (x,), kernel=(KH, KW), stride=stride)
     ### END SOLUTION
 
 # %% ../../nbs/09_spatial.ipynb #0df70cc6
 @grad_rule('max_pool2d')
-def _max_pool2d_grad(g, out, x, arg, kernel, stride):
-    "Each output's gradient goes to the element of its window that won."
+def _max_pool2d_grad(g, out, x, kernel, stride):
+    "Each output's gradient goes to the first element of its window that attains the maximum."
     ### BEGIN SOLUTION
     gx = np.zeros(x.shape, g.dtype)
+    free = np.ones(out.shape, bool)                                          # (N, C, OH, OW): not yet placed
+    overlap = stride[0] < kernel[0] or stride[1] < kernel[1]
     for k in range(kernel[0] * kernel[1]):
-        gx[_window(k // kernel[1], k % kernel[1], stride, out.shape[2:])] += np.where(arg == k, g, 0)
+        win = _window(k // kernel[1], k % kernel[1], stride, out.shape[2:])
+        hit = (x.data[win] == out) & free                                    # this position won
+        free ^= hit                                                          # hit is part of free: remove it
+        if overlap: gx[win] += g * hit
+        else: np.multiply(g, hit, out=gx[win])                               # each input is in one window only
     return (gx,)
     ### END SOLUTION
 
