@@ -29,6 +29,7 @@
 
 # %%
 #| export
+import math
 import numbers
 
 import numpy as np
@@ -41,19 +42,23 @@ from tinytorch.core.layers import Module, Parameter
 # %%
 #| hide
 import gzip
+import time
+import tracemalloc
 from importlib.resources import files
 from timeit import repeat
 
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
+from threadpoolctl import threadpool_limits
 
 from tinytorch.core.tensor import manual_seed, randn
 from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import CrossEntropyLoss
-from tinytorch.core.optimizers import Adam
+from tinytorch.core.optimizers import SGD
 from tinytorch.core.training import Batches, Trainer
+from tinytorch.core.spatial import Conv2d, MaxPool2d, Flatten
 
 # %% [markdown]
 # ## Batch normalization: the forward pass
@@ -75,8 +80,58 @@ from tinytorch.core.training import Batches, Trainer
 #
 # where the batch variance in this average is the unbiased one, $\frac{m}{m-1}\sigma^2$: the running variance
 # estimates the variance of the whole population of activations, not of one batch.
+
+# %% [markdown]
+# ### A layout for per-channel work
 #
-# First the checks. A channel with a single value in the batch has variance 0 and normalises to 0 whatever the
+# The forward and backward passes need per-channel sums: of $x$, of $(x-\mu)^2$, of $g$ and of $g\hat x$. The obvious
+# NumPy call, `x.sum(axis=(0, 2, 3))` on an `(N, C, H, W)` array, is correct, but NumPy runs it as many short loops
+# over the few positions of one channel of one example. Row-major order puts each example's channels one after
+# another, so the same memory viewed as `(N, C·P)`, with $P$ positions per channel, holds one long row per example.
+# Summing over the rows is one pass that adds whole rows together; what is left is a vector of length $C \cdot P$,
+# and summing each channel's $P$ entries of it is cheap. A per-channel vector that has to broadcast against the rows
+# is repeated $P$ times (`np.repeat`). `(N, C)` inputs are the case $P = 1$.
+
+# %%
+#| export
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    "View `x` of shape (N, C, ...) as (N, C*P): one row per example, each channel's P positions side by side."
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+def _channel_sum(a2: np.ndarray, C: int) -> np.ndarray:
+    "Per-channel sums of `a2` of shape (N, C*P): over the rows, then over each channel's P entries; shape (C,)."
+    return a2.sum(axis=0).reshape(C, -1).sum(axis=1)
+
+# %%
+x = np.arange(12.).reshape(2, 3, 2)                               # (N=2, C=3, P=2)
+test_eq(_as_rows(x).shape, (2, 6))
+test_eq(_channel_sum(_as_rows(x), 3), x.sum(axis=(0, 2)))           # (0+1+6+7, 2+3+8+9, 4+5+10+11)
+test_eq(_as_rows(x) * np.repeat([1., 0., 2.], 2), x.reshape(2, 6) * [1, 1, 0, 0, 2, 2])
+
+# %% [markdown]
+# The two ways to take per-channel sums, timed on a batch of the size a small convolutional network sees.
+# Timing protocol for this module: after one warm-up call each, 7 rounds in which every candidate runs a batch of calls
+# in turn (alternating, so all see the same load on a shared machine); the figure is the median over the rounds of the
+# time per call. The values are whole numbers, so both orders of summation give exactly the same float32 sums.
+
+# %%
+def time_alternating(candidates: dict, number: int, rounds: int = 7) -> dict:
+    "Median seconds per call of each candidate; the candidates take turns within every round."
+    for fn in candidates.values(): fn()
+    samples = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items(): samples[name].append(repeat(fn, number=number, repeat=1)[0] / number)
+    return {name: float(np.median(t)) for name, t in samples.items()}
+
+# %%
+xa = np.round(np.random.default_rng(0).standard_normal((64, 16, 8, 8)) * 4).astype(np.float32)   # (64, 16, 8, 8)
+test_eq(_channel_sum(_as_rows(xa), 16), xa.sum(axis=(0, 2, 3)))
+t = time_alternating({'axes': lambda: xa.sum(axis=(0, 2, 3)), 'rows': lambda: _channel_sum(_as_rows(xa), 16)}, 50)
+print(f"per-channel sums of {xa.shape} float32: sum(axis=(0, 2, 3)) {t['axes']*1e6:.0f} us, "
+      f"rows then channels {t['rows']*1e6:.0f} us, ratio {t['axes'] / t['rows']:.1f}x")
+
+# %% [markdown]
+# Now the checks. A channel with a single value in the batch has variance 0 and normalises to 0 whatever the
 # input, so training on it is an error, as in PyTorch; in evaluation the running statistics make it fine.
 
 # %%
@@ -93,34 +148,6 @@ def _check_batch_norm(input: Tensor, running_mean, running_var, weight, bias, tr
                          f"{input.shape}; use a larger batch or eval()")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm: running_mean and running_var are needed when not training")
-
-# %% [markdown]
-# ### A layout for per-channel work
-#
-# The obvious NumPy code broadcasts a per-channel vector of shape `(1, C, 1, 1)` against the `(N, C, H, W)` input. That
-# is correct but slow: NumPy's inner loop then runs over only the $HW$ positions of one channel before it has to
-# step to the next channel, and for a small image the loop overhead costs more than the arithmetic. Row-major order
-# puts each example's channels one after another, so the same data viewed as `(N, C·P)`, with $P$ positions per
-# channel, is one long row per example. A per-channel vector repeated $P$ times (`np.repeat`, length $C \cdot P$)
-# broadcasts against those rows with an inner loop over the whole row, and a per-channel sum is a sum over the rows
-# followed by a small sum over each channel's $P$ entries. `(N, C)` inputs are the case $P = 1$. The cell at the end of
-# the gradient section measures the fused op against the same layer composed of small broadcasting ops.
-
-# %%
-#| export
-def _as_rows(x: np.ndarray) -> np.ndarray:
-    "View `x` of shape (N, C, ...) as (N, C*P): one row per example, each channel's P positions side by side."
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-
-def _channel_sum(a2: np.ndarray, C: int) -> np.ndarray:
-    "Per-channel sums of `a2` of shape (N, C*P): over the rows, then over each channel's P entries; shape (C,)."
-    return a2.sum(axis=0).reshape(C, -1).sum(axis=1)
-
-# %%
-x = np.arange(12.).reshape(2, 3, 2)                               # (N=2, C=3, P=2)
-test_eq(_as_rows(x).shape, (2, 6))
-test_eq(_channel_sum(_as_rows(x), 3), x.sum(axis=(0, 2)))           # (0+1+6+7, 2+3+8+9, 4+5+10+11)
-test_eq(_as_rows(x) * np.repeat([1., 0., 2.], 2), x.reshape(2, 6) * [1, 1, 0, 0, 2, 2])
 
 # %% [markdown]
 # The op itself. In training it normalises with the batch's statistics and, when running statistics are given,
@@ -162,8 +189,8 @@ def batch_norm(input: Tensor,           # (N, C, ...)
     if bias is not None: out = out + np.repeat(bias.data, P)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
-    return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params), xhat=xhat, inv_std=inv_std, training=training,
-                           has=(weight is not None, bias is not None))
+    return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params),
+                           xhat=xhat, inv_std=inv_std, training=training, has=(weight is not None, bias is not None))
 
 # %% [markdown]
 # A worked example. Two channels of two values each, with $\varepsilon = 0$ so the numbers are exact: channel 0 holds
@@ -227,7 +254,8 @@ class _BatchNorm(Module):
         name = type(self).__name__
         if not isinstance(num_features, numbers.Integral) or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
-        if momentum is not None and not 0 <= momentum <= 1: raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
         if eps < 0: raise ValueError(f"{name}: eps must be >= 0, got {eps}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -309,7 +337,8 @@ test_close(bn.running_var.numpy(), 0.9 + 0.1 * x.numpy().var(axis=(0, 2, 3), ddo
 test_eq(bn.num_batches_tracked.item(), 1)
 state = bn.state_dict()
 ye = bn.eval()(x)
-test_close(ye.numpy(), (x.numpy() - state['running_mean'][:, None, None]) / np.sqrt(state['running_var'][:, None, None] + 1e-5), eps=1e-4)
+rm3, rv3 = state['running_mean'][:, None, None], state['running_var'][:, None, None]  # (3, 1, 1)
+test_close(ye.numpy(), (x.numpy() - rm3) / np.sqrt(rv3 + 1e-5), eps=1e-4)
 for k, v in bn.state_dict().items(): test_eq(v, state[k])          # evaluation changes nothing
 test_eq(bn(randn(1, 3, 2, 2)).shape, (1, 3, 2, 2))
 
@@ -335,9 +364,11 @@ test_eq(BatchNorm1d(3)(randn(4, 3, 5)).shape, (4, 3, 5))           # (N, C, L)
 bn1 = BatchNorm1d(3)
 test_fail(lambda: bn1(randn(1, 3)), contains="expected more than 1 value per channel when training, got input of shape (1, 3)")
 test_eq(bn1.num_batches_tracked.item(), 0)
-test_fail(lambda: bn1(randn(4, 3, 2, 2)), contains="BatchNorm1d: expected 2-D or 3-D input, (N, C) or (N, C, L), got shape (4, 3, 2, 2)")
+test_fail(lambda: bn1(randn(4, 3, 2, 2)),
+          contains="BatchNorm1d: expected 2-D or 3-D input, (N, C) or (N, C, L), got shape (4, 3, 2, 2)")
 test_fail(lambda: BatchNorm2d(3)(randn(4, 3, 2)), contains="BatchNorm2d: expected 4-D input (N, C, H, W), got shape (4, 3, 2)")
-test_fail(lambda: bn1(randn(4, 2)), contains="BatchNorm1d: expected 3 channels (num_features) in axis 1, got input of shape (4, 2)")
+test_fail(lambda: bn1(randn(4, 2)),
+          contains="BatchNorm1d: expected 3 channels (num_features) in axis 1, got input of shape (4, 2)")
 test_eq(bn1.eval()(randn(1, 3)).shape, (1, 3))
 
 # %% [markdown]
@@ -423,15 +454,16 @@ test_eq((w.grad, b.grad), ([-1.], [1.]))
 # hypothesis, is in `tests/test_10_normalization.py`.
 
 # %%
-f64 = lambda *shape, seed, scale=1.: Tensor(np.random.default_rng(seed).standard_normal(shape) * scale, dtype=np.float64, requires_grad=True)
+f64 = lambda *shape, seed: Tensor(np.random.default_rng(seed).standard_normal(shape), dtype=np.float64, requires_grad=True)
 gamma, beta = f64(3, seed=1), f64(3, seed=2)
 rm64 = Tensor(np.random.default_rng(3).standard_normal(3), dtype=np.float64)
 rv64 = Tensor(np.random.default_rng(4).uniform(0.5, 2, 3), dtype=np.float64)
+train_bn = lambda x, w=None, b=None, eps=1e-5: batch_norm(x, None, None, w, b, training=True, eps=eps)
 bn_checks = {
-    '(N, C) training': lambda: gradcheck(lambda x, w, b: batch_norm(x, None, None, w, b, training=True), f64(5, 3, seed=5), gamma, beta),
-    '(N, C, L) training': lambda: gradcheck(lambda x, w: batch_norm(x, None, None, w, None, training=True, eps=1e-3), f64(2, 3, 4, seed=6), gamma),
-    '(N, C, H, W) training': lambda: gradcheck(lambda x, b: batch_norm(x, None, None, None, b, training=True), f64(2, 3, 2, 3, seed=7), beta),
-    '(N, C, H, W) no affine': lambda: gradcheck(lambda x: batch_norm(x, None, None, training=True), f64(3, 3, 2, 2, seed=8)),
+    '(N, C) training': lambda: gradcheck(train_bn, f64(5, 3, seed=5), gamma, beta),
+    '(N, C, L) training': lambda: gradcheck(lambda x, w: train_bn(x, w, eps=1e-3), f64(2, 3, 4, seed=6), gamma),
+    '(N, C, H, W) training': lambda: gradcheck(lambda x, b: train_bn(x, None, b), f64(2, 3, 2, 3, seed=7), beta),
+    '(N, C, H, W) no affine': lambda: gradcheck(train_bn, f64(3, 3, 2, 2, seed=8)),
     '(N, C, H, W) evaluation': lambda: gradcheck(lambda x, w, b: batch_norm(x, rm64, rv64, w, b), f64(2, 3, 2, 2, seed=9), gamma, beta),
 }
 for name, check in bn_checks.items(): test_eq(check(), True)
@@ -449,9 +481,7 @@ test_close((x.grad * xhat.numpy()).sum(axis=(0, 2)), np.zeros(2), eps=1e-12)    
 #
 # The same layer can be written with the tensor module's ops, and autograd then differentiates it with no new rule.
 # The cell below does that, checks that both give the same output and gradients, counts the ops each records, and
-# times a forward and backward pass of both on a batch of the size a small convolutional network sees. Timing
-# protocol: after a warm-up, 7 rounds that each time 20 calls of one candidate and then 20 of the other (alternating,
-# so both see the same load on a shared machine), and the median per call over the rounds.
+# times a forward and backward pass of both on the batch used above, with this module's timing protocol.
 
 # %%
 def batch_norm_composed(x, weight, bias, eps=1e-5):
@@ -494,18 +524,33 @@ def fwd_bwd(fn, x, w, b):
 manual_seed(0)
 xb = Tensor(randn(64, 16, 8, 8).numpy(), requires_grad=True)             # (64, 16, 8, 8) float32
 wb, bb = Tensor(ones(16).numpy(), requires_grad=True), Tensor(zeros(16).numpy(), requires_grad=True)
-candidates = {'fused': lambda x, w, b: batch_norm(x, None, None, w, b, training=True), 'composed': batch_norm_composed}
-samples = {name: [] for name in candidates}
-for name, fn in candidates.items(): fwd_bwd(fn, xb, wb, bb)                # warm-up
-for _ in range(7):                                                          # alternate, so both see the same load
-    for name, fn in candidates.items(): samples[name].append(min(repeat(lambda: fwd_bwd(fn, xb, wb, bb), number=20, repeat=1)) / 20)
-timings = {name: float(np.median(s)) for name, s in samples.items()}
+fused_bn = lambda x, w, b: batch_norm(x, None, None, w, b, training=True)
+timings = time_alternating({'fused': lambda: fwd_bwd(fused_bn, xb, wb, bb),
+                            'composed': lambda: fwd_bwd(batch_norm_composed, xb, wb, bb)}, 20)
 print(f"forward + backward on {xb.shape} float32: fused {timings['fused']*1e3:.2f} ms, "
       f"composed {timings['composed']*1e3:.2f} ms, composed/fused {timings['composed'] / timings['fused']:.2f}x")
 
 # %% [markdown]
-# The fused op records one node and keeps one intermediate array, $\hat x$, for the backward pass; the composition
-# records every step and keeps each step's result.
+# Memory: between the forward and the backward pass the graph keeps whatever the gradient rules will need. The cell
+# counts, with `tracemalloc`, the bytes that a forward pass allocated and that are still held while its output is
+# alive: the output itself plus what its graph keeps.
+
+# %%
+def held_by_forward(fn) -> int:
+    "Bytes allocated by `fn(xb, wb, bb)` and still held while its output is alive."
+    tracemalloc.start()
+    y = fn(xb, wb, bb)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return held
+
+held = {name: held_by_forward(fn) for name, fn in (('fused', fused_bn), ('composed', batch_norm_composed))}
+print(f"held after the forward pass: fused {held['fused'] / 2**10:,.0f} KiB, composed {held['composed'] / 2**10:,.0f} KiB; "
+      f"one array of the batch's shape is {xb.nbytes / 2**10:,.0f} KiB")
+
+# %% [markdown]
+# The fused op holds the output and $\hat x$; the composition holds the result of every step, each the size of the
+# batch, until the backward pass has run.
 
 # %% [markdown]
 # ## Layer normalization
@@ -541,7 +586,7 @@ def layer_norm(input: Tensor,       # (..., *normalized_shape)
               ) -> Tensor:
     "Normalise `input` over its trailing dims `normalized_shape`, then scale and shift each element."
     shape = _check_layer_norm(input, normalized_shape, weight, bias)
-    D = int(np.prod(shape))
+    D = math.prod(shape)
     x2 = input.data.reshape(-1, D)                                     # (R, D), one row per normalised group
     ### BEGIN SOLUTION
     mean = x2.mean(axis=1, keepdims=True)                              # (R, 1)
@@ -762,3 +807,134 @@ manual_seed(3); test_eq(drop(ones(6, 6)).numpy(), a)                  # same see
 xe = ones(6, 6)
 test_eq(drop.eval()(xe) is xe, True)
 test_fail(lambda: Dropout(2), contains="Dropout: p must be a probability between 0 and 1, got 2")
+
+# %% [markdown]
+# ## What batch normalization and dropout do to training
+#
+# The measurement: the same small convolutional network trained four times on the handwritten digits, with and without
+# `BatchNorm2d` after each convolution and with and without `Dropout` before the classifier. The data and the split are
+# those of the training module's digits milestone (8x8 images, 20% held out for testing), here kept as images of shape
+# `(N, 1, 8, 8)` for `Conv2d`.
+
+# %%
+with gzip.open(files('tinytorch') / 'data' / 'digits.csv.gz', 'rt') as f:
+    digits = np.loadtxt(f, delimiter=',', dtype=np.float32)                    # (1797, 65)
+Xd, yd = (digits[:, :64] / 16).reshape(-1, 1, 8, 8), digits[:, 64].astype(np.int64)   # (1797, 1, 8, 8), pixels in [0, 1]
+perm = np.random.default_rng(0).permutation(len(Xd))
+n_test = len(Xd) // 5
+test_idx, train_idx = perm[:n_test], perm[n_test:]
+print(f"digits: {len(train_idx)} training and {len(test_idx)} test images of shape {Xd.shape[1:]}")
+
+# %% [markdown]
+# The network: two blocks of a 3x3 convolution (16, then 32 channels), an optional `BatchNorm2d`, `ReLU` and 2x2 max
+# pooling, which take an 8x8 image to 32 channels of 2x2; then `Flatten`, an optional `Dropout(0.5)`, and a `Linear`
+# layer to the 10 classes. The convolution has a bias of its own; before batch normalization it is redundant (the
+# mean subtraction removes it) but harmless, and keeping it makes the four networks start from the same weights:
+# `manual_seed(0)` comes first in each, and neither `BatchNorm2d` nor `Dropout` draws random numbers when built.
+#
+# All four train with SGD (momentum 0.9, learning rate 0.02) on batches of 64 for the same number of epochs. After each
+# epoch the cell measures the loss and accuracy on the test images and also on the training images in evaluation
+# mode: with dropout, the loss the trainer records during an epoch is the loss of a network with half its features
+# switched off, not of the network that is evaluated. The matrices here are small, so BLAS runs with one thread, which
+# is faster for them than several.
+
+# %%
+def digits_cnn(bn: bool, drop: bool) -> Sequential:
+    "Conv-[BN]-ReLU-pool twice, then Flatten-[Dropout]-Linear; the same initial weights for every choice."
+    manual_seed(0)
+    norm = lambda c: [BatchNorm2d(c)] if bn else []
+    return Sequential(Conv2d(1, 16, 3, padding=1), *norm(16), ReLU(), MaxPool2d(2),     # (N, 16, 4, 4)
+                      Conv2d(16, 32, 3, padding=1), *norm(32), ReLU(), MaxPool2d(2),    # (N, 32, 2, 2)
+                      Flatten(), *([Dropout(0.5)] if drop else []), Linear(32 * 2 * 2, 10))  # (N, 128) -> (N, 10)
+
+def train_digits(model: Sequential, epochs: int) -> dict:
+    "Train `model` on the digits; per epoch, test loss and accuracy and training loss and accuracy in eval mode."
+    trainer = Trainer(model, CrossEntropyLoss(), SGD(model.parameters(), lr=0.02, momentum=0.9), progress=False)
+    train = Batches(Xd[train_idx], yd[train_idx], 64, shuffle=True, seed=0)
+    train_eval, test = Batches(Xd[train_idx], yd[train_idx], 512), Batches(Xd[test_idx], yd[test_idx], 512)
+    hist = {'train_loss': [], 'train_acc': [], 'test_loss': [], 'test_acc': []}
+    for _ in range(epochs):
+        trainer.fit(train, 1)
+        for split, data in (('train', train_eval), ('test', test)):
+            loss, acc = trainer.evaluate(data)
+            hist[f'{split}_loss'].append(loss); hist[f'{split}_acc'].append(acc)
+    return hist
+
+# %%
+first = [digits_cnn(bn, drop).state_dict() for bn, drop in ((False, False), (True, True))]
+test_eq([k for k in first[0]], ['0.weight', '0.bias', '3.weight', '3.bias', '7.weight', '7.bias'])
+for k, k2 in zip(first[0], ['0.weight', '0.bias', '4.weight', '4.bias', '10.weight', '10.bias']):
+    test_eq(first[0][k], first[1][k2])                                      # same weights under the shifted names
+
+# %% [markdown]
+# First a look at the networks before any training: the standard deviation of the activations after each block
+# (convolution, optional batch normalization, ReLU, pooling) on a batch of 256 training images, and of the logits.
+
+# %%
+xs0 = Tensor(Xd[train_idx[:256]])                                           # (256, 1, 8, 8)
+for bn in (False, True):
+    stds, h = [], xs0
+    with no_grad():
+        for layer in digits_cnn(bn, False):
+            h = layer(h)
+            if isinstance(layer, (MaxPool2d, Linear)): stds.append(float(h.numpy().std()))
+    print(f"{'with' if bn else 'without'} BatchNorm2d, at initialisation: std after block 1 {stds[0]:.3f}, "
+          f"block 2 {stds[1]:.3f}, logits {stds[2]:.3f} (input std {float(xs0.numpy().std()):.3f})")
+
+# %%
+epochs = 15
+variants = {'plain': (False, False), 'BatchNorm': (True, False), 'Dropout': (False, True),
+            'BatchNorm + Dropout': (True, True)}
+runs, seconds = {}, {}
+with threadpool_limits(1):
+    for name, (bn, drop) in variants.items():
+        start = time.perf_counter()
+        runs[name] = train_digits(digits_cnn(bn, drop), epochs)
+        seconds[name] = time.perf_counter() - start
+print(f"{epochs} epochs each; loss and accuracy after the last epoch (training images measured in eval mode); "
+      f"a uniform guess over 10 classes has loss ln 10 = {math.log(10):.3f}")
+print(f"{'':>20} {'test loss':>10} {'test acc':>9} {'train loss':>11} {'train acc':>10} {'test-train loss':>16} "
+      f"{'test loss, epoch 1':>19} {'seconds':>8}")
+for name, h in runs.items():
+    print(f"{name:>20} {h['test_loss'][-1]:>10.4f} {h['test_acc'][-1]:>9.2%} {h['train_loss'][-1]:>11.4f} "
+          f"{h['train_acc'][-1]:>10.2%} {h['test_loss'][-1] - h['train_loss'][-1]:>16.4f} {h['test_loss'][0]:>19.3f} "
+          f"{seconds[name]:>8.1f}")
+for name in ('BatchNorm', 'BatchNorm + Dropout'): assert runs[name]['test_loss'][0] < runs['plain']['test_loss'][0]
+assert all(h['test_acc'][-1] > 0.9 for h in runs.values())
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+ep = np.arange(1, epochs + 1)
+for (name, h), color in zip(runs.items(), ['C0', 'C1', 'C2', 'C3']):
+    for ax, key in zip(axes, ('loss', 'acc')):
+        ax.plot(ep, h[f'test_{key}'], color=color, label=name)
+        ax.plot(ep, h[f'train_{key}'], color=color, ls='--')
+axes[0].set_yscale('log'); axes[0].set_ylabel('cross-entropy loss')
+axes[1].set_ylim(0.6, 1.0); axes[1].set_ylabel('accuracy'); axes[1].legend(loc='lower right')
+for ax in axes: ax.set_xlabel('epoch')
+fig.suptitle('solid: test images; dashed: training images, evaluated in eval mode', fontsize=10)
+plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# What the table and the curves show. With batch normalization the network learns from the first epoch on: its test
+# loss after one epoch is a fraction of the plain network's, which is still close to the loss of a uniform guess.
+# The cell before the training showed why: at initialisation the plain network's activations shrink block by block,
+# so the classifier sees small, nearly constant features and the gradients that reach the convolutions are small.
+# Batch normalization rescales each channel to unit variance whatever the weights do, so every layer receives inputs
+# of a useful size from the start.
+#
+# Dropout works on the other end. It makes training harder on purpose, so the network without it fits the training
+# images more closely (lower training loss in evaluation mode); the column "test-train loss" is the gap between test
+# and training loss that dropout is meant to narrow. With 1438 training images and this few epochs the networks have
+# only begun to overfit, so any effect of dropout on the test figures is small here: compare the rows.
+
+# %% [markdown]
+# ## Summary
+#
+# `batch_norm`, `layer_norm` and `dropout` are each one op with one gradient rule. Batch normalization normalises each
+# channel over the batch and the positions, keeps running statistics (the unbiased variance, PyTorch's momentum) for
+# evaluation, and its gradient removes the mean and the $\hat x$ component of the upstream gradient. Layer normalization
+# does the same over each example's trailing dimensions, with no running statistics. Dropout zeroes elements with
+# probability $p$ and scales the rest by $1/(1-p)$, so evaluation needs no correction. `BatchNorm1d`, `BatchNorm2d`,
+# `LayerNorm` and `Dropout` carry PyTorch's names, parameters, buffers and defaults, so their state dicts line up with
+# PyTorch's.

@@ -6,6 +6,7 @@
 __all__ = ['batch_norm', 'BatchNorm1d', 'BatchNorm2d', 'layer_norm', 'LayerNorm', 'dropout', 'Dropout']
 
 # %% ../../nbs/10_normalization.ipynb #2f031a0c
+import math
 import numbers
 
 import numpy as np
@@ -14,6 +15,15 @@ from fastcore.basics import patch
 from .tensor import Tensor, rand, ones, zeros
 from .autograd import grad_rule
 from .layers import Module, Parameter
+
+# %% ../../nbs/10_normalization.ipynb #0d1593af
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    "View `x` of shape (N, C, ...) as (N, C*P): one row per example, each channel's P positions side by side."
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+def _channel_sum(a2: np.ndarray, C: int) -> np.ndarray:
+    "Per-channel sums of `a2` of shape (N, C*P): over the rows, then over each channel's P entries; shape (C,)."
+    return a2.sum(axis=0).reshape(C, -1).sum(axis=1)
 
 # %% ../../nbs/10_normalization.ipynb #5a30abca
 def _check_batch_norm(input: Tensor, running_mean, running_var, weight, bias, training: bool):
@@ -28,15 +38,6 @@ def _check_batch_norm(input: Tensor, running_mean, running_var, weight, bias, tr
                          f"{input.shape}; use a larger batch or eval()")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm: running_mean and running_var are needed when not training")
-
-# %% ../../nbs/10_normalization.ipynb #0d1593af
-def _as_rows(x: np.ndarray) -> np.ndarray:
-    "View `x` of shape (N, C, ...) as (N, C*P): one row per example, each channel's P positions side by side."
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-
-def _channel_sum(a2: np.ndarray, C: int) -> np.ndarray:
-    "Per-channel sums of `a2` of shape (N, C*P): over the rows, then over each channel's P entries; shape (C,)."
-    return a2.sum(axis=0).reshape(C, -1).sum(axis=1)
 
 # %% ../../nbs/10_normalization.ipynb #87c784f1
 def batch_norm(input: Tensor,           # (N, C, ...)
@@ -71,8 +72,8 @@ def batch_norm(input: Tensor,           # (N, C, ...)
     if bias is not None: out = out + np.repeat(bias.data, P)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
-    return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params), xhat=xhat, inv_std=inv_std, training=training,
-                           has=(weight is not None, bias is not None))
+    return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params),
+                           xhat=xhat, inv_std=inv_std, training=training, has=(weight is not None, bias is not None))
 
 # %% ../../nbs/10_normalization.ipynb #621efd2a
 class _BatchNorm(Module):
@@ -88,7 +89,8 @@ class _BatchNorm(Module):
         name = type(self).__name__
         if not isinstance(num_features, numbers.Integral) or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
-        if momentum is not None and not 0 <= momentum <= 1: raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
         if eps < 0: raise ValueError(f"{name}: eps must be >= 0, got {eps}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -184,7 +186,7 @@ def layer_norm(input: Tensor,       # (..., *normalized_shape)
               ) -> Tensor:
     "Normalise `input` over its trailing dims `normalized_shape`, then scale and shift each element."
     shape = _check_layer_norm(input, normalized_shape, weight, bias)
-    D = int(np.prod(shape))
+    D = math.prod(shape)
     x2 = input.data.reshape(-1, D)                                     # (R, D), one row per normalised group
     ### BEGIN SOLUTION
     mean = x2.mean(axis=1, keepdims=True)                              # (R, 1)
