@@ -348,9 +348,9 @@ test_eq(np.allclose(ya[0], yb[2], atol=1e-3), False)
 # geometrically from $2\pi$ to $10000 \cdot 2\pi$. Nothing is learned, every position up to `max_len` has a
 # distinct vector, and the values stay in $[-1, 1]$, on the scale of the token vectors they are added to.
 #
-# The angles are computed in float64 and only the table is stored in float32: at position 5000 the angle of the
-# fastest column is 5000 radians, and float32's spacing near 5000 is about $5 \cdot 10^{-4}$, an error that
-# float64 avoids. An odd `d_model` gets one more sine column than cosine columns.
+# The angles are computed in float64 and only the table is stored in float32. The fastest column's angle is the
+# position itself, in radians, and float32 numbers near a large position are far apart; the cell after the tests
+# prints how far, and what that would do to the table. An odd `d_model` gets one more sine column than cosine columns.
 
 # %%
 #| export
@@ -382,6 +382,20 @@ test_close(pe[1], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)], ep
 test_close(sinusoidal_table(2, 3)[1], [math.sin(1), math.cos(1), math.sin(10000 ** (-2 / 3))], eps=1e-7)  # odd d_model
 test_eq(sinusoidal_table(4, 1)[:, 0], np.sin(np.arange(4)).astype(np.float32))
 test_fail(lambda: sinusoidal_table(0, 4), contains="sizes must be positive integers, got max_len=0, d_model=4")
+
+# %% [markdown]
+# The angles in float32 instead, at position 5000: the error of the sines is of the order of float32's spacing there,
+# against the half-spacing rounding of values below 1 in the stored table.
+
+# %%
+p = 5000
+inv = 10000.0 ** (-np.arange(0, 64, 2) / 64)                       # (32,) frequencies
+exact = np.sin(p * inv)
+err32 = np.abs(np.sin((np.float32(p) * inv.astype(np.float32)).astype(np.float64)) - exact).max()
+err_table = np.abs(sinusoidal_table(p + 1, 64)[p, 0::2] - exact).max()
+print(f"float32 spacing near {p}: {np.spacing(np.float32(p)):.1e}; sines of float32 angles off by up to {err32:.1e}; "
+      f"stored table off by up to {err_table:.1e}")
+test_eq(bool(err_table <= 2**-25 + 1e-12), True)
 
 # %% [markdown]
 # The picture: each column oscillates along the positions, the left columns quickly and the right ones slowly,

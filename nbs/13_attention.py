@@ -17,7 +17,7 @@
 # $0$ where a query may look at a key and $-\infty$ where it may not. This module builds
 #
 # - `scaled_dot_product_attention`, with PyTorch's signature and masks, as *one* op: the forward pass in NumPy and a
-#   gradient rule derived by hand, instead of a chain of five ops each keeping its own copy of the $(T_q, T_k)$ scores;
+#   gradient rule derived by hand, instead of a chain of ops each keeping its own $(T_q, T_k)$ array;
 # - `MultiHeadAttention`, nanoGPT's causal self-attention layer: one `Linear` computes queries, keys and values for
 #   all heads, the heads attend in parallel, and a second `Linear` mixes their outputs. It accepts the keys and values
 #   of earlier positions and returns the new ones, so generation can feed one token at a time and get exactly what a
@@ -131,8 +131,8 @@ test_fail(lambda: _attention_bias(np.ones((2, 1, 3)), False, (2, 3), np.float32)
 
 # %% [markdown]
 # The inputs are checked before any arithmetic, and the errors name the shapes. Batch dimensions (such as batch and
-# head) may differ between query, key and value as long as they broadcast; PyTorch's `enable_gqa`, which shares one
-# key head among several query heads, is that broadcast with a size-1 head axis here.
+# head) may differ between query, key and value as long as they broadcast; multi-query attention, in which all query
+# heads share one key head and one value head, is that broadcast with a size-1 head axis.
 
 # %%
 #| export
@@ -169,8 +169,8 @@ test_fail(lambda: _check_attention(q, k, k, 1.), contains="dropout_p must be in 
 # The weights are a softmax along the last axis of the scores, computed in place to avoid another $(T_q, T_k)$
 # array. As in the activations module, the row maximum is subtracted first. A row in which every key is masked has
 # maximum $-\infty$, and $-\infty - (-\infty)$ is NaN; such a row gets all-zero weights instead, so its output is
-# zero and no gradient flows through it. That is what PyTorch's math implementation does since version 2.5, and it
-# happens in practice for a query that is itself padding.
+# zero and no gradient flows through it. PyTorch's `scaled_dot_product_attention` does the same (a test compares
+# them), and it happens in practice for a query that is itself padding.
 
 # %%
 #| export
@@ -369,9 +369,9 @@ test_close(drop[drop > 0], full[drop > 0] / 0.75, eps=1e-6)
 # %% [markdown]
 # ## Why one op: a measurement
 #
-# The composed version records five ops, and each keeps what its own gradient needs: the product keeps both inputs,
-# the scale and the mask each produce a new $(T_q, T_k)$ array, softmax keeps its output, and the backward pass
-# allocates a gradient of that size at every step. The fused op keeps one $(T_q, T_k)$ array, the weights. The cell
+# The composed version records six ops (transpose, matmul, scale, mask, softmax, matmul), and each keeps what its own
+# gradient needs: the product keeps both inputs, the scale and the mask each produce a new $(T_q, T_k)$ array,
+# softmax keeps its output, and the backward pass allocates a gradient of that size at every step. The fused op keeps one $(T_q, T_k)$ array, the weights. The cell
 # compares time (median of 5 runs after a warm-up, `perf_counter`, with one BLAS thread as in the benchmarks) and
 # peak traced memory of a forward and backward pass, causal, at batch 4, 4 heads, 256 positions, head size 64.
 
@@ -414,14 +414,14 @@ print(f"forward + backward, (B, nh, T, hs) = {(B, nh, T, hs)}: fused {t_fused*1e
 # One attention over vectors of size $C$ compares positions in one way. Multi-head attention splits the $C$
 # numbers into `num_heads` groups of `head_dim` $= C / n_h$ and runs an attention per group, each with its own
 # projections, so different heads can track different relations (the previous token, a matching bracket, the
-# subject of the verb). The cost is the same as one attention of size $C$.
+# subject of the verb). The matrix products cost what one attention of size $C$ would; the softmax runs once per head.
 #
 # `MultiHeadAttention(embed_dim, num_heads)` follows nanoGPT's `CausalSelfAttention`: one `Linear(C, 3C)` named
 # `qkv` computes queries, keys and values for every head in one matrix product; the first $C$ output columns are the
 # queries, the next $C$ the keys, the last $C$ the values, and within each block head $h$ owns columns
 # $h \cdot d_h .. (h+1) d_h - 1$. A `Linear(C, C)` named `proj` mixes the heads' outputs. `qkv.weight` has the layout of
 # PyTorch's `nn.MultiheadAttention.in_proj_weight`, `(3C, C)`. The weights start with `Linear`'s initialisation;
-# the transformer module chooses its own. `dropout` is the probability of dropping an attention weight in training.
+# a model built on the layer may re-initialise them, as nanoGPT does. `dropout` is the probability of dropping an attention weight in training.
 
 # %%
 #| export
@@ -692,7 +692,7 @@ test_eq(bool((np.abs(np.concatenate(ys, 1) - full) <= bound).all()), True)
 # ## What attention costs as the sequence grows
 #
 # The scores and weights are $(B, n_h, T, T)$ arrays: doubling $T$ multiplies their memory by four, and the two
-# matrix products in the forward pass and four in the backward pass, $2 T^2 d_h$ multiply-adds each per head, by
+# matrix products in the forward pass and four in the backward pass, $T^2 d_h$ multiply-adds each per head, by
 # four too. The projections cost $O(T C^2)$, which dominates for short sequences. The cell runs a forward and
 # backward pass of a `MultiHeadAttention(256, 4)` (head size 64) on one sequence of each length, and prints the
 # time (median of 3 runs after a warm-up, one BLAS thread), the bytes of one score array, and the peak memory traced

@@ -165,6 +165,18 @@ def test_against_torch_sdpa(case):
     for a, b in zip(ours, theirs): np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)   # float64: rounding only
 
 
+def test_fully_masked_rows_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    q, k, v = rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal((2, 3))
+    mask = np.array([[False, False], [True, False], [True, True]])       # row 0 may see no key
+    g = rng.standard_normal((3, 3))
+    ours = _ours(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask), [q, k, v], g)
+    F = torch.nn.functional.scaled_dot_product_attention
+    theirs = _torch_run(torch, lambda q, k, v: F(q, k, v, attn_mask=torch.tensor(mask)), [q, k, v], g)
+    for a, b in zip(ours, theirs): np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)   # zeros for row 0 on both sides
+
+
 def test_torch_is_causal_is_top_left_aligned_and_ours_bottom_right():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
