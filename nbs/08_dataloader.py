@@ -908,10 +908,11 @@ with tarfile.open(fileobj=buf, mode='r:gz') as t:
 # ## Measuring the pipeline
 #
 # How much does data loading cost next to training? The measurement uses Fashion-MNIST when its files can be found
-# without downloading, the digits otherwise. Each loader configuration runs whole epochs of batches of 128; each figure
-# is the median of three epochs (`timeit`-style medians). The training step is one update of an MLP 784-128-10 (or
-# 64-128-10) with SGD on a batch of the same size, median of repeats of 20 steps. Both run with one BLAS thread, as the
-# project's benchmarks do, so that the figures do not depend on what else the machine is running.
+# without downloading, the digits otherwise. Four loader configurations each run whole epochs of batches of 128; the
+# training step is one SGD update of an MLP 784-128-10 (64-128-10 on the digits) on one such batch. After a warm-up,
+# five rounds alternate the candidates (each round: one epoch of every configuration, then 20 steps), and each figure is
+# the median over the rounds, so a slow moment of the machine touches all candidates alike. Everything runs with one
+# BLAS thread, as the project's benchmarks do.
 
 # %%
 try:
@@ -928,57 +929,72 @@ del px
 print(f"{data_name}: {len(Xtr):,} training images {Xtr.shape[1:]} {Xtr.dtype}, {len(Xte):,} test; "
       f"training classes {np.bincount(ytr).tolist()}; pixel mean {stats[0][0]}, std {stats[1][0]}")
 
+# %% [markdown]
+# The first row shows training images, the second the same images after `RandomCrop` with padding and
+# `RandomHorizontalFlip`: shifted by a few pixels, some mirrored.
+
 # %%
 fig, axes = plt.subplots(2, 8, figsize=(10, 2.8))
-show = Compose(to_float + [RandomCrop(Xtr.shape[-1], padding=pad, seed=1), RandomHorizontalFlip(seed=1)])
-aug = show(Xtr[:8])
+aug = Compose(to_float + [RandomCrop(Xtr.shape[-1], padding=pad, seed=1), RandomHorizontalFlip(seed=1)])(Xtr[:8])
+orig = Compose(to_float)(Xtr[:8]) if to_float else Xtr[:8]
 for k in range(8):
-    axes[0, k].imshow(Compose(to_float)(Xtr[k:k + 1])[0, 0] if to_float else Xtr[k, 0], cmap='gray'); axes[0, k].axis('off')
+    axes[0, k].imshow(orig[k, 0], cmap='gray'); axes[0, k].axis('off')
     axes[1, k].imshow(aug[k, 0], cmap='gray'); axes[1, k].axis('off')
-axes[0, 0].set_title('original', loc='left'); axes[1, 0].set_title('cropped and flipped', loc='left')
 plt.tight_layout(); plt.show()
 
 # %%
 flat = lambda x: x.reshape(len(x), -1)                                   # (N, C, H, W) -> (N, C*H*W)
+augment = [RandomCrop(Xtr.shape[-1], pad, seed=0), RandomHorizontalFlip(seed=0), Normalize(*stats)]
 configs = {
-    'in order':                 DataLoader(TensorDataset(Xtr, ytr), 128, transform=Compose(to_float + [flat])),
-    'shuffled':                 DataLoader(TensorDataset(Xtr, ytr), 128, shuffle=True, seed=0, transform=Compose(to_float + [flat])),
-    'shuffled + augmented':     DataLoader(TensorDataset(Xtr, ytr), 128, shuffle=True, seed=0,
-                                           transform=Compose(to_float + [RandomCrop(Xtr.shape[-1], pad, seed=0), RandomHorizontalFlip(seed=0),
-                                                                          Normalize(*stats), flat])),
-    'shuffled, per example':    DataLoader(Rows(Xtr, ytr), 128, shuffle=True, seed=0, transform=Compose(to_float + [flat])),
+    'in order':              DataLoader(TensorDataset(Xtr, ytr), 128, transform=Compose(to_float + [flat])),
+    'shuffled':              DataLoader(TensorDataset(Xtr, ytr), 128, shuffle=True, seed=0, transform=Compose(to_float + [flat])),
+    'shuffled + augmented':  DataLoader(TensorDataset(Xtr, ytr), 128, shuffle=True, seed=0, transform=Compose(to_float + augment + [flat])),
+    'shuffled, per example': DataLoader(Rows(Xtr, ytr), 128, shuffle=True, seed=0, transform=Compose(to_float + [flat])),
 }
-def epoch(loader):
-    for _ in loader: pass
-with threadpool_limits(1, 'blas'):
-    epoch_s = {k: float(np.median(repeat(lambda: epoch(dl), number=1, repeat=3))) for k, dl in configs.items()}
-n_batches = len(configs['in order'])
-for k, s in epoch_s.items(): print(f"{k:>22}: {n_batches / s:8,.0f} batches/s ({1e6 * s / n_batches:6.1f} us per batch)")
-
-# %%
 manual_seed(0)
 d_in = int(np.prod(Xtr.shape[1:]))
 model = Sequential(Linear(d_in, 128), ReLU(), Linear(128, 10))
 loss_fn, opt = CrossEntropyLoss(), SGD(model.parameters(), lr=0.05)
 xb, yb = next(iter(configs['shuffled']))
+
 def step():
     opt.zero_grad()
-    loss = loss_fn(model(xb), yb)
-    loss.backward()
+    loss_fn(model(xb), yb).backward()
     opt.step()
-with threadpool_limits(1, 'blas'): step_s = float(np.median(repeat(step, number=20, repeat=5))) / 20
-per_batch = {k: s / n_batches for k, s in epoch_s.items()}
-print(f"training step, MLP {d_in}-128-10, batch {len(yb)}: {1e3 * step_s:.2f} ms")
-print(f"per batch, shuffling costs {(per_batch['shuffled'] - per_batch['in order']) / step_s:+.2%} of a training step, "
+
+def epoch(loader):
+    for _ in loader: pass
+
+def seconds(fn, number: int = 1) -> float:
+    "Mean seconds per call over `number` calls."
+    start = time.perf_counter()
+    for _ in range(number): fn()
+    return (time.perf_counter() - start) / number
+
+samples = {k: [] for k in [*configs, 'step']}
+with threadpool_limits(1, 'blas'):
+    for dl in configs.values(): epoch(dl)                               # warm-up
+    seconds(step, 20)
+    for _ in range(5):
+        for k, dl in configs.items(): samples[k].append(seconds(lambda: epoch(dl)) / len(dl))
+        samples['step'].append(seconds(step, 20))
+per_batch = {k: float(np.median(v)) for k, v in samples.items()}
+step_s = per_batch.pop('step')
+print(f"{os.cpu_count()} CPUs, NumPy {np.__version__}, one BLAS thread; {len(configs['in order'])} batches of 128 per epoch")
+for k, s in per_batch.items(): print(f"{k:>22}: {1 / s:8,.0f} batches/s ({1e6 * s:7.1f} us per batch)")
+print(f"training step, MLP {d_in}-128-10: {1e3 * step_s:.2f} ms")
+print(f"per batch, shuffling costs {(per_batch['shuffled'] - per_batch['in order']) / step_s:+.1%} of a training step, "
       f"augmentation {(per_batch['shuffled + augmented'] - per_batch['shuffled']) / step_s:+.1%}; "
       f"the whole augmented loader {per_batch['shuffled + augmented'] / step_s:.1%}")
 print(f"fetching example by example instead of by fancy index: "
       f"{per_batch['shuffled, per example'] / per_batch['shuffled']:.1f}x the loader's time per batch")
 
 # %% [markdown]
-# With shuffling and augmentation the loader stays a fraction of the cost of even this small model's step, so in a
-# single process it does not hold training back; the per-example path is what the fast path for `TensorDataset`
-# avoids. Two epochs of the MLP with the augmented loader, through `Trainer.fit`:
+# Shuffling is nearly free: a permutation per epoch, and per batch a gather in place of a slice. Augmentation costs a
+# few passes over the batch (pad, gather, flip, normalise); next to this small MLP's step that is a visible share, next
+# to the step of a convolutional network (`Conv2d`) a much smaller one. The fast path matters more: fetching examples
+# one by one multiplies the loader's cost by the factor printed above. Two epochs of the MLP with the augmented loader,
+# through `Trainer.fit`:
 
 # %%
 manual_seed(0)
