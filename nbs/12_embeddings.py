@@ -406,7 +406,7 @@ table = sinusoidal_table(128, 64)
 fig, ax = plt.subplots(figsize=(7, 3.5))
 im = ax.imshow(table, aspect='auto', cmap='RdBu', vmin=-1, vmax=1)
 ax.set(xlabel='column (2i: sin, 2i+1: cos)', ylabel='position p', title='sinusoidal positional encoding, d_model = 64')
-fig.colorbar(im, ax=ax); plt.show()
+fig.colorbar(im, ax=ax); plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # Two properties explain the choice. For each frequency $\omega$, the pair $(\sin \omega(p+k), \cos \omega(p+k))$ is
