@@ -259,8 +259,8 @@ test_fail(lambda: DataLoader(5, 2), contains="must have __len__ and __getitem__,
 # ## Batch transforms
 #
 # Augmentation makes each epoch show the model slightly different images, so it learns what a class looks like rather
-# than the exact pixels of the training set. The transforms here act on a whole batch, an `(N, C, H, W)` float32 array,
-# with one array operation each, not a Python loop over images. The random ones take a `seed` (an int or a
+# than the exact pixels of the training set. The transforms here act on a whole batch, an `(N, C, H, W)` float32 array
+# (the random ones on uint8 too), with a few array operations each, not a Python loop over images. The random ones take a `seed` (an int or a
 # `Generator`) and, like the loader, keep one generator for their lifetime; with `seed=None` they draw from the tensor
 # module's generator.
 #
@@ -311,7 +311,8 @@ test_fail(lambda: Normalize([0.], [1.])(np.zeros((2, 2))), contains="expected a 
 # ### Random crops
 #
 # `RandomCrop(size, padding)` pads each image with `padding` zeros on every side, then cuts a `size` window at a random
-# place, chosen per image: a shift of up to `padding` pixels in each direction. Vectorised, it is one fancy index.
+# place, chosen per image; when `size` is the image's size, that is a shift of up to `padding` pixels in each
+# direction. Vectorised, the cropping is one fancy index.
 # `sliding_window_view` presents the padded batch as every possible window, shape
 # `(N, C, H', W', h, w)` with $H' = H + 2p - h + 1$, without copying; indexing it with one row offset $i_n$ and one
 # column offset $j_n$ per image picks image $n$'s window:
@@ -489,15 +490,15 @@ class Source:
     hint: str = ''             # how to get the data, ending the error message
 
 # %% [markdown]
-# The published checksums. Each value was taken from the place its comment names; none was computed from a download
-# here. Fashion-MNIST has a second kind of value, the SHA-256 of each file's decompressed content, explained below the
-# cell.
+# The checksums of the files are published values, taken from the places the comments name. Fashion-MNIST has a second
+# kind of value, the SHA-256 of each file's decompressed content, computed from Debian's copy and explained in the
+# next section.
 
 # %%
 #| export
 SOURCES = {
-    # SHA-256 of the .gz files at exactly this address, from TensorFlow Datasets (tensorflow/datasets,
-    # tensorflow_datasets/url_checksums/mnist.txt).
+    # The copy of MNIST that TensorFlow Datasets downloads, and the SHA-256 it lists for the .gz files at exactly this
+    # address (tensorflow/datasets, tensorflow_datasets/url_checksums/mnist.txt).
     'mnist': Source('mnist', 'https://storage.googleapis.com/cvdf-datasets/mnist/', {
         'train-images-idx3-ubyte.gz': ('440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609', None),
         'train-labels-idx1-ubyte.gz': ('3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c', None),
@@ -534,9 +535,9 @@ SOURCES = {
 # digest with the published one therefore shows it is the published file: not truncated, not corrupted on the way,
 # not replaced.
 #
-# A gzip file holds more than the compressed data: its header records a file name and a time. Debian's Fashion-MNIST
-# files were recompressed when the package was built, so their headers, and so their digests, differ from the
-# published files, while their content is the published content. For such files a second digest is accepted: that of
+# A gzip file holds more than the compressed data: its header records a file name and a time. When Debian built its
+# Fashion-MNIST package, the headers were rewritten (the name dropped, the time set to the build's), so the files'
+# digests differ from the published ones while their content is the published content. For such files a second digest is accepted: that of
 # the decompressed content, the bytes the parser actually reads. Reading is done in chunks (`hashlib.file_digest`), so
 # a large file is never held in memory just to be hashed.
 
@@ -603,7 +604,7 @@ test_fail(lambda: check_sha256(tmp / 'abc', '0' * 64, content_sha256=ABC), conta
 # %%
 #| export
 class DownloadError(OSError):
-    "A download ended early or was refused."
+    "A download ended before the whole file arrived."
 
 def _copy_response(url: str, f, timeout: float) -> None:
     "Write the body at `url` to the open file `f`; raise `DownloadError` if it is shorter than its Content-Length."
@@ -680,7 +681,9 @@ def _verified(paths: dict, src: Source, delete: bool, problems: list) -> bool:
 def _locate(src: Source, op: str, root=None, download: bool = True) -> dict:
     "Paths of all of `src`'s files, verified: from `root`, the cache, a system folder, or downloaded into the cache."
     cache, problems = get_data_home() / src.name, []
-    for place, delete in ([(Path(root), False)] if root is not None else []) + [(cache, True)] + [(Path(d), False) for d in src.system_dirs]:
+    places = [(Path(root), False)] if root is not None else []                 # (folder, delete bad files?)
+    places += [(cache, True)] + [(Path(d), False) for d in src.system_dirs]
+    for place, delete in places:
         paths = {name: place / name for name in src.files if (place / name).is_file()}
         if _verified(paths, src, delete, problems) and len(paths) == len(src.files): return paths
     if download:
@@ -688,7 +691,7 @@ def _locate(src: Source, op: str, root=None, download: bool = True) -> dict:
             for name, (sha, content_sha) in src.files.items():
                 if not (cache / name).is_file(): download_file(src.url + name, cache / name, sha, content_sha)
             return {name: cache / name for name in src.files}
-        except (OSError, ChecksumError) as e: problems.append(f"download failed: {e}")
+        except (OSError, http.client.HTTPException, ChecksumError) as e: problems.append(f"download failed: {e}")
     else: problems.append("download=False")
     tried = ', '.join([f"root={None if root is None else str(root)!r}", str(cache)] + list(src.system_dirs))
     raise FileNotFoundError(f"{op}: no data in {tried}; {'; '.join(problems)}. {src.hint}")
@@ -726,8 +729,8 @@ del os.environ['TINYTORCH_DATA']
 # MNIST and Fashion-MNIST are stored in IDX files, a format made for them: a 4-byte magic number `00 00 T D`, where
 # `T` names the element type (`0x08` unsigned byte, `0x09` signed byte, `0x0B` 2-byte int, `0x0C` 4-byte int, `0x0D`
 # float, `0x0E` double) and `D` the number of dimensions; then `D` sizes as big-endian 32-bit integers; then the
-# values, big-endian, in row-major order. An images file is `00 00 08 03`, then 60000, 28, 28, then 47,040,000 pixel
-# bytes. Nothing else is in the file, so its length must be exactly the header plus the product of the sizes times the
+# values, big-endian, in row-major order. An images file starts `00 00 08 03`, then the number of images, 28 and 28,
+# then the pixel bytes. Nothing else is in the file, so its length must be exactly the header plus the product of the sizes times the
 # element size; the parser checks each of these and says which failed.
 
 # %%
@@ -816,8 +819,8 @@ def load_fashion_mnist(root=None,             # a folder holding the four .gz fi
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 # %% [markdown]
-# Without the files and with downloads off, the error names every place tried. (This machine may have the files; the
-# cell points `root` and the cache at empty folders and leaves out the system folder to show the message.)
+# Without the files and with downloads off, the error names every place tried. (The cell points `root` and the cache
+# at empty folders, so the message is the same on every machine.)
 
 # %%
 os.environ['TINYTORCH_DATA'] = str(empty)
@@ -834,8 +837,8 @@ del os.environ['TINYTORCH_DATA']
 #
 # CIFAR-10 is published in two forms. The Python version stores pickles, and unpickling a file can run any code in
 # it, so we use the binary version, `cifar-10-binary.tar.gz`: six files `data_batch_1.bin` .. `data_batch_5.bin` and
-# `test_batch.bin` in the folder `cifar-10-batches-bin/`, each 10,000 records of 3,073 bytes: a label byte (0..9), then
-# 1,024 red, 1,024 green and 1,024 blue pixel bytes, each a 32x32 image row by row. That is already the `(3, 32, 32)`
+# `test_batch.bin` in the folder `cifar-10-batches-bin/`, each a sequence of records of 1 + 3 x 32 x 32 bytes: a label
+# byte (0..9), then the red, green and blue 32x32 planes of the image, each row by row. That is already the `(3, 32, 32)`
 # channel-first layout, so a whole file is one reshape.
 
 # %%

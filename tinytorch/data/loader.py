@@ -237,8 +237,8 @@ class Source:
 
 # %% ../../nbs/08_dataloader.ipynb #40fba7ce
 SOURCES = {
-    # SHA-256 of the .gz files at exactly this address, from TensorFlow Datasets (tensorflow/datasets,
-    # tensorflow_datasets/url_checksums/mnist.txt).
+    # The copy of MNIST that TensorFlow Datasets downloads, and the SHA-256 it lists for the .gz files at exactly this
+    # address (tensorflow/datasets, tensorflow_datasets/url_checksums/mnist.txt).
     'mnist': Source('mnist', 'https://storage.googleapis.com/cvdf-datasets/mnist/', {
         'train-images-idx3-ubyte.gz': ('440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609', None),
         'train-labels-idx1-ubyte.gz': ('3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c', None),
@@ -296,7 +296,7 @@ def check_sha256(path,                               # the file to check
 
 # %% ../../nbs/08_dataloader.ipynb #dbf44845
 class DownloadError(OSError):
-    "A download ended early or was refused."
+    "A download ended before the whole file arrived."
 
 def _copy_response(url: str, f, timeout: float) -> None:
     "Write the body at `url` to the open file `f`; raise `DownloadError` if it is shorter than its Content-Length."
@@ -347,7 +347,9 @@ def _verified(paths: dict, src: Source, delete: bool, problems: list) -> bool:
 def _locate(src: Source, op: str, root=None, download: bool = True) -> dict:
     "Paths of all of `src`'s files, verified: from `root`, the cache, a system folder, or downloaded into the cache."
     cache, problems = get_data_home() / src.name, []
-    for place, delete in ([(Path(root), False)] if root is not None else []) + [(cache, True)] + [(Path(d), False) for d in src.system_dirs]:
+    places = [(Path(root), False)] if root is not None else []                 # (folder, delete bad files?)
+    places += [(cache, True)] + [(Path(d), False) for d in src.system_dirs]
+    for place, delete in places:
         paths = {name: place / name for name in src.files if (place / name).is_file()}
         if _verified(paths, src, delete, problems) and len(paths) == len(src.files): return paths
     if download:
@@ -355,7 +357,7 @@ def _locate(src: Source, op: str, root=None, download: bool = True) -> dict:
             for name, (sha, content_sha) in src.files.items():
                 if not (cache / name).is_file(): download_file(src.url + name, cache / name, sha, content_sha)
             return {name: cache / name for name in src.files}
-        except (OSError, ChecksumError) as e: problems.append(f"download failed: {e}")
+        except (OSError, http.client.HTTPException, ChecksumError) as e: problems.append(f"download failed: {e}")
     else: problems.append("download=False")
     tried = ', '.join([f"root={None if root is None else str(root)!r}", str(cache)] + list(src.system_dirs))
     raise FileNotFoundError(f"{op}: no data in {tried}; {'; '.join(problems)}. {src.hint}")
