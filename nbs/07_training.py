@@ -330,6 +330,40 @@ test_eq(dec['betas'], (0.9, 0.999))                 # the tuple stays a tuple
 test_eq(dec['none'], None)
 test_fail(lambda: _encode({'f': print}, {}, 'x'), contains="cannot store a builtin_function_or_method at 'x/f'")
 
+# %% [markdown]
+# `atomic_write` is the write-then-rename pattern as a context manager, so every file the package writes (checkpoints
+# here, tokenizers and downloads later) goes through the same few lines.
+
+# %%
+#| export
+@contextlib.contextmanager
+def atomic_write(path, mode: str = 'wb', **open_kwargs):
+    "Yield a temporary file beside `path`; on success flush it to disk and rename it over `path`, on failure delete it."
+    path = Path(path)
+    ### BEGIN SOLUTION
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)                          # atomic: the old file or the new one, never a mix
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+    ### END SOLUTION
+
+# %%
+target = Path(tempfile.mkdtemp()) / 'note.txt'
+with atomic_write(target, 'w') as f: f.write('first')
+def fail_midway():
+    with atomic_write(target, 'w') as f:
+        f.write('second, half written')
+        raise RuntimeError("stopped midway")          # as if the write had failed here
+test_fail(fail_midway, contains="stopped midway")
+test_eq(target.read_text(), 'first')
+test_eq([p.name for p in target.parent.iterdir()], ['note.txt'])
+
 # %%
 #| export
 def save_checkpoint(path,                              # file to write, conventionally ending in .npz
@@ -346,18 +380,7 @@ def save_checkpoint(path,                              # file to write, conventi
                     'scheduler': scheduler.state_dict() if scheduler is not None else None, 'extra': extra},
                    arrays, 'ckpt')
     path = Path(path)
-    ### BEGIN SOLUTION
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)                          # atomic: the old file or the new one, never a mix
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
-    ### END SOLUTION
+    with atomic_write(path) as f: np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
     return path
 
 # %% [markdown]

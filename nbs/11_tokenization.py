@@ -21,22 +21,22 @@
 
 # %%
 #| export
-import contextlib
 import gzip
 import hashlib
 import heapq
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from importlib.resources import files
 from pathlib import Path
 
 from fastcore.basics import patch
 
+from tinytorch.core.training import atomic_write
+
 # %%
 #| hide
+import tempfile
 import time
 
 import matplotlib.pyplot as plt
@@ -627,16 +627,7 @@ def save(self: BPETokenizer, path) -> Path:
     path = Path(path)
     text = json.dumps({'format': _FORMAT, 'pattern': self.pattern, 'special_tokens': self.special_tokens,
                        'merges': [list(p) for p in self.merges]})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)                           # atomic: the old file or the new one, never a mix
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
+    with atomic_write(path, 'w', encoding='utf-8') as f: f.write(text)
     return path
 
 # %%

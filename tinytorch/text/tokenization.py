@@ -7,19 +7,18 @@ __all__ = ['SHAKESPEARE_SHA256', 'SHAKESPEARE_VAL_START', 'SPLIT_PATTERN', 'load
            'merge', 'bpe_merges_naive', 'update_pair_counts', 'bpe_merges', 'BPETokenizer']
 
 # %% ../../nbs/11_tokenization.ipynb #9a7d813e
-import contextlib
 import gzip
 import hashlib
 import heapq
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from importlib.resources import files
 from pathlib import Path
 
 from fastcore.basics import patch
+
+from ..core.training import atomic_write
 
 # %% ../../nbs/11_tokenization.ipynb #336a88d5
 SHAKESPEARE_SHA256 = '7425d935b54cd59b52ed3dc4ae0747f68a81a7d38abb48f3b53403195e7b5ec5'  # printed by scripts/make_shakespeare.py
@@ -296,16 +295,7 @@ def save(self: BPETokenizer, path) -> Path:
     path = Path(path)
     text = json.dumps({'format': _FORMAT, 'pattern': self.pattern, 'special_tokens': self.special_tokens,
                        'merges': [list(p) for p in self.merges]})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)                           # atomic: the old file or the new one, never a mix
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
+    with atomic_write(path, 'w', encoding='utf-8') as f: f.write(text)
     return path
 
 # %% ../../nbs/11_tokenization.ipynb #63a3d9fa
