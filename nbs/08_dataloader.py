@@ -504,7 +504,8 @@ SOURCES = {
         'train-labels-idx1-ubyte.gz': ('3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c', None),
         't10k-images-idx3-ubyte.gz':  ('8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6', None),
         't10k-labels-idx1-ubyte.gz':  ('f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6', None)},
-        hint="Download the four files into the cache folder or pass root= (a folder holding them)"),
+        hint="Download the four files from https://storage.googleapis.com/cvdf-datasets/mnist/ into the cache folder "
+             "or pass root= (a folder holding them)"),
     # File SHA-256: TensorFlow Datasets (tensorflow_datasets/url_checksums/fashion_mnist.txt) for these addresses; the
     # project's README (zalandoresearch/fashion-mnist) publishes MD5s only: 8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...
     # Content SHA-256: computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1. Its .gz files are the
@@ -524,7 +525,8 @@ SOURCES = {
     # SHA-256 of the binary version at this address, from TensorFlow Datasets (tensorflow_datasets/url_checksums/cifar10.txt).
     'cifar10': Source('cifar10', 'https://www.cs.toronto.edu/~kriz/', {
         'cifar-10-binary.tar.gz': ('c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd', None)},
-        hint="Download cifar-10-binary.tar.gz (the binary version, not the Python one) into the cache folder or pass root="),
+        hint="Download cifar-10-binary.tar.gz (the binary version, not the Python one) from "
+             "https://www.cs.toronto.edu/~kriz/cifar.html into the cache folder or pass root="),
 }
 
 # %% [markdown]
