@@ -58,9 +58,9 @@ def export_state(mod: Module) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         jupytext.write(jupytext.read(mod.py), tmp / mod.ipynb.name)
-        nb_export(tmp / mod.ipynb.name, lib_path=tmp / "lib")
-        fresh = sorted((tmp / "lib").rglob("*.py"))
-        same = all(_code(f) == _code(mod.project.lib / f.relative_to(tmp / "lib")) for f in fresh)
+        nb_export(tmp / mod.ipynb.name, lib_path=tmp / mod.project.lib.name)  # same package name: same relative imports
+        fresh = sorted((tmp / mod.project.lib.name).rglob("*.py"))
+        same = all(_code(f) == _code(mod.project.lib / f.relative_to(tmp / mod.project.lib.name)) for f in fresh)
     return "yes" if same else "stale"
 
 
