@@ -116,10 +116,19 @@ def maxpool(rounds: int):
     x = np.random.default_rng(1).standard_normal((64, 64, 16, 16), dtype=np.float32)
     g = np.ones((64, 64, 8, 8), np.float32)
     xt, pool = Tensor(x, requires_grad=True), MaxPool2d(2)
-    cands = {"tinytorch": lambda: pool(xt).backward(g)}
+    def ours():
+        xt.grad = None
+        pool(xt).backward(g)
+    cands = {"tinytorch": ours}
     if torch is not None:
         xc, gc_ = torch.from_numpy(x.copy()).requires_grad_(), torch.from_numpy(g)
-        cands["torch"] = lambda: torch.nn.functional.max_pool2d(xc, 2).backward(gc_)
+
+        def theirs():
+            xc.grad = None
+            torch.nn.functional.max_pool2d(xc, 2).backward(gc_)
+        ours(); theirs()
+        assert np.array_equal(xt.grad, xc.grad.numpy()), "max-pool gradients differ from PyTorch's"
+        cands["torch"] = theirs
     return alternate(cands, number=10, rounds=rounds)
 
 

@@ -89,8 +89,8 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, b=None, stride=(1, 1), padding=(
 
 # %% [markdown]
 # A worked example to check by hand: the 3x3 image $0, 1, \dots, 8$ and the 2x2 kernel of ones sum each 2x2 block,
-# $0+1+3+4 = 8$ at the top left. The kernel $\begin{psmallmatrix}1 & 0\\ 0 & -1\end{psmallmatrix}$ subtracts the
-# pixel diagonally below-right, which is always 4 more.
+# $0+1+3+4 = 8$ at the top left. The kernel $\begin{pmatrix}1 & 0\\ 0 & -1\end{pmatrix}$ subtracts the
+# pixel diagonally below-right, which is always 4 more, so with a bias of 1 every output is $-3$.
 
 # %%
 img = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
@@ -192,6 +192,7 @@ def im2col(x: np.ndarray,   # input images (N, C, H, W)
     "Every receptive field of `x` as a column: shape (C*KH*KW, N*OH*OW), rows ordered (c, kh, kw), columns (n, oh, ow)."
     (KH, KW), (sh, sw) = _pair('im2col', 'kernel_size', kernel_size), _pair('im2col', 'stride', stride)
     padding = _pair('im2col', 'padding', padding, minimum=0)
+    if x.ndim != 4: raise ValueError(f"im2col: expected 4-D input (N, C, H, W), got shape {x.shape}")
     N, C, H, W = x.shape
     OH, OW = conv_output_size('im2col', (H, W), (KH, KW), (sh, sw), padding)
     ### BEGIN SOLUTION
@@ -212,6 +213,7 @@ test_eq(im2col(img, 2, stride=2), [[0.], [1.], [3.], [4.]])
 test_eq(im2col(img, 2, padding=1)[:, 0], [0., 0., 0., 0.])                  # the first window is all padding
 test_eq(im2col(np.zeros((2, 3, 7, 8)), (3, 2), stride=(2, 3), padding=(1, 0)).shape, (3 * 3 * 2, 2 * 4 * 3))
 test_fail(lambda: im2col(img, 4), contains="im2col: input 3x3 with padding (0, 0) is smaller than the kernel 4x4")
+test_fail(lambda: im2col(img[0], 2), contains="im2col: expected 4-D input (N, C, H, W), got shape (1, 3, 3)")
 
 # %% [markdown]
 # The window view really is a view: it shares memory with the padded input and reports more elements than that
@@ -283,9 +285,10 @@ def conv2d(x: Tensor,       # input (N, C, H, W)
 
 # %% [markdown]
 # The worked examples from above, and then random shapes, non-square kernels, strides and padding, all against the
-# direct definition. The tolerance: each output is a sum of at most $C K_H K_W = 45$ float32 products of numbers of
-# order 1, computed in a different order by the two versions, so they may differ by a few times $45 \cdot 2^{-24}$
-# times the size of the terms; $10^{-4}$ leaves room for that and catches any wrong index.
+# direct definition. The tolerance: each output is a sum of $C K_H K_W$ (here at most a few dozen) float32 products
+# of numbers of order 1, computed in a different order by the two versions, so they may differ by about that many
+# units of float32 rounding, $2^{-24}$, times the size of the terms; $10^{-4}$ leaves room for that and catches
+# any wrong index.
 
 # %%
 test_eq(conv2d(Tensor(img), Tensor(np.ones((1, 1, 2, 2)))).numpy(), [[[[8., 12.], [20., 24.]]]])

@@ -55,6 +55,7 @@ def im2col(x: np.ndarray,   # input images (N, C, H, W)
     "Every receptive field of `x` as a column: shape (C*KH*KW, N*OH*OW), rows ordered (c, kh, kw), columns (n, oh, ow)."
     (KH, KW), (sh, sw) = _pair('im2col', 'kernel_size', kernel_size), _pair('im2col', 'stride', stride)
     padding = _pair('im2col', 'padding', padding, minimum=0)
+    if x.ndim != 4: raise ValueError(f"im2col: expected 4-D input (N, C, H, W), got shape {x.shape}")
     N, C, H, W = x.shape
     OH, OW = conv_output_size('im2col', (H, W), (KH, KW), (sh, sw), padding)
     ### BEGIN SOLUTION
