@@ -1,12 +1,15 @@
 """Conv2d and MaxPool2d speed: forward+backward against PyTorch (if installed) and against the machine's GEMM rate,
 and the time of one LeNet-style training epoch on Fashion-MNIST-sized random data.
 
-Run: .venv/bin/python benchmarks/bench_conv.py [--threads 1,2] [--rounds N] [--epoch-steps N]
+Run: .venv/bin/python benchmarks/bench_conv.py [--threads 1,2] [--malloc default,keep] [--rounds N] [--epoch-steps N]
 
 Protocol: the BLAS thread count is set in the environment before NumPy is imported (each thread count runs in a
 child process of its own) and `torch.set_num_threads` matches it; candidates alternate within each round; each
 figure is the median over rounds of the mean time of a batch of calls after a warm-up. Ratios are taken between
 medians measured in this same run. Before timing, our outputs and gradients are checked against PyTorch's.
+Each thread count runs twice: with the C library's malloc as it is ('default') and with MALLOC_TOP_PAD_ set to
+256 MiB ('keep'), which stops glibc from returning freed memory to the system after every step and faulting it back
+in on the next (the page faults per call are printed; see the end of nbs/09_spatial.py).
 Target (issue 9): Conv2d forward+backward at most 1.5x PyTorch on one thread, for
   A: input (64, 32, 16, 16) -> 64 channels, kernel 3, padding 1, the input requiring a gradient (a middle layer);
   B: input (64, 3, 32, 32) -> 32 channels, kernel 3, padding 1, the input an image without gradient (a first layer).
@@ -18,21 +21,32 @@ import sys
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--threads", default="1,2", help="comma-separated BLAS/torch thread counts (default 1,2)")
+ap.add_argument("--malloc", default="default,keep",
+                help="comma-separated allocator settings: default, keep (MALLOC_TOP_PAD_=256 MiB); default both")
 ap.add_argument("--rounds", type=int, default=9, help="alternating rounds per candidate (default 9)")
 ap.add_argument("--epoch-steps", type=int, default=None,
                 help="training steps timed for the LeNet epoch (default: the whole epoch, 469 steps)")
 args = ap.parse_args()
 threads = [int(t) for t in args.threads.split(",")]
-if len(threads) > 1:  # one child process per thread count: BLAS reads its thread count once, at import
-    for t in threads:
-        cmd = [sys.executable, __file__, "--threads", str(t), "--rounds", str(args.rounds)]
-        if args.epoch_steps is not None: cmd += ["--epoch-steps", str(args.epoch_steps)]
-        subprocess.run(cmd, check=True)
+mallocs = args.malloc.split(",")
+if not set(mallocs) <= {"default", "keep"}: sys.exit(f"bench_conv: --malloc takes default and keep, got {args.malloc!r}")
+KEEP_BYTES = 256 * 2**20
+if len(threads) > 1 or len(mallocs) > 1:
+    # one child process per setting: BLAS reads its thread count, and glibc its malloc settings, once at start
+    for m in mallocs:
+        for t in threads:
+            env = dict(os.environ, **({"MALLOC_TOP_PAD_": str(KEEP_BYTES)} if m == "keep" else {}))
+            cmd = [sys.executable, __file__, "--threads", str(t), "--malloc", m, "--rounds", str(args.rounds)]
+            if args.epoch_steps is not None: cmd += ["--epoch-steps", str(args.epoch_steps)]
+            subprocess.run(cmd, check=True, env=env)
     sys.exit(0)
+if mallocs == ["keep"] and os.environ.get("MALLOC_TOP_PAD_") != str(KEEP_BYTES):
+    sys.exit("bench_conv: --malloc keep needs MALLOC_TOP_PAD_ set before the process starts; run it with both settings")
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(threads[0])
 
 import platform  # noqa: E402  (after the thread count is fixed)
+import resource  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -108,7 +122,10 @@ def conv_layer(shape, out_channels, kernel, padding, input_grad: bool, rounds: i
             assert np.allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max()), "gradients differ from PyTorch's"
         cands["torch"] = theirs
     flops = 2 * int(np.prod(g.shape)) * shape[1] * kernel * kernel * (3 if input_grad else 2)
-    return alternate(cands, number=3, rounds=rounds), flops
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5): ours()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5
+    return alternate(cands, number=3, rounds=rounds), flops, faults
 
 
 def maxpool(rounds: int):
@@ -166,23 +183,26 @@ def row(name: str, times: dict, flops=None, rate=None):
 
 def main():
     if torch is not None: torch.set_num_threads(NTHREADS)
-    print(f"\n== {NTHREADS} thread(s): {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    setting = "default malloc" if mallocs == ["default"] else f"MALLOC_TOP_PAD_={KEEP_BYTES // 2**20} MiB"
+    print(f"\n== {NTHREADS} thread(s), {setting}: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch else ", PyTorch not installed")
           + f"; load average at start {os.getloadavg()[0]:.1f}")
     rate = gemm_rate(args.rounds)
     print(f"  float32 GEMM (64, 288) @ (288, 16384): {rate:.1f} GFLOP/s")
-    a, fa = conv_layer((64, 32, 16, 16), 64, 3, 1, input_grad=True, rounds=args.rounds)
-    b, fb = conv_layer((64, 3, 32, 32), 32, 3, 1, input_grad=False, rounds=args.rounds)
+    a, fa, pfa = conv_layer((64, 32, 16, 16), 64, 3, 1, input_grad=True, rounds=args.rounds)
+    b, fb, pfb = conv_layer((64, 3, 32, 32), 32, 3, 1, input_grad=False, rounds=args.rounds)
     p = maxpool(args.rounds)
     print("  forward+backward, median of per-call means:")
     row("A Conv2d(32, 64, 3, padding=1) (64,32,16,16)", a, fa, rate)
     row("B Conv2d(3, 32, 3, padding=1) (64,3,32,32)", b, fb, rate)
     row("MaxPool2d(2) on (64,64,16,16)", p)
-    print(f"  MaxPool2d(2) costs {p['tinytorch'] / a['tinytorch']:.1%} of layer A")
+    print(f"  MaxPool2d(2) costs {p['tinytorch'] / a['tinytorch']:.1%} of layer A; "
+          f"page faults per tinytorch call: A {pfa:,.0f}, B {pfb:,.0f}")
     if torch is not None:
         for name, t in (("A", a), ("B", b)):
             r = t["tinytorch"] / t["torch"]
-            print(f"  target {name}: at most 1.50x PyTorch on {NTHREADS} thread(s): {'met' if r <= 1.5 else 'NOT met'} ({r:.2f}x)")
+            print(f"  target {name}: at most 1.50x PyTorch on {NTHREADS} thread(s), {setting}: "
+                  f"{'met' if r <= 1.5 else 'NOT met'} ({r:.2f}x)")
     sec, steps, total = lenet(args.epoch_steps)
     how = "measured" if steps == total else f"extrapolated from {steps} of {total} steps"
     print(f"  LeNet-style CNN, one epoch of 60,000 images at batch 128 with SGD: {sec:.1f} s ({how})")
