@@ -1,0 +1,695 @@
+# %%
+#| default_exp models.transformer
+
+# %% [markdown]
+# # Transformers
+#
+# > The pre-LayerNorm transformer block and GPT, nanoGPT's decoder-only language model, with generation that reuses cached keys and values from an explicit start position.
+
+# %% [markdown]
+# The earlier modules built every part: token and position embeddings, causal multi-head attention that can
+# continue from cached keys and values, layer normalization, dropout, GELU, linear layers, cross-entropy, AdamW.
+# This module stacks them into Radford et al.'s GPT-2, in the layout and with the parameter names of Karpathy's
+# nanoGPT (`model.py`):
+#
+# - `MLP`, the position-wise feed-forward layer: `fc` widens to $4C$, GELU, `proj` narrows back to $C$;
+# - `TransformerBlock`: $x \leftarrow x + \mathrm{attn}(\mathrm{ln}_1(x))$, then $x \leftarrow x + \mathrm{mlp}(\mathrm{ln}_2(x))$;
+# - `GPT`: embeddings, `n_layer` blocks, a final LayerNorm and a head that turns each position's vector into one
+#   score (logit) per token of the vocabulary, with `generate`, which samples text one token at a time.
+#
+# Generation feeds the prompt once, then each new token alone, together with the keys and values cached from the
+# earlier positions and the position at which the new token starts. Each step then costs $O(T)$ instead of the
+# $O(T^2)$ of a full pass, and the logits are those of the full pass. The notebook counts parameters and FLOPs,
+# trains a small character-level model on Shakespeare for a few seconds, and measures cached against uncached
+# generation. Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`; the cells under it test it.
+
+# %%
+#| export
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from fastcore.basics import patch
+
+from tinytorch.core.tensor import Tensor, randn
+from tinytorch.core.autograd import no_grad
+from tinytorch.core.layers import Module, Linear
+from tinytorch.core.activations import GELU
+from tinytorch.core.normalization import LayerNorm, Dropout
+from tinytorch.core.losses import cross_entropy
+from tinytorch.core.attention import MultiHeadAttention
+from tinytorch.text.embeddings import Embedding, LearnedPositionalEmbedding
+
+# %%
+#| hide
+import time
+
+import matplotlib.pyplot as plt
+from fastcore.test import test_eq, test_fail, test_close
+from threadpoolctl import threadpool_limits
+
+from tinytorch.core.tensor import manual_seed, zeros
+from tinytorch.core.autograd import gradcheck
+from tinytorch.core.layers import Parameter
+from tinytorch.core.optimizers import AdamW, CosineWarmupLR, clip_grad_norm_
+from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
+
+# %% [markdown]
+# ## The feed-forward layer
+#
+# Attention mixes information *between* positions; the MLP then transforms each position on its own:
+# $\mathrm{MLP}(x) = \mathrm{GELU}(x W_{fc}^T + b_{fc})\, W_{proj}^T + b_{proj}$, with a hidden width of $4C$ as
+# in GPT-2. It holds two thirds of a block's weights ($8C^2$ of $12C^2$). The dropout at its end is the
+# residual dropout of nanoGPT, active only in training. GELU is GPT-2's tanh approximation,
+# $\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))$; nanoGPT uses the exact $x\Phi(x)$, which here costs
+# an `erf` evaluated in NumPy, measured below at several times the cost of the tanh.
+
+# %%
+#| export
+class MLP(Module):
+    "Position-wise feed-forward layer: Linear(C, 4C), GELU, Linear(4C, C), dropout."
+    def __init__(self,
+                 n_embd: int,           # C, the size of each position's vector
+                 dropout: float = 0.0,  # probability of dropping an output element in training
+                 bias: bool = True,     # biases in fc and proj?
+                ):
+        super().__init__()
+        self.fc = Linear(n_embd, 4 * n_embd, bias=bias)     # (4C, C)
+        self.gelu = GELU(approximate='tanh')                # GPT-2's approximation; cheaper than erf in NumPy
+        self.proj = Linear(4 * n_embd, n_embd, bias=bias)   # (C, 4C)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        "(B, T, C) -> (B, T, C)."
+        return self.dropout(self.proj(self.gelu(self.fc(x))))   # (B, T, 4C) inside, (B, T, C) out
+
+# %%
+manual_seed(0)
+mlp = MLP(8)
+test_eq([(n, p.shape) for n, p in mlp.named_parameters()],
+        [('fc.weight', (32, 8)), ('fc.bias', (32,)), ('proj.weight', (8, 32)), ('proj.bias', (8,))])
+x = randn(2, 3, 8, seed=1)
+test_eq(mlp(x).shape, (2, 3, 8))
+test_close(mlp(x)[0, 1].numpy(), mlp(x[:1, 1:2]).numpy()[0, 0], eps=1e-6)   # each position on its own; BLAS may order
+                                                                    # the 8 + 32 products differently: float32 rounding
+test_fail(lambda: mlp(randn(2, 3, 7)), contains="does not end in in_features=8")
+
+# %% [markdown]
+# ## The transformer block
+#
+# GPT-2 normalises the *input* of each sub-layer (pre-LayerNorm) instead of the sum after it as the original
+# transformer did. The residual stream $x$ then passes from the embeddings to the head through nothing but
+# additions, so at initialisation every block starts close to the identity and gradients reach the early layers
+# undiminished:
+#
+# $$x \leftarrow x + \mathrm{attn}(\mathrm{ln}_1(x)), \qquad x \leftarrow x + \mathrm{mlp}(\mathrm{ln}_2(x)).$$
+#
+# The block passes `past_kv` and `use_cache` through to its attention layer, so it can continue a sequence from
+# cached keys and values and return the extended cache. `attn` is a `MultiHeadAttention` (its fused `qkv` and
+# `proj` layers are nanoGPT's `c_attn` and `c_proj`); `drop` is the residual dropout after it.
+
+# %%
+#| export
+class TransformerBlock(Module):
+    "Pre-LayerNorm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."
+    def __init__(self,
+                 n_embd: int,           # C
+                 n_head: int,           # attention heads; C must be divisible by it
+                 dropout: float = 0.0,  # attention-weight and residual dropout in training
+                ):
+        super().__init__()
+        self.ln_1 = LayerNorm(n_embd)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout=dropout)
+        self.drop = Dropout(dropout)
+        self.ln_2 = LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, dropout)
+
+    def forward(self,
+                x: Tensor,               # (B, T, C) the new positions
+                past_kv=None,            # (k, v) of the earlier positions, each (B, nh, T_past, hs), or None
+                use_cache: bool = False, # also return (k, v) of all T_past + T positions?
+               ):
+        "(B, T, C) -> (B, T, C), or `(y, (k, v))` with `use_cache`."
+        ### BEGIN SOLUTION
+        a, kv = self.attn(self.ln_1(x), past_kv=past_kv, use_cache=True)   # (B, T, C), each (B, nh, T_past + T, hs)
+        x = x + self.drop(a)                                              # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))                                    # (B, T, C)
+        ### END SOLUTION
+        return (x, kv) if use_cache else x
+
+# %% [markdown]
+# The check below writes the block out with the layers it holds: the two residual additions, in order. A second
+# check zeroes both output projections: each sub-layer then adds zero (the biases are zero too), and the block is
+# the identity, which is what the scaled initialisation below approaches. Gradients are checked in float64 through
+# the input and every parameter; `to_float64` converts a model's parameters and keeps a parameter that two modules
+# share shared.
+
+# %%
+def to_float64(model: Module) -> Module:
+    "Replace every parameter of `model` by a float64 copy, one copy per shared parameter; return `model`."
+    copies = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None: continue
+            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64))
+            setattr(mod, name, copies[id(p)])
+    return model
+
+def f64(*shape, seed): return Tensor(randn(*shape, seed=seed).numpy(), dtype=np.float64, requires_grad=True)
+
+# %%
+manual_seed(0)
+blk = to_float64(TransformerBlock(8, 2))
+x = randn(2, 5, 8, seed=1, dtype=np.float64)
+h = x + blk.attn(blk.ln_1(x))
+test_eq(blk(x).numpy(), (h + blk.mlp(blk.ln_2(h))).numpy())
+y, (k, v) = blk(x, use_cache=True)
+test_eq((y.shape, k.shape, v.shape), ((2, 5, 8), (2, 2, 5, 4), (2, 2, 5, 4)))
+for lin in (blk.attn.proj, blk.mlp.proj): lin.weight.data[...] = 0; lin.bias.data[...] = 0
+test_eq(blk(x).numpy(), x.numpy())
+test_fail(lambda: blk(randn(2, 5, 6, dtype=np.float64)), contains="got shape (2, 5, 6)")
+
+# %%
+manual_seed(1)
+blk = to_float64(TransformerBlock(4, 2))
+test_eq(gradcheck(lambda x, *ps: blk(x), f64(2, 3, 4, seed=2), *blk.parameters()), True)
+test_eq(gradcheck(lambda x, k, v: blk(x, past_kv=(k, v)), f64(1, 2, 4, seed=3), f64(1, 2, 2, 2, seed=4), f64(1, 2, 2, 2, seed=5)), True)
+
+# %% [markdown]
+# ## The model's configuration
+#
+# nanoGPT gathers the sizes in a dataclass. The defaults below are nanoGPT's "baby GPT" for Shakespeare's
+# characters; this notebook and the TinyGPT milestone use smaller ones, chosen so that training fits in seconds
+# or minutes on two CPU cores.
+
+# %%
+#| export
+@dataclass
+class GPTConfig:
+    "The sizes of a `GPT`; defaults are nanoGPT's character-level Shakespeare model."
+    vocab_size: int = 65      # tokens: the distinct characters of tinyshakespeare
+    block_size: int = 256     # longest context, in tokens; also the number of learned positions
+    n_layer: int = 6          # transformer blocks
+    n_head: int = 6           # attention heads per block
+    n_embd: int = 384         # C, the width of the residual stream
+    dropout: float = 0.0      # dropout probability in training (nanoGPT uses 0.2 for this model)
+
+# %% [markdown]
+# ## GPT
+#
+# The model, with nanoGPT's names: `transformer.wte` (token embedding, $V \times C$), `transformer.wpe` (learned
+# position embedding, `block_size` $\times C$), `transformer.drop`, `transformer.h.0` ... `transformer.h.{L-1}`
+# (the blocks), `transformer.ln_f` (final LayerNorm), and `lm_head`, a `Linear(C, V)` without bias.
+#
+# **Weight tying.** As in GPT-2 and nanoGPT, `lm_head.weight` *is* `transformer.wte.weight`: the same $V \times C$
+# matrix turns ids into vectors at the input and vectors into scores at the output (Press and Wolf, 2017). It
+# saves $VC$ parameters, and a token's input vector and its output direction then learn from both uses.
+# `parameters()` yields the shared matrix once, so the optimizer updates it once and the counts below include it
+# once; `state_dict()` lists it under both names, as PyTorch does.
+#
+# **Initialisation** is nanoGPT's: every `Linear` weight and both embeddings from $N(0, 0.02^2)$, biases zero,
+# LayerNorms at weight 1 and bias 0; and the two projections that write into the residual stream in each block
+# (`attn.proj`, `mlp.proj`) from $N(0, (0.02/\sqrt{2L})^2)$, as GPT-2 does, so that the $2L$ additions to the
+# residual stream do not make its variance grow with depth. All draws come from the tensor module's generator,
+# so `manual_seed` makes a model reproducible.
+
+# %%
+#| export
+def _container(**modules) -> Module:
+    "A Module that only holds named submodules, like `nn.ModuleDict`."
+    m = Module()
+    for name, sub in modules.items(): setattr(m, name, sub)
+    return m
+
+class GPT(Module):
+    "nanoGPT's decoder-only transformer language model, with tied input and output embeddings."
+    def __init__(self,
+                 vocab_size: int,       # V, tokens in the vocabulary
+                 block_size: int,       # longest sequence the model can see
+                 n_layer: int,          # L, transformer blocks
+                 n_head: int,           # attention heads per block
+                 n_embd: int,           # C, width of the residual stream
+                 dropout: float = 0.0,  # dropout in training
+                ):
+        super().__init__()
+        self.config = GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout)
+        self.block_size = block_size
+        self.transformer = _container(
+            wte=Embedding(vocab_size, n_embd),                      # (V, C)
+            wpe=LearnedPositionalEmbedding(block_size, n_embd),     # (block_size, C)
+            drop=Dropout(dropout),
+            h=_container(**{str(i): TransformerBlock(n_embd, n_head, dropout) for i in range(n_layer)}),
+            ln_f=LayerNorm(n_embd))
+        self.lm_head = Linear(n_embd, vocab_size, bias=False)      # (V, C)
+        self.lm_head.weight = self.transformer.wte.weight          # weight tying: one (V, C) matrix
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> 'GPT':
+        "A GPT of the sizes in `config`."
+        return cls(config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd, config.dropout)
+
+# %%
+#| export
+def _normal_(p: Tensor, std: float):
+    "Fill `p` in place with N(0, std^2) draws from the tensor module's generator."
+    p.data[...] = std * randn(*p.shape, dtype=p.dtype).data
+
+@patch
+def _init_weights(self: GPT):
+    "nanoGPT's initialisation: N(0, 0.02^2) weights, zero biases, residual projections scaled by 1/sqrt(2L)."
+    for name, mod in self.named_modules():
+        if isinstance(mod, (Linear, Embedding, LearnedPositionalEmbedding)): _normal_(mod.weight, 0.02)
+        if isinstance(mod, Linear) and mod.bias is not None: mod.bias.data[...] = 0
+    for block in self.transformer.h.children():
+        for proj in (block.attn.proj, block.mlp.proj): _normal_(proj.weight, 0.02 / math.sqrt(2 * self.config.n_layer))
+
+# %%
+manual_seed(0)
+gpt = GPT(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+names = [n for n, _ in gpt.named_parameters()]
+print(f"{len(names)} parameter tensors, first {names[:4]}, last {names[-2:]}")
+test_eq(names[:4], ['transformer.wte.weight', 'transformer.wpe.weight', 'transformer.h.0.ln_1.weight', 'transformer.h.0.ln_1.bias'])
+test_eq('lm_head.weight' in names, False)                            # tied: yielded once, as transformer.wte.weight
+test_eq(gpt.lm_head.weight is gpt.transformer.wte.weight, True)
+test_eq('lm_head.weight' in gpt.state_dict(), True)                  # but saved under both names
+w = getattr(gpt.transformer.h, '0')                                  # the first block
+test_close(gpt.transformer.wte.weight.numpy().std(), 0.02, eps=0.004)            # 176 draws: the sample std's std error is 0.02/sqrt(2*176) ~ 0.001; 4 of them
+test_close(w.mlp.fc.weight.numpy().std(), 0.02, eps=0.002)                        # 1,024 draws: std error 0.02/sqrt(2048) ~ 0.00044
+test_close(w.mlp.proj.weight.numpy().std(), 0.02 / math.sqrt(4), eps=0.001)      # scaled by 1/sqrt(2L), L = 2; std error ~ 0.00022
+test_eq(w.mlp.fc.bias.numpy(), np.zeros(64))
+manual_seed(0); test_eq(GPT(11, 8, 2, 2, 16).state_dict()['lm_head.weight'], gpt.state_dict()['lm_head.weight'])  # reproducible
+test_eq(GPT.from_config(GPTConfig(11, 8, 2, 2, 16)).config, gpt.config)
+
+# %% [markdown]
+# ### The forward pass, from an explicit start position
+#
+# `forward(idx, targets=None, start=0, past_kv=None, use_cache=False)` maps token ids `idx` of shape $(B, T)$ to
+# logits $(B, T, V)$: row $t$ scores every token as the continuation of `idx[:, :t+1]`. With `targets` (ids of the
+# same shape, usually `idx` shifted by one) it also returns the mean cross-entropy, computed on the
+# $(B \cdot T, V)$ view of the logits; without, the loss is `None`.
+#
+# `start` is the position of `idx[:, 0]` in the sequence. A full pass uses `start=0`. Generation with a cache
+# passes the keys and values of positions $0 .. \text{start}-1$ as `past_kv` (a list with one `(k, v)` per
+# block) and the new tokens with their true positions, so that `wpe` gives them the vectors a full pass would. The
+# cache must hold exactly `start` positions, and `start + T` may not exceed `block_size`: there are no learned
+# vectors for later positions. With `use_cache=True` the model returns `(logits, loss, kv)`, `kv` being the cache
+# extended by the new positions.
+
+# %%
+#| export
+def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int) -> np.ndarray:
+    "Check ids (B, T), the start position and the cache; return the ids as an integer ndarray."
+    ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+    if ids.ndim != 2 or ids.dtype.kind not in 'iu':
+        raise ValueError(f"{op}: expected integer token ids of shape (B, T), got shape {ids.shape}, dtype {ids.dtype}")
+    if not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"{op}: start must be a non-negative int, got {start!r}")
+    if start + ids.shape[1] > block_size:
+        raise ValueError(f"{op}: {ids.shape[1]} tokens from position {start} reach length {start + ids.shape[1]}, "
+                         f"longer than block_size={block_size}")
+    if past_kv is None:
+        if start: raise ValueError(f"{op}: start={start} needs past_kv, the keys and values of positions 0..{start - 1}")
+        return ids
+    if len(past_kv) != n_layer: raise ValueError(f"{op}: past_kv has {len(past_kv)} entries, expected one per block ({n_layer})")
+    cached = past_kv[0][0].shape[2]
+    if cached != start: raise ValueError(f"{op}: past_kv holds {cached} positions but start={start}; they must agree")
+    return ids
+
+# %%
+#| export
+@patch
+def forward(self: GPT,
+            idx,                     # (B, T) integer token ids, a Tensor or an array
+            targets=None,            # (B, T) ids of the next tokens, or None
+            start: int = 0,          # position of idx[:, 0] in the sequence
+            past_kv=None,            # list of (k, v) per block, each (B, nh, start, hs), or None
+            use_cache: bool = False, # also return the extended cache?
+           ):
+    "Logits (B, T, V) and the mean cross-entropy against `targets` (or None); with `use_cache`, also the cache."
+    ids = _check_idx('GPT.forward', idx, self.block_size, start, past_kv, self.config.n_layer)
+    B, T = ids.shape
+    tr = self.transformer
+    ### BEGIN SOLUTION
+    x = tr.drop(tr.wte(ids) + tr.wpe(T, start=start))                 # (B, T, C) + (T, C) positions start..start+T-1
+    kv = []
+    for i, block in enumerate(tr.h.children()):
+        x, kv_i = block(x, past_kv=None if past_kv is None else past_kv[i], use_cache=True)   # (B, T, C)
+        kv.append(kv_i)                                               # each (B, nh, start + T, hs)
+    logits = self.lm_head(tr.ln_f(x))                                 # (B, T, V)
+    loss = None
+    if targets is not None:
+        V = logits.shape[-1]
+        t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if t.shape != (B, T): raise ValueError(f"GPT.forward: targets of shape {t.shape} do not match idx of shape {(B, T)}")
+        loss = cross_entropy(logits.reshape(B * T, V), t.reshape(B * T))   # (B*T, V) against (B*T,)
+    ### END SOLUTION
+    return (logits, loss, kv) if use_cache else (logits, loss)
+
+# %%
+manual_seed(0)
+idx = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+logits, loss = gpt(idx)
+test_eq((logits.shape, loss), ((2, 4, 11), None))
+logits, loss = gpt(idx[:, :-1], targets=idx[:, 1:])
+print(f"loss at initialisation {loss.item():.4f}, ln(V) = {math.log(11):.4f}")
+test_close(loss.item(), math.log(11), eps=0.05)                     # logits ~ 0 at initialisation: uniform over V tokens
+test_fail(lambda: gpt(np.zeros((1, 9), np.int64)), contains="9 tokens from position 0 reach length 9, longer than block_size=8")
+test_fail(lambda: gpt(np.zeros(4, np.int64)), contains="expected integer token ids of shape (B, T), got shape (4,)")
+test_fail(lambda: gpt(idx, start=2), contains="start=2 needs past_kv")
+test_fail(lambda: gpt(idx, targets=idx[:, :3]), contains="targets of shape (2, 3) do not match idx of shape (2, 4)")
+test_fail(lambda: gpt(np.array([[11]])), contains="token id 11 at position (0, 0) is out of range")
+
+# %% [markdown]
+# A GPT of two blocks passes `gradcheck` in float64, through every parameter, including the tied embedding
+# that receives gradient from both the lookup and the head.
+
+# %%
+manual_seed(2)
+tiny = to_float64(GPT(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4))
+ids, tgt = np.array([[0, 3, 1], [4, 4, 2]]), np.array([[3, 1, 2], [4, 2, 0]])
+for p in tiny.parameters(): p.requires_grad = True
+test_eq(gradcheck(lambda *ps: tiny(ids, tgt)[1], *tiny.parameters()), True)
+
+# %% [markdown]
+# ## Sampling the next token
+#
+# The logits of the last position, divided by a *temperature* $\tau$, give the distribution
+# $p_i = e^{z_i/\tau} / \sum_j e^{z_j/\tau}$. $\tau < 1$ sharpens it towards the most likely token, $\tau > 1$
+# flattens it; $\tau = 0$ would be the argmax, and is refused (as a division by zero) rather than silently
+# special-cased. *Top-k* sampling keeps the $k$ largest logits and sets the others to $-\infty$ before the softmax,
+# so no unlikely token is ever drawn. A ties at the $k$-th value keep all tied tokens, as nanoGPT's comparison with
+# the $k$-th largest value does. The draw inverts the cumulative distribution with one uniform number per row from
+# a NumPy `Generator`, so a seed fixes the text.
+
+# %%
+#| export
+def _check_sampling(temperature, top_k, vocab_size: int):
+    "Raise if the temperature is not positive or top_k is not an int in 1..vocab_size."
+    if not (isinstance(temperature, (int, float, np.floating)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"generate: temperature must be a positive finite number, got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"generate: top_k must be None or an int in 1..{vocab_size} (the vocabulary), got {top_k!r}")
+
+def sample_next(logits: np.ndarray,        # (B, V) scores of the next token
+                temperature: float = 1.0,  # divides the logits; must be > 0
+                top_k=None,                # keep only the k largest logits per row, or None
+                rng=None,                  # np.random.Generator (None: a fresh unseeded one)
+               ) -> np.ndarray:
+    "Draw one token id per row from softmax(logits / temperature), restricted to the top k: (B,) int64."
+    _check_sampling(temperature, top_k, logits.shape[-1])
+    rng = np.random.default_rng() if rng is None else rng
+    ### BEGIN SOLUTION
+    z = logits.astype(np.float64) / temperature                       # (B, V)
+    if top_k is not None:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k:].min(-1, keepdims=True)   # (B, 1) k-th largest
+        z = np.where(z < kth, -np.inf, z)                             # (B, V)
+    p = np.exp(z - z.max(-1, keepdims=True))                          # (B, V)
+    cdf = np.cumsum(p, axis=-1)                                       # (B, V), last column is the total
+    u = rng.random((z.shape[0], 1)) * cdf[:, -1:]                     # (B, 1) uniform on [0, total)
+    return np.minimum((cdf <= u).sum(-1), z.shape[-1] - 1).astype(np.int64)   # (B,) first index with cdf > u
+    ### END SOLUTION
+
+# %% [markdown]
+# Checks a reader can verify: with logits $\ln(1), \ln(3)$ token 1 has probability $3/4$; at temperature 2 it has
+# $\sqrt3/(1+\sqrt3)$. Top-1 always gives the argmax, and a masked token is never drawn. The frequencies over
+# 20,000 draws must lie within 4 standard errors $\sqrt{p(1-p)/n}$ of the probabilities.
+
+# %%
+rng = np.random.default_rng(0)
+n = 20_000
+two = np.log(np.array([[1., 3.]] * n))                                # (n, 2)
+for tau, p1 in ((1.0, 0.75), (2.0, math.sqrt(3) / (1 + math.sqrt(3)))):
+    freq = sample_next(two, tau, rng=rng).mean()
+    print(f"temperature {tau}: token 1 drawn with frequency {freq:.4f}, probability {p1:.4f}")
+    test_close(freq, p1, eps=4 * math.sqrt(p1 * (1 - p1) / n))
+z = np.array([[0.1, 2.0, -1.0, 1.9], [5.0, 0.0, 0.0, 4.0]])
+test_eq(sample_next(z, top_k=1, rng=rng), [1, 0])
+test_eq(set(sample_next(np.repeat(z, 500, 0), top_k=2, rng=rng).tolist()) <= {0, 1, 3}, True)   # tokens 2 never
+test_eq(set(sample_next(z[:1].repeat(500, 0), top_k=2, rng=rng).tolist()), {1, 3})
+test_eq(sample_next(z, rng=np.random.default_rng(7)), sample_next(z, rng=np.random.default_rng(7)))   # a seed fixes the draw
+test_fail(lambda: sample_next(z, temperature=0), contains="temperature must be a positive finite number, got 0")
+test_fail(lambda: sample_next(z, top_k=5), contains="top_k must be None or an int in 1..4 (the vocabulary), got 5")
+test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
+
+# %% [markdown]
+# ## Generation with a cache of keys and values
+#
+# `generate(idx, max_new_tokens, temperature=1.0, top_k=None, seed=None)` extends each row of `idx` $(B, T_0)$ by
+# `max_new_tokens` sampled tokens and returns all of them, $(B, T_0 + n)$. It runs under `no_grad` and in
+# evaluation mode (no dropout), restoring the model's mode afterwards. The prompt is processed once (the
+# *prefill*), keeping every block's keys and values; then each step feeds only the token just drawn, with
+# `start` set to its position and the cache of all earlier positions. A step costs one row through every
+# `Linear` and one attention row over the cached keys: $O(T)$, where recomputing the whole prefix costs $O(T^2)$.
+#
+# **Beyond `block_size`.** The model has no position vectors past `block_size - 1`, so the context must be cropped.
+# Because positions are added at the input, every cached key depends on its absolute position: after dropping the
+# oldest token, all remaining tokens move one position back and the whole cache is stale. nanoGPT recomputes the
+# last `block_size` tokens at every step. Here, when the cache is full, the context is cropped to its last
+# `block_size // 2` tokens (at least 1) and a new prefill rebuilds the cache from them at positions 0, 1, ...;
+# decoding then continues one token at a time. The model always sees between `block_size // 2` and
+# `block_size` tokens of context, and the cost per token stays $O(\text{block\_size})$ on average, one prefill per
+# `block_size - block_size // 2` tokens.
+
+# %%
+#| export
+@patch
+def generate(self: GPT,
+             idx,                      # (B, T0) integer ids of the prompt, T0 >= 1
+             max_new_tokens: int,      # tokens to append
+             temperature: float = 1.0, # > 0; lower is more conservative
+             top_k=None,               # sample only among the k most likely tokens, or None
+             seed=None,                # int or np.random.Generator for the draws; same seed, same text
+            ) -> Tensor:
+    "The prompt followed by `max_new_tokens` sampled tokens, (B, T0 + max_new_tokens) int64, using a KV cache."
+    _check_sampling(temperature, top_k, self.config.vocab_size)
+    out = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)   # (B, T0)
+    if out.ndim != 2 or out.shape[1] == 0: raise ValueError(f"generate: expected a prompt of shape (B, T0) with T0 >= 1, got shape {out.shape}")
+    rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, self.block_size // 2)
+    self.eval()
+    try:
+        with no_grad():
+            ctx = out[:, -self.block_size:]                           # (B, <= block_size) the prefill
+            logits, _, kv = self(ctx, use_cache=True)                 # (B, T, V), cache of T positions
+            pos = ctx.shape[1]                                        # positions held in the cache
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits.data[:, -1], temperature, top_k, rng)   # (B,)
+                out = np.concatenate([out, nxt[:, None]], axis=1)      # (B, T + 1)
+                if pos == self.block_size:                            # full: crop and rebuild the cache
+                    ctx = out[:, -keep:]                              # (B, keep)
+                    logits, _, kv = self(ctx, use_cache=True); pos = ctx.shape[1]
+                else:
+                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=kv, use_cache=True)   # (B, 1, V)
+                    pos += 1
+    finally: self.train(was_training)
+    return Tensor(out)
+
+# %%
+manual_seed(0)
+g = GPT(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8)
+prompt = np.array([[1, 2], [3, 4]])
+out = g.generate(prompt, 10, seed=0)
+test_eq((out.shape, out.dtype), ((2, 12), np.int64))
+test_eq(out.numpy()[:, :2], prompt)
+test_eq(g.generate(prompt, 10, seed=0).numpy(), out.numpy())                  # same seed, same tokens
+test_eq(g.generate(prompt, 0, seed=0).numpy(), prompt)
+test_eq(g.training, True)                                                    # the mode is restored
+test_fail(lambda: g.generate(prompt, 3, temperature=-1.0), contains="temperature must be a positive finite number, got -1.0")
+test_fail(lambda: g.generate(prompt, 3, top_k=12), contains="top_k must be None or an int in 1..11 (the vocabulary), got 12")
+test_fail(lambda: g.generate(np.zeros((2, 0), np.int64), 3), contains="expected a prompt of shape (B, T0) with T0 >= 1, got shape (2, 0)")
+
+# %% [markdown]
+# ### The cache gives the full pass's logits
+#
+# Decoding one token at a time with `start` and `past_kv` must give, at every position, the logits of one full
+# pass over the same tokens. Mathematically they are equal; in floating point they differ by rounding, because BLAS
+# sums a $(1, C)$ row and a $(T, C)$ block in different orders and attention sums over a growing number of keys.
+#
+# A first tolerance is derived, not tuned: `cache_bound` propagates elementwise bounds on the rounding error, to
+# first order in the unit roundoff $u$, through every op of the model, evaluated in float64 with its weights:
+#
+# - a `Linear` with $n$ inputs adds $(n+1)\,u\,(|x||W|^T + |b|)$ and passes an input error $e$ on as $e\,|W|^T$;
+# - attention follows the layer-level bound of the attention module (scores, softmax, weighted sum);
+# - LayerNorm passes $e$ on as $\frac{|w|}{\sigma}(e + \bar e + |\hat x|\,\overline{|\hat x| e})$ (its Jacobian
+#   in absolute value) and adds its own rounding, $|w|(C u \overline{|x|} + (C+6) u |x - \mu|)/\sigma + u|b|$;
+# - GELU $\tfrac12 x(1 + \tanh a)$ passes $e$ on times $|\mathrm{GELU}'(x)|$ and adds its rounding: $5u|a|$ in the
+#   argument $a$ (four operations), $4u|\tanh a|$ in NumPy's `tanh` (an allowance of a few ulp), $3u|y|$ in the
+#   final products;
+# - a residual addition adds the errors and $u\,|x + y|$.
+#
+# Each path is within this bound of the exact result, so the two are within twice of it.
+
+# %%
+def _lin_b(x, e, lin, u):
+    "Value and error bound of a Linear on x with error e (float64, first order in u)."
+    W = lin.weight.numpy().astype(np.float64); b = 0. if lin.bias is None else lin.bias.numpy().astype(np.float64)
+    return x @ W.T + b, (x.shape[-1] + 1) * u * (np.abs(x) @ np.abs(W).T + np.abs(b)) + e @ np.abs(W).T
+
+def _ln_b(x, e, ln, u):
+    w, b, C = ln.weight.numpy().astype(np.float64), ln.bias.numpy().astype(np.float64), x.shape[-1]
+    mu = x.mean(-1, keepdims=True); sd = np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + ln.eps); xh = (x - mu) / sd
+    prop = np.abs(w) / sd * (e + e.mean(-1, keepdims=True) + np.abs(xh) * (np.abs(xh) * e).mean(-1, keepdims=True))
+    rnd = np.abs(w) * (C * u * np.abs(x).mean(-1, keepdims=True) + (C + 6) * u * np.abs(x - mu)) / sd + u * np.abs(b)
+    return xh * w + b, prop + rnd
+
+def _gelu_b(x, e, u):
+    a = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3); t = np.tanh(a)       # the argument and its tanh
+    y = 0.5 * x * (1 + t)
+    dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
+    rnd = 0.5 * np.abs(x) * ((1 - t * t) * 5 * u * np.abs(a) + 4 * u * np.abs(t)) + 3 * u * np.abs(y)
+    return y, np.abs(dy) * e + rnd
+
+def _attn_b(x, e, m, u):
+    "Bound through causal MultiHeadAttention, stage by stage as in the attention module."
+    B, T, C = x.shape; nh, hs = m.num_heads, m.head_dim
+    qkv, eqkv = _lin_b(x, e, m.qkv, u)
+    heads = lambda a: [a[..., i * C:(i + 1) * C].reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for i in range(3)]
+    (q, k, v), (qa, ka, va), (eq, ek, ev) = heads(qkv), heads(np.abs(qkv)), heads(eqkv)    # (B, nh, T, hs) each
+    sc, tr = hs ** -0.5, lambda a: a.transpose(0, 1, 3, 2)
+    s = q @ tr(k) * sc + np.triu(np.full((T, T), -np.inf), 1)                       # (B, nh, T, T)
+    p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+    es = sc * ((hs + 2) * u * qa @ tr(ka) + eq @ tr(ka) + qa @ tr(ek))
+    gap = np.where(p > 0, s.max(-1, keepdims=True) - s, 0)
+    ep = p * (es + (p * es).sum(-1, keepdims=True)) + (T + 4 + gap) * u * p
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)
+    y, ey = merge(p @ v), merge(T * u * (p @ va) + ep @ va + p @ ev)                 # (B, T, C)
+    return _lin_b(y, ey, m.proj, u)
+
+def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
+    "Elementwise bound on |full pass - cached decoding| of the logits (B, T, V), to first order in the roundoff u."
+    tr = model.transformer
+    wte, wpe = tr.wte.weight.numpy().astype(np.float64), tr.wpe.weight.numpy().astype(np.float64)
+    x = wte[ids] + wpe[:ids.shape[1]]; e = u * np.abs(x)                             # (B, T, C)
+    for blk in tr.h.children():
+        a, ea = _attn_b(*_ln_b(x, e, blk.ln_1, u), blk.attn, u)
+        x, e = x + a, e + ea + u * np.abs(x + a)
+        h, eh = _lin_b(*_gelu_b(*_lin_b(*_ln_b(x, e, blk.ln_2, u), blk.mlp.fc, u), u), blk.mlp.proj, u)
+        x, e = x + h, e + eh + u * np.abs(x + h)
+    return 2 * _lin_b(*_ln_b(x, e, tr.ln_f, u), model.lm_head, u)[1]
+
+def decode_both(m: GPT, ids: np.ndarray, prefill: int) -> tuple:
+    "Logits (B, T, V) of one full pass, and of a prefill of `prefill` tokens followed by one token at a time."
+    with no_grad():
+        full = m(ids)[0].numpy()                                      # (B, T, V)
+        logits, _, kv = m(ids[:, :prefill], use_cache=True)           # positions 0..prefill-1
+        steps = [logits.numpy()]
+        for t in range(prefill, ids.shape[1]):
+            logits, _, kv = m(ids[:, t:t + 1], start=t, past_kv=kv, use_cache=True)   # (B, 1, V), cache of t + 1
+            steps.append(logits.numpy())
+    return full, np.concatenate(steps, axis=1), kv
+
+# %% [markdown]
+# The bound is first checked in float64 ($u = 2^{-53}$), on a GPT of two blocks with a prompt of 5 tokens
+# followed by 11 single tokens:
+
+# %%
+manual_seed(0)
+m = GPT(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32)
+m64 = to_float64(GPT(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32))
+m64.load_state_dict(m.state_dict())                                   # the same weights, in float64
+ids = np.random.default_rng(0).integers(0, 23, (2, 16))               # (B, T)
+full64, inc64, kv = decode_both(m64, ids, 5)
+b64 = cache_bound(m64, ids, 2.0 ** -53)
+d64 = np.abs(inc64 - full64)
+print(f"float64: largest difference {d64.max():.1e}, bound between {b64.min():.1e} and {b64.max():.1e}")
+test_eq(kv[0][0].shape, (2, 4, 16, 8))
+test_eq(bool((d64 <= b64).all()), True)
+
+# %% [markdown]
+# The same bound with float32's $u = 2^{-24}$ is valid but of little use: a worst case in which every rounding
+# error has the same sign, amplified by each LayerNorm's $1/\sigma$, is many orders of magnitude above what
+# happens. For float32 the test therefore uses a reference: the float64 logits of the same weights stand in for the
+# exact ones, and the cached path may not be less accurate than the full float32 pass it replaces. Its error is
+# allowed twice the full pass's largest error, since the two sum in different orders and either may happen to be
+# the more accurate one at a given element.
+
+# %%
+full32, inc32, _ = decode_both(m, ids, 5)
+b32 = cache_bound(m, ids, 2.0 ** -24)
+err_full, err_inc = np.abs(full32 - full64).max(), np.abs(inc32 - full64).max()
+print(f"float32: full pass off float64 by {err_full:.1e} at most, cached path by {err_inc:.1e}; they differ by "
+      f"{np.abs(inc32 - full32).max():.1e}; the float32 worst-case bound is {b32.min():.1e} to {b32.max():.1e}")
+test_eq(bool((np.abs(inc32 - full32) <= b32).all()), True)
+test_eq(bool(err_inc <= 2 * err_full), True)
+
+# %% [markdown]
+# The explicit start position is what makes this work. Feeding the new token with `start=0`, as if it were the
+# first, cannot even be asked for: the cache then holds more positions than `start` says, which is refused.
+# Emulating the mistake by giving token 5 position 0's vector moves its logits far beyond both tolerances:
+
+# %%
+test_fail(lambda: m64(ids[:, 5:6], start=0, past_kv=kv), contains="past_kv holds 16 positions but start=0; they must agree")
+with no_grad():
+    _, _, kv5 = m64(ids[:, :5], use_cache=True)
+    wpe = m64.transformer.wpe.weight.data
+    saved = wpe.copy(); wpe[5] = wpe[0]                               # position 5 gets position 0's vector
+    wrong = m64(ids[:, 5:6], start=5, past_kv=kv5)[0].numpy()[:, 0]   # (B, V)
+    wpe[...] = saved
+off = np.abs(wrong - full64[:, 5]).max()
+print(f"token 5 at position 0: logits off by up to {off:.1e}, {off / b64[:, 5].max():.0e} times the float64 bound, "
+      f"{off / (2 * err_full):.0e} times the float32 tolerance")
+test_eq(bool(off > b64[:, 5].max() and off > 2 * err_full), True)
+
+# %% [markdown]
+# Sampling with the cache draws the same tokens as sampling with a full pass over the whole sequence at every step,
+# as nanoGPT's `generate` does: `generate_uncached` below is that reference, and in float64 the two agree token
+# for token for a sequence that fits in `block_size`.
+
+# %%
+def generate_uncached(model: GPT, idx: np.ndarray, max_new_tokens: int, temperature=1.0, top_k=None, seed=None) -> np.ndarray:
+    "nanoGPT's generation: a full pass over the (cropped) sequence for every new token."
+    rng, out = np.random.default_rng(seed), np.array(idx, dtype=np.int64)
+    with no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(out[:, -model.block_size:])             # (B, T, V)
+            out = np.concatenate([out, sample_next(logits.numpy()[:, -1], temperature, top_k, rng)[:, None]], 1)
+    return out
+
+# %%
+prompt = ids[:, :3]
+test_eq(m64.generate(prompt, 13, seed=5).numpy(), generate_uncached(m64, prompt, 13, seed=5))
+test_eq(m64.generate(prompt, 13, temperature=0.5, top_k=4, seed=6).numpy(), generate_uncached(m64, prompt, 13, 0.5, 4, seed=6))
+long = m64.generate(prompt, 40, seed=5).numpy()                       # beyond block_size: cropped, cache rebuilt
+test_eq(long.shape, (2, 43))
+test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))     # identical until the first crop
+
+# %% [markdown]
+# ## Counting parameters and FLOPs
+#
+# Each block holds $12C^2 + 13C$ parameters: `qkv` $3C^2 + 3C$, `attn.proj` $C^2 + C$, `fc` $4C^2 + 4C$,
+# `mlp.proj` $4C^2 + C$, and two LayerNorms $2C$ each. The model adds the token table $VC$ (shared with the head),
+# the position table $T_{max} C$ and the final LayerNorm $2C$:
+#
+# $$N = VC + T_{max}C + L(12C^2 + 13C) + 2C .$$
+#
+# nanoGPT reports the count without the position table (`get_num_params(non_embedding=True)`); the token table
+# stays in, since it is also the head. Its FLOPs estimate (`estimate_mfu`, after the PaLM paper, appendix B) is
+# $6N + 12\,L\,H\,Q\,T$ per token for a forward and backward pass, with $N$ that count, $H$ heads of size $Q$ and
+# context $T$: $2N$ multiply-adds per token forward and twice that backward, plus the attention scores and
+# weighted sums, which grow with $T$. The cell evaluates both for the notebook's model below and for the
+# TinyGPT milestone's configuration.
+
+# %%
+#| export
+@patch
+def num_params(self: GPT, non_embedding: bool = True) -> int:
+    "Parameters, each shared one once; without the position table if `non_embedding` (nanoGPT's convention)."
+    n = sum(p.size for p in self.parameters())
+    return n - self.transformer.wpe.weight.size if non_embedding else n
+
+@patch
+def flops_per_token(self: GPT, T=None) -> int:
+    "Training FLOPs per token, forward and backward, for context T (default block_size): 6N + 12 L H Q T."
+    c = self.config
+    return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (T or c.block_size)
+
+# %%
+def formula(V, T, L, C): return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+for V, T, L, H, C in ((65, 64, 2, 4, 64), (84, 64, 4, 4, 128)):
+    g = GPT(V, T, L, H, C)
+    n_all, n = g.num_params(non_embedding=False), g.num_params()
+    print(f"GPT(V={V}, block_size={T}, L={L}, H={H}, C={C}): {n_all:,} parameters ({n:,} without positions), "
+          f"formula {formula(V, T, L, C):,}; {g.flops_per_token():,} FLOPs per token, "
+          f"attention's share {1 - 6 * n / g.flops_per_token():.1%}")
+    test_eq(n_all, formula(V, T, L, C))
+    test_eq(n_all - n, T * C)
