@@ -43,6 +43,7 @@ from tinytorch.text.embeddings import Embedding, LearnedPositionalEmbedding
 # %%
 #| hide
 import time
+import timeit
 
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
@@ -62,7 +63,7 @@ from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
 # in GPT-2. It holds two thirds of a block's weights ($8C^2$ of $12C^2$). The dropout at its end is the
 # residual dropout of nanoGPT, active only in training. GELU is GPT-2's tanh approximation,
 # $\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))$; nanoGPT uses the exact $x\Phi(x)$, which here costs
-# an `erf` evaluated in NumPy, measured below at several times the cost of the tanh.
+# an `erf` evaluated in NumPy by a polynomial and an `exp`; the cell below measures both.
 
 # %%
 #| export
@@ -93,6 +94,13 @@ test_eq(mlp(x).shape, (2, 3, 8))
 test_close(mlp(x)[0, 1].numpy(), mlp(x[:1, 1:2]).numpy()[0, 0], eps=1e-6)   # each position on its own; BLAS may order
                                                                     # the 8 + 32 products differently: float32 rounding
 test_fail(lambda: mlp(randn(2, 3, 7)), contains="does not end in in_features=8")
+
+# %%
+z = randn(32 * 64, 512, seed=2)                                       # one MLP hidden layer of a (32, 64) batch
+with threadpool_limits(1, 'blas'):
+    t_exact, t_tanh = (min(timeit.repeat(lambda: GELU(a)(z), number=3, repeat=5)) / 3 for a in ('none', 'tanh'))
+print(f"GELU on {z.shape}: exact (erf) {t_exact * 1e3:.1f} ms, tanh approximation {t_tanh * 1e3:.1f} ms, "
+      f"ratio {t_exact / t_tanh:.1f} (best of 5 runs of 3)")
 
 # %% [markdown]
 # ## The transformer block
@@ -378,7 +386,7 @@ test_eq(gradcheck(lambda *ps: tiny(ids, tgt)[1], *tiny.parameters()), True)
 # $p_i = e^{z_i/\tau} / \sum_j e^{z_j/\tau}$. $\tau < 1$ sharpens it towards the most likely token, $\tau > 1$
 # flattens it; $\tau = 0$ would be the argmax, and is refused (as a division by zero) rather than silently
 # special-cased. *Top-k* sampling keeps the $k$ largest logits and sets the others to $-\infty$ before the softmax,
-# so no unlikely token is ever drawn. A ties at the $k$-th value keep all tied tokens, as nanoGPT's comparison with
+# so no unlikely token is ever drawn. Ties at the $k$-th value keep all tied tokens, as nanoGPT's comparison with
 # the $k$-th largest value does. The draw inverts the cumulative distribution with one uniform number per row from
 # a NumPy `Generator`, so a seed fixes the text.
 
@@ -520,25 +528,38 @@ test_fail(lambda: g.generate(np.zeros((2, 0), np.int64), 3), contains="expected 
 # Each path is within this bound of the exact result, so the two are within twice of it.
 
 # %%
+#| export
+# %%
+
+# %%
+#| export
 def _lin_b(x, e, lin, u):
     "Value and error bound of a Linear on x with error e (float64, first order in u)."
     W = lin.weight.numpy().astype(np.float64); b = 0. if lin.bias is None else lin.bias.numpy().astype(np.float64)
     return x @ W.T + b, (x.shape[-1] + 1) * u * (np.abs(x) @ np.abs(W).T + np.abs(b)) + e @ np.abs(W).T
 
+# %%
+#| export
 def _ln_b(x, e, ln, u):
+    "Value and error bound of a LayerNorm on x with error e."
     w, b, C = ln.weight.numpy().astype(np.float64), ln.bias.numpy().astype(np.float64), x.shape[-1]
     mu = x.mean(-1, keepdims=True); sd = np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + ln.eps); xh = (x - mu) / sd
     prop = np.abs(w) / sd * (e + e.mean(-1, keepdims=True) + np.abs(xh) * (np.abs(xh) * e).mean(-1, keepdims=True))
     rnd = np.abs(w) * (C * u * np.abs(x).mean(-1, keepdims=True) + (C + 6) * u * np.abs(x - mu)) / sd + u * np.abs(b)
     return xh * w + b, prop + rnd
 
+# %%
+#| export
 def _gelu_b(x, e, u):
+    "Value and error bound of the tanh GELU on x with error e."
     a = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3); t = np.tanh(a)       # the argument and its tanh
     y = 0.5 * x * (1 + t)
     dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
     rnd = 0.5 * np.abs(x) * ((1 - t * t) * 5 * u * np.abs(a) + 4 * u * np.abs(t)) + 3 * u * np.abs(y)
     return y, np.abs(dy) * e + rnd
 
+# %%
+#| export
 def _attn_b(x, e, m, u):
     "Bound through causal MultiHeadAttention, stage by stage as in the attention module."
     B, T, C = x.shape; nh, hs = m.num_heads, m.head_dim
@@ -555,6 +576,8 @@ def _attn_b(x, e, m, u):
     y, ey = merge(p @ v), merge(T * u * (p @ va) + ep @ va + p @ ev)                 # (B, T, C)
     return _lin_b(y, ey, m.proj, u)
 
+# %%
+#| export
 def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
     "Elementwise bound on |full pass - cached decoding| of the logits (B, T, V), to first order in the roundoff u."
     tr = model.transformer
@@ -567,6 +590,7 @@ def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
         x, e = x + h, e + eh + u * np.abs(x + h)
     return 2 * _lin_b(*_ln_b(x, e, tr.ln_f, u), model.lm_head, u)[1]
 
+# %%
 def decode_both(m: GPT, ids: np.ndarray, prefill: int) -> tuple:
     "Logits (B, T, V) of one full pass, and of a prefill of `prefill` tokens followed by one token at a time."
     with no_grad():
@@ -596,21 +620,34 @@ test_eq(kv[0][0].shape, (2, 4, 16, 8))
 test_eq(bool((d64 <= b64).all()), True)
 
 # %% [markdown]
-# The same bound with float32's $u = 2^{-24}$ is valid but of little use: a worst case in which every rounding
-# error has the same sign, amplified by each LayerNorm's $1/\sigma$, is many orders of magnitude above what
-# happens. For float32 the test therefore uses a reference: the float64 logits of the same weights stand in for the
-# exact ones, and the cached path may not be less accurate than the full float32 pass it replaces. Its error is
-# allowed twice the full pass's largest error, since the two sum in different orders and either may happen to be
-# the more accurate one at a given element.
+# The same bound with float32's $u = 2^{-24}$ holds too, but is of little use: a worst case in which every rounding
+# error has the same sign, amplified by each LayerNorm's $1/\sigma$, lies orders of magnitude above what happens.
+# For float32 the check is therefore relative to a reference: the float64 logits of the same weights stand in for
+# the exact ones, and the cached path may not be markedly less accurate than the full float32 pass it replaces.
+# Which path is closer at a given element is a matter of luck, so the cell first measures the ratio of their root
+# mean square errors over 20 random models (weights scaled up 10-fold for logits of order 10, prompts of random
+# length); a cache bug, shown below, moves the logits by about a million times float32's rounding.
 
 # %%
+def rms(a): return float(np.sqrt(np.mean(a ** 2)))
 full32, inc32, _ = decode_both(m, ids, 5)
 b32 = cache_bound(m, ids, 2.0 ** -24)
-err_full, err_inc = np.abs(full32 - full64).max(), np.abs(inc32 - full64).max()
-print(f"float32: full pass off float64 by {err_full:.1e} at most, cached path by {err_inc:.1e}; they differ by "
-      f"{np.abs(inc32 - full32).max():.1e}; the float32 worst-case bound is {b32.min():.1e} to {b32.max():.1e}")
+print(f"float32: cached and full pass differ by {np.abs(inc32 - full32).max():.1e} at most; "
+      f"the float32 worst-case bound is {b32.min():.1e} to {b32.max():.1e}")
 test_eq(bool((np.abs(inc32 - full32) <= b32).all()), True)
-test_eq(bool(err_inc <= 2 * err_full), True)
+ratios = []
+for seed in range(20):
+    r = np.random.default_rng(seed)
+    manual_seed(seed)
+    a32 = GPT(23, 12, 2, 4, 32)
+    for p in a32.parameters(): p.data *= 10
+    a64 = to_float64(GPT(23, 12, 2, 4, 32)); a64.load_state_dict(a32.state_dict())
+    t = r.integers(0, 23, (2, 12))
+    f64_, _, _ = decode_both(a64, t, 1); f32_, i32_, _ = decode_both(a32, t, int(r.integers(1, 12)))
+    ratios.append(rms(i32_ - f64_) / rms(f32_ - f64_))
+print(f"RMS error of the cached path / RMS error of the full pass, both against float64, over 20 models: "
+      f"{min(ratios):.2f} to {max(ratios):.2f}, median {np.median(ratios):.2f}")
+test_eq(bool(max(ratios) < 8), True)                                  # same order as float32 rounding of the full pass
 
 # %% [markdown]
 # The explicit start position is what makes this work. Feeding the new token with `start=0`, as if it were the
@@ -626,9 +663,10 @@ with no_grad():
     wrong = m64(ids[:, 5:6], start=5, past_kv=kv5)[0].numpy()[:, 0]   # (B, V)
     wpe[...] = saved
 off = np.abs(wrong - full64[:, 5]).max()
+err32 = rms(full32 - full64)
 print(f"token 5 at position 0: logits off by up to {off:.1e}, {off / b64[:, 5].max():.0e} times the float64 bound, "
-      f"{off / (2 * err_full):.0e} times the float32 tolerance")
-test_eq(bool(off > b64[:, 5].max() and off > 2 * err_full), True)
+      f"{off / err32:.0e} times the RMS rounding error of the float32 full pass")
+test_eq(bool(off > b64[:, 5].max() and off > 1000 * err32), True)
 
 # %% [markdown]
 # Sampling with the cache draws the same tokens as sampling with a full pass over the whole sequence at every step,
@@ -693,3 +731,90 @@ for V, T, L, H, C in ((65, 64, 2, 4, 64), (84, 64, 4, 4, 128)):
           f"attention's share {1 - 6 * n / g.flops_per_token():.1%}")
     test_eq(n_all, formula(V, T, L, C))
     test_eq(n_all - n, T * C)
+
+# %% [markdown]
+# ## A small model learns Shakespeare's characters
+#
+# A GPT of two blocks, $C = 64$, trained for a fixed number of steps on random windows of 32 characters from the
+# first 300,000 characters of the training works, with AdamW, a short warm-up and a cosine decay, and gradients
+# clipped at norm 1. Before training the loss is about $\ln V$, a uniform guess. The TinyGPT milestone trains a
+# larger model for minutes; this run only shows the loss falling and what a few seconds of training produce.
+
+# %%
+text = load_shakespeare('train')[:300_000]
+tok = CharTokenizer(text)
+data = np.array(tok.encode(text), dtype=np.int64)
+def batch(rng, B=16, T=32):
+    s = rng.integers(0, len(data) - T - 1, B)[:, None] + np.arange(T + 1)   # (B, T + 1) window positions
+    return data[s[:, :-1]], data[s[:, 1:]]                            # inputs and next characters, (B, T) each
+
+manual_seed(0)
+model = GPT(tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64)
+opt = AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.01)
+steps = 250
+sched = CosineWarmupLR(opt, warmup_steps=20, total_steps=steps, min_lr=3e-4)
+rng, losses, t0 = np.random.default_rng(0), [], time.perf_counter()
+with threadpool_limits(1, 'blas'):
+    for step in range(steps):
+        x, y = batch(rng)
+        _, loss = model(x, y)
+        opt.zero_grad(); loss.backward(); clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
+        losses.append(loss.item())
+secs = time.perf_counter() - t0
+print(f"{model.num_params():,} parameters, vocabulary {tok.vocab_size} (ln V = {math.log(tok.vocab_size):.3f}); "
+      f"{steps} steps of 16 x 32 characters in {secs:.1f} s ({steps * 512 / secs:,.0f} characters/s): "
+      f"loss {np.mean(losses[:10]):.3f} over the first 10 steps, {np.mean(losses[-10:]):.3f} over the last 10")
+test_eq(bool(np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5), True)
+
+# %%
+plt.figure(figsize=(6, 3))
+plt.plot(losses, lw=0.8, label='training batch')
+plt.axhline(math.log(tok.vocab_size), color='gray', ls=':', label='ln V (uniform guess)')
+plt.xlabel('step'); plt.ylabel('cross-entropy (nats per character)'); plt.legend(); plt.tight_layout(); plt.show()
+
+# %%
+print(tok.decode(model.generate(np.array([tok.encode('\n')]), 200, temperature=0.8, seed=0).numpy()[0].tolist()))
+
+# %% [markdown]
+# After a few seconds the model has learnt the shape of the text: names in capitals before speeches, line breaks,
+# common short words; the spelling of longer words comes with more training, as in the milestone.
+#
+# ## What the cache saves
+#
+# Without a cache, step $t$ of generation runs the model over all $t$ tokens so far: the projections cost $O(t)$
+# and attention $O(t^2)$, so $n$ tokens cost $O(n^2)$ to $O(n^3)$ in all. With the cache, step $t$ runs one token
+# through the projections and one query against $t$ keys: $O(t)$, $O(n^2)$ in all. The cell generates 200 tokens
+# from a one-token prompt with a GPT of `block_size` 256 both ways (one BLAS thread, median of 3 runs after a
+# warm-up), and checks that the two produce the same tokens.
+
+# %%
+manual_seed(0)
+big = GPT(vocab_size=65, block_size=256, n_layer=2, n_head=4, n_embd=64)
+start_tok = np.zeros((1, 1), np.int64)
+def timed(fn, repeats=3):
+    fn(); ts = []
+    for _ in range(repeats): t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+with threadpool_limits(1, 'blas'):
+    t_cached = timed(lambda: big.generate(start_tok, 200, seed=0))
+    t_full = timed(lambda: generate_uncached(big, start_tok, 200, seed=0))
+same = (big.generate(start_tok, 200, seed=0).numpy() == generate_uncached(big, start_tok, 200, seed=0)).mean()
+print(f"200 tokens: with the cache {t_cached:.2f} s ({200 / t_cached:.0f} tokens/s), full passes {t_full:.2f} s "
+      f"({200 / t_full:.0f} tokens/s): {t_full / t_cached:.1f}x faster; {same:.1%} of the tokens identical (float32)")
+test_eq(bool(t_cached < t_full), True)
+
+# %% [markdown]
+# The gap widens with the length generated: the uncached cost of step $t$ grows with $t$ in every layer, the
+# cached cost only in the attention row, which at these sizes is small next to one token's pass through the
+# `Linear` layers.
+#
+# ## Summary
+#
+# `TransformerBlock` is the pre-LayerNorm block, $x + \mathrm{attn}(\mathrm{ln}_1(x))$ then
+# $x + \mathrm{mlp}(\mathrm{ln}_2(x))$, with a $4C$-wide tanh-GELU `MLP`. `GPT` stacks `n_layer` of them between
+# token and learned position embeddings and a final LayerNorm, with nanoGPT's names and initialisation and the
+# head tied to the token embedding; `forward` takes an explicit `start` position and the cached keys and values
+# of the earlier positions, and returns the extended cache with `use_cache`. `generate` prefills the prompt and
+# then feeds one token per step, giving the logits of a full pass at a fraction of the cost, crops the context to
+# its last `block_size // 2` tokens and rebuilds the cache when it is full, and samples with a temperature and
+# top-k from a seeded NumPy generator. The TinyGPT milestone trains such a model on Shakespeare.
