@@ -31,6 +31,7 @@
 import math
 
 import numpy as np
+from fastcore.basics import patch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tinytorch.core.tensor import Tensor, zeros
@@ -508,14 +509,19 @@ class Conv2d(Module):
         self.weight = uniform_(Parameter(zeros(out_channels, in_channels, *self.kernel_size)), -bound, bound)
         self.bias = uniform_(Parameter(zeros(out_channels)), -bound, bound) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        "(N, in_channels, H, W) -> (N, out_channels, OH, OW)."
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+# %%
+#| export
+@patch
+def forward(self: Conv2d, x: Tensor) -> Tensor:
+    "(N, in_channels, H, W) -> (N, out_channels, OH, OW)."
+    return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
-    def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0): s += f", padding={self.padding}"
-        return s + (", bias=False" if self.bias is None else "")
+@patch
+def extra_repr(self: Conv2d) -> str:
+    "The settings in PyTorch's format: channels, kernel size and stride, then padding and bias if not the default."
+    s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+    if self.padding != (0, 0): s += f", padding={self.padding}"
+    return s + (", bias=False" if self.bias is None else "")
 
 # %%
 manual_seed(0)

@@ -10,6 +10,7 @@ __all__ = ['conv_output_size', 'im2col', 'conv2d', 'col2im', 'Conv2d', 'max_pool
 import math
 
 import numpy as np
+from fastcore.basics import patch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .tensor import Tensor, zeros
@@ -162,14 +163,18 @@ class Conv2d(Module):
         self.weight = uniform_(Parameter(zeros(out_channels, in_channels, *self.kernel_size)), -bound, bound)
         self.bias = uniform_(Parameter(zeros(out_channels)), -bound, bound) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        "(N, in_channels, H, W) -> (N, out_channels, OH, OW)."
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+# %% ../../nbs/09_spatial.ipynb #efc329ea
+@patch
+def forward(self: Conv2d, x: Tensor) -> Tensor:
+    "(N, in_channels, H, W) -> (N, out_channels, OH, OW)."
+    return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
-    def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0): s += f", padding={self.padding}"
-        return s + (", bias=False" if self.bias is None else "")
+@patch
+def extra_repr(self: Conv2d) -> str:
+    "The settings in PyTorch's format: channels, kernel size and stride, then padding and bias if not the default."
+    s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+    if self.padding != (0, 0): s += f", padding={self.padding}"
+    return s + (", bias=False" if self.bias is None else "")
 
 # %% ../../nbs/09_spatial.ipynb #bbccc9a8
 def _pool_args(op: str, x: Tensor, kernel_size, stride) -> tuple:
