@@ -56,7 +56,7 @@ from tinytorch.core.tensor import manual_seed, randn
 from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.losses import CrossEntropyLoss, cross_entropy
 from tinytorch.core.optimizers import Adam
 from tinytorch.core.training import Batches, Trainer
 
@@ -386,6 +386,32 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((2, 2, 9, 8), (3
 # One detail is worth a measurement (below): $W_{row}^T$ is a transposed view. BLAS accepts it without a copy,
 # but whether the product then runs at full speed depends on the BLAS and the shapes. Copying the small weight
 # matrix to C order costs next to nothing and gives BLAS its fastest layout.
+#
+# Another concerns memory. $\partial L/\partial X_{col}$ is as large as the column matrix, tens of megabytes for a
+# typical layer, and lives only until col2im has read it. Allocating it afresh in every backward pass costs more
+# than it seems: the C library may return the freed memory to the operating system, and take it back page by page,
+# with a page fault per page, on the next pass (the last section of this notebook measures that). So the product is
+# written with `np.matmul(..., out=)` into one buffer kept between calls, which grows to the largest size needed.
+
+# %%
+#| export
+_scratch = {}  # dtype -> 1-D buffer, kept between calls, for the input-gradient columns of conv2d
+
+def _scratch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "`a @ b` (2-D) written into a buffer kept between calls: valid only until the next call."
+    m, n, dtype = a.shape[0], b.shape[1], np.result_type(a, b)
+    buf = _scratch.get(dtype)
+    if buf is None or buf.size < m * n: buf = _scratch[dtype] = np.empty(m * n, dtype)
+    return np.matmul(a, b, out=buf[:m * n].reshape(m, n))
+
+# %%
+a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+p1 = _scratch_matmul(a, b)
+test_close(p1, a @ b, eps=1e-12)
+p2 = _scratch_matmul(a[:2], b)                                              # a smaller product reuses the buffer
+test_eq(np.shares_memory(p1, p2), True)
+test_eq(_scratch_matmul(b.T, a.T).shape, (5, 3))
+test_eq(_scratch_matmul(a.astype(np.float32), b.astype(np.float32)).dtype, np.float32)   # one buffer per dtype
 
 # %%
 #| export
@@ -399,7 +425,7 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     gx = None
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
-        gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding)              # (N, C, H, W)
+        gx = col2im(_scratch_matmul(w_t, G), x.shape, (KH, KW), stride, padding)  # (N, C, H, W)
     gb = G.sum(axis=1) if bias is not None and bias.requires_grad else None  # (O,)
     ### END SOLUTION
     return (gx, gw) if bias is None else (gx, gw, gb)
@@ -800,32 +826,40 @@ assert hist['val_acc'][-1] >= 0.95
 # glibc's `malloc` returns it to the operating system, and the next step gets it back one 4 KiB page at a time:
 # the first write to each page is a *page fault*, a trip into the kernel, which also fills the page with zeros.
 #
-# The cell counts minor page faults (`resource.getrusage`) and times forward and backward of the benchmark layer.
+# The scratch buffer of the conv2d rule avoids this for the largest temporary of one layer; a whole network has
+# many more. The cell counts minor page faults (`resource.getrusage`) and times one training step, forward and
+# backward, of the LeNet-style network of `benchmarks/bench_conv.py` on a batch of 64 random 28x28 images.
 # Then it asks glibc to keep 256 MiB of free memory at the top of the heap instead of returning it,
 # `mallopt(M_TOP_PAD, ...)`, the setting that the environment variable `MALLOC_TOP_PAD_` also controls, and
 # measures again. The setting belongs to the whole process, which is why this cell comes last; a training script
 # can set the environment variable before it starts. On a C library other than glibc the cell only reports that.
 
 # %%
-def faults_and_time(fn, n=5) -> tuple:
+def faults_and_time(fn, n=3) -> tuple:
     "Minor page faults and seconds per call of `fn`, over `n` calls after one warm-up call."
     fn()
     f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for _ in range(n): fn()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n, (time.perf_counter() - t0) / n
 
-def conv_step():
-    conv_b.zero_grad(); xc.grad = None
-    conv_b(xc).backward(g_conv)
+manual_seed(0)
+lenet = Sequential(Conv2d(1, 32, 3, padding=1), ReLU(), MaxPool2d(2),            # (N, 32, 14, 14)
+                   Conv2d(32, 64, 3, padding=1), ReLU(), MaxPool2d(2),           # (N, 64, 7, 7)
+                   Flatten(), Linear(64 * 7 * 7, 128), ReLU(), Linear(128, 10))  # (N, 10)
+xb, yb = randn(64, 1, 28, 28), Tensor(rng.integers(0, 10, 64))
+
+def lenet_step():
+    lenet.zero_grad()
+    cross_entropy(lenet(xb), yb).backward()
 
 # %%
 M_TOP_PAD = -2                                                                # from glibc's malloc.h
 if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
-    f_before, t_before = faults_and_time(conv_step)
+    f_before, t_before = faults_and_time(lenet_step)
     test_eq(ctypes.CDLL(ctypes.util.find_library('c')).mallopt(M_TOP_PAD, 256 * 2**20), 1)   # 1: accepted
-    f_after, t_after = faults_and_time(conv_step)
-    print(f"Conv2d(32, 64, 3, padding=1) forward+backward: {f_before:,.0f} page faults and {t_before*1e3:.1f} ms "
-          f"per step by default; {f_after:,.0f} page faults and {t_after*1e3:.1f} ms with M_TOP_PAD = 256 MiB")
+    f_after, t_after = faults_and_time(lenet_step)
+    print(f"LeNet-style step, batch 64: {f_before:,.0f} page faults and {t_before*1e3:.1f} ms per step by default; "
+          f"{f_after:,.0f} page faults and {t_after*1e3:.1f} ms with M_TOP_PAD = 256 MiB")
     assert f_after <= f_before
 else: print(f"C library {platform.libc_ver()}: not glibc, nothing measured")
 

@@ -126,6 +126,16 @@ def col2im(cols: np.ndarray,  # (C*KH*KW, N*OH*OW), laid out as `im2col` returns
     ### END SOLUTION
 
 # %% ../../nbs/09_spatial.ipynb #f784c39f
+_scratch = {}  # dtype -> 1-D buffer, kept between calls, for the input-gradient columns of conv2d
+
+def _scratch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "`a @ b` (2-D) written into a buffer kept between calls: valid only until the next call."
+    m, n, dtype = a.shape[0], b.shape[1], np.result_type(a, b)
+    buf = _scratch.get(dtype)
+    if buf is None or buf.size < m * n: buf = _scratch[dtype] = np.empty(m * n, dtype)
+    return np.matmul(a, b, out=buf[:m * n].reshape(m, n))
+
+# %% ../../nbs/09_spatial.ipynb #3161a0a9
 @grad_rule('conv2d')
 def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     "Gradients of conv2d: weight and input by one GEMM each (the input's through col2im), bias by a sum."
@@ -136,7 +146,7 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     gx = None
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
-        gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding)              # (N, C, H, W)
+        gx = col2im(_scratch_matmul(w_t, G), x.shape, (KH, KW), stride, padding)  # (N, C, H, W)
     gb = G.sum(axis=1) if bias is not None and bias.requires_grad else None  # (O,)
     ### END SOLUTION
     return (gx, gw) if bias is None else (gx, gw, gb)
