@@ -529,18 +529,14 @@ test_fail(lambda: g.generate(np.zeros((2, 0), np.int64), 3), contains="expected 
 
 # %%
 #| export
-# %%
-
-# %%
-#| export
-def _lin_b(x, e, lin, u):
+def _linear_bound(x, e, lin, u):
     "Value and error bound of a Linear on x with error e (float64, first order in u)."
     W = lin.weight.numpy().astype(np.float64); b = 0. if lin.bias is None else lin.bias.numpy().astype(np.float64)
     return x @ W.T + b, (x.shape[-1] + 1) * u * (np.abs(x) @ np.abs(W).T + np.abs(b)) + e @ np.abs(W).T
 
 # %%
 #| export
-def _ln_b(x, e, ln, u):
+def _layer_norm_bound(x, e, ln, u):
     "Value and error bound of a LayerNorm on x with error e."
     w, b, C = ln.weight.numpy().astype(np.float64), ln.bias.numpy().astype(np.float64), x.shape[-1]
     mu = x.mean(-1, keepdims=True); sd = np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + ln.eps); xh = (x - mu) / sd
@@ -550,7 +546,7 @@ def _ln_b(x, e, ln, u):
 
 # %%
 #| export
-def _gelu_b(x, e, u):
+def _gelu_bound(x, e, u):
     "Value and error bound of the tanh GELU on x with error e."
     a = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3); t = np.tanh(a)       # the argument and its tanh
     y = 0.5 * x * (1 + t)
@@ -560,10 +556,10 @@ def _gelu_b(x, e, u):
 
 # %%
 #| export
-def _attn_b(x, e, m, u):
+def _attention_bound(x, e, m, u):
     "Bound through causal MultiHeadAttention, stage by stage as in the attention module."
     B, T, C = x.shape; nh, hs = m.num_heads, m.head_dim
-    qkv, eqkv = _lin_b(x, e, m.qkv, u)
+    qkv, eqkv = _linear_bound(x, e, m.qkv, u)
     heads = lambda a: [a[..., i * C:(i + 1) * C].reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for i in range(3)]
     (q, k, v), (qa, ka, va), (eq, ek, ev) = heads(qkv), heads(np.abs(qkv)), heads(eqkv)    # (B, nh, T, hs) each
     sc, tr = hs ** -0.5, lambda a: a.transpose(0, 1, 3, 2)
@@ -574,7 +570,7 @@ def _attn_b(x, e, m, u):
     ep = p * (es + (p * es).sum(-1, keepdims=True)) + (T + 4 + gap) * u * p
     merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)
     y, ey = merge(p @ v), merge(T * u * (p @ va) + ep @ va + p @ ev)                 # (B, T, C)
-    return _lin_b(y, ey, m.proj, u)
+    return _linear_bound(y, ey, m.proj, u)
 
 # %%
 #| export
@@ -584,11 +580,11 @@ def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
     wte, wpe = tr.wte.weight.numpy().astype(np.float64), tr.wpe.weight.numpy().astype(np.float64)
     x = wte[ids] + wpe[:ids.shape[1]]; e = u * np.abs(x)                             # (B, T, C)
     for blk in tr.h.children():
-        a, ea = _attn_b(*_ln_b(x, e, blk.ln_1, u), blk.attn, u)
+        a, ea = _attention_bound(*_layer_norm_bound(x, e, blk.ln_1, u), blk.attn, u)
         x, e = x + a, e + ea + u * np.abs(x + a)
-        h, eh = _lin_b(*_gelu_b(*_lin_b(*_ln_b(x, e, blk.ln_2, u), blk.mlp.fc, u), u), blk.mlp.proj, u)
+        h, eh = _linear_bound(*_gelu_bound(*_linear_bound(*_layer_norm_bound(x, e, blk.ln_2, u), blk.mlp.fc, u), u), blk.mlp.proj, u)
         x, e = x + h, e + eh + u * np.abs(x + h)
-    return 2 * _lin_b(*_ln_b(x, e, tr.ln_f, u), model.lm_head, u)[1]
+    return 2 * _linear_bound(*_layer_norm_bound(x, e, tr.ln_f, u), model.lm_head, u)[1]
 
 # %%
 def decode_both(m: GPT, ids: np.ndarray, prefill: int) -> tuple:
