@@ -31,7 +31,7 @@ class MLP(Module):
                 ):
         super().__init__()
         self.fc = Linear(n_embd, 4 * n_embd, bias=bias)     # (4C, C)
-        self.gelu = GELU(approximate='tanh')                # GPT-2's approximation; cheaper than erf in NumPy
+        self.gelu = GELU(approximate='tanh')                # GPT-2's tanh approximation
         self.proj = Linear(4 * n_embd, n_embd, bias=bias)   # (C, 4C)
         self.dropout = Dropout(dropout)
 
