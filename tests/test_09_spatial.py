@@ -214,7 +214,7 @@ def test_conv2d_initialisation_is_pytorchs_and_reproducible():
     w, b = conv.weight.numpy(), conv.bias.numpy()
     assert w.shape == (32, 16, 3, 5) and b.shape == (32,)
     assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
-    assert abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.03              # 7,680 draws: sampling error ~1%
+    assert abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.03              # std of n = 7,680 draws: error ~ sqrt(0.2/n) = 0.5%
     assert list(conv.state_dict()) == ["weight", "bias"]
     manual_seed(0)
     np.testing.assert_array_equal(Conv2d(16, 32, (3, 5)).weight.numpy(), w)

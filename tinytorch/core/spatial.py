@@ -142,7 +142,7 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     ### BEGIN SOLUTION
     O, C, KH, KW = weight.shape
     G = g.transpose(1, 0, 2, 3).reshape(O, -1)                               # (O, N*OH*OW), a copy
-    gw = (G @ cols.T).reshape(weight.shape) if weight.requires_grad else None  # (O, C, KH, KW)
+    gw = (cols @ G.T).T.reshape(weight.shape) if weight.requires_grad else None  # G cols^T, (O, C, KH, KW)
     gx = None
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
