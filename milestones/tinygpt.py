@@ -29,7 +29,7 @@ import numpy as np
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.optimizers import AdamW, clip_grad_norm_, cosine_warmup_lr
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import _read_checkpoint, load_checkpoint, save_checkpoint
+from tinytorch.core.training import read_checkpoint, load_checkpoint, save_checkpoint
 from tinytorch.models.transformer import GPT, GPTConfig
 from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
 
@@ -98,7 +98,7 @@ def plot(steps, train, evals, path: Path, title: str) -> Path:
 
 def sample_only(args) -> int:
     if not args.checkpoint: sys.exit("tinygpt: --sample-only needs --checkpoint PATH")
-    extra = _read_checkpoint(Path(args.checkpoint))["extra"]          # the configuration, to build the model first
+    extra = read_checkpoint(Path(args.checkpoint))["extra"]          # the configuration, to build the model first
     model = GPT.from_config(GPTConfig(**extra["config"]))
     info = load_checkpoint(args.checkpoint, model)
     tok = CharTokenizer("".join(info["vocab"]))

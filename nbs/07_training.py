@@ -386,12 +386,14 @@ def save_checkpoint(path,                              # file to write, conventi
 # %% [markdown]
 # `load_checkpoint` reads everything before it changes anything, and restores everything it changed if a later part
 # fails, so a checkpoint that does not fit the model (a missing layer, a different width) gives one clear error and
-# leaves the model and optimizer exactly as they were.
+# leaves the model and optimizer exactly as they were. `read_checkpoint` returns the contents without loading them,
+# for a script that needs the saved settings (say, a model's size) before it can build the model.
 
 # %%
 #| export
-def _read_checkpoint(path: Path) -> dict:
-    "The decoded contents of the checkpoint at `path`, with clear errors for missing or corrupt files."
+def read_checkpoint(path) -> dict:
+    "The decoded contents of the checkpoint at `path` (format, epoch, model, optimizer, scheduler, extra), without loading them anywhere."
+    path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"load_checkpoint: no checkpoint at {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -413,7 +415,7 @@ def load_checkpoint(path,
                    ) -> dict:
     "Load a checkpoint written by `save_checkpoint` into `model` (and `optimizer`, `scheduler`); all or nothing. Returns epoch and extras."
     path = Path(path)
-    c = _read_checkpoint(path)
+    c = read_checkpoint(path)
     parts = [(model, c['model'])] + [(o, c[k]) for o, k in ((optimizer, 'optimizer'), (scheduler, 'scheduler')) if o is not None]
     for obj, state in parts:
         if state is None: raise ValueError(f"load_checkpoint: {path} holds no {type(obj).__name__} state")
