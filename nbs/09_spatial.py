@@ -385,10 +385,11 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((2, 2, 9, 8), (3
 #
 # Two details are worth a measurement (below). $W_{row}^T$ is a transposed view. BLAS accepts it without a copy,
 # but whether the product then runs at full speed depends on the BLAS and the shapes. Copying the small weight
-# matrix to C order costs next to nothing and gives BLAS its fastest layout. And the weight gradient
-# $G X_{col}^T$ is computed as $(X_{col} G^T)^T$: the same numbers, but a product whose long dimension is the
-# output's, which OpenBLAS splits well between threads; the other orientation, whose long dimension is the one
-# summed over, ran many times slower on two threads.
+# matrix to C order costs next to nothing and gives BLAS its fastest layout. And the weight gradient $G X_{col}^T$
+# sums over the long axis $N O_H O_W$ and has two short ones, $O$ and $C K_H K_W$. It can be computed as written
+# or as $(X_{col} G^T)^T$, the same numbers. On one thread the two run alike; with two threads, OpenBLAS ran this
+# kind of product many times slower whenever its first operand had fewer rows than the result has columns. So the
+# rule puts the operand with more rows first.
 #
 # Another concerns memory. $\partial L/\partial X_{col}$ is as large as the column matrix, tens of megabytes for a
 # typical layer, and lives only until col2im has read it. Allocating it afresh in every backward pass costs more
@@ -424,7 +425,9 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     ### BEGIN SOLUTION
     O, C, KH, KW = weight.shape
     G = g.transpose(1, 0, 2, 3).reshape(O, -1)                               # (O, N*OH*OW), a copy
-    gw = (cols @ G.T).T.reshape(weight.shape) if weight.requires_grad else None  # G cols^T, (O, C, KH, KW)
+    gw = None
+    if weight.requires_grad:                                                  # G cols^T, more rows first for BLAS
+        gw = (G @ cols.T if O >= cols.shape[0] else (cols @ G.T).T).reshape(weight.shape)  # (O, C, KH, KW)
     gx = None
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
@@ -497,7 +500,7 @@ G = rng.standard_normal((64, cols.shape[1]), dtype=np.float32)                 #
 w2_t = np.ascontiguousarray(w2.T)                                               # (C*KH*KW, O)
 dcols = w2_t @ G                                                               # (288, 16384)
 pieces = {'im2col': lambda: im2col(x, 3, 1, 1), 'forward GEMM': lambda: w2 @ cols,
-          'weight GEMM, (cols @ G.T).T': lambda: (cols @ G.T).T, 'input GEMM, C-order weight': lambda: w2_t @ G,
+          'weight GEMM': lambda: (cols @ G.T).T, 'input GEMM, C-order weight': lambda: w2_t @ G,
           'input GEMM, transposed view': lambda: w2.T @ G, 'col2im': lambda: col2im(dcols, x.shape, 3, 1, 1)}
 times = {k: median_time(f, number=1) for k, f in pieces.items()}
 for k, t in times.items(): print(f"{k:30} {t*1e3:6.2f} ms")
@@ -505,13 +508,15 @@ flops = 2 * w2.shape[0] * w2.shape[1] * cols.shape[1]
 print(f"each GEMM: {flops/1e6:.0f} MFLOP, forward GEMM at {flops / times['forward GEMM'] / 1e9:.1f} GFLOP/s")
 
 # %% [markdown]
-# The weight gradient in both orientations, on one and on two BLAS threads:
+# The weight gradient of this layer in both orientations, on one and on two BLAS threads; here $O = 64$ rows
+# against $C K_H K_W = 288$, so the rule uses the second.
 
 # %%
 for n_threads in (1, 2):
     with threadpool_limits(n_threads):
-        t_a, t_b = (median_time(f, number=1, repeats=3) for f in (lambda: G @ cols.T, lambda: (cols @ G.T).T))
-    print(f"{n_threads} thread(s): G @ cols.T {t_a*1e3:7.2f} ms, (cols @ G.T).T {t_b*1e3:7.2f} ms")
+        t_a, t_b = (median_time(f, number=1, repeats=1) for f in (lambda: G @ cols.T, lambda: (cols @ G.T).T))
+    print(f"{n_threads} thread(s): G {G.shape} @ cols.T {cols.T.shape} {t_a*1e3:7.2f} ms, "
+          f"(cols {cols.shape} @ G.T {G.T.shape}).T {t_b*1e3:7.2f} ms")
 
 # %% [markdown]
 # ## The Conv2d layer

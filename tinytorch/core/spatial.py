@@ -142,7 +142,9 @@ def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     ### BEGIN SOLUTION
     O, C, KH, KW = weight.shape
     G = g.transpose(1, 0, 2, 3).reshape(O, -1)                               # (O, N*OH*OW), a copy
-    gw = (cols @ G.T).T.reshape(weight.shape) if weight.requires_grad else None  # G cols^T, (O, C, KH, KW)
+    gw = None
+    if weight.requires_grad:                                                  # G cols^T, more rows first for BLAS
+        gw = (G @ cols.T if O >= cols.shape[0] else (cols @ G.T).T).reshape(weight.shape)  # (O, C, KH, KW)
     gx = None
     if x.requires_grad:
         w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)              # (C*KH*KW, O), C order for BLAS
