@@ -2,7 +2,7 @@
 import math
 import sys
 
-from _common import options, run
+from _common import options, run  # first: it sets the BLAS threads before NumPy loads
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential

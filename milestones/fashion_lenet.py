@@ -2,7 +2,7 @@
 import math
 import sys
 
-from _common import options, run
+from _common import options, run  # first: it sets the BLAS threads before NumPy loads
 from fashion_mlp import check_stats, prepare
 
 from tinytorch.core.activations import ReLU
@@ -25,7 +25,7 @@ def lenet() -> Sequential:
 
 
 def main() -> int:
-    args = options(__doc__, epochs=12, batch_size=128, lr=2e-3)
+    args = options(__doc__, epochs=10, batch_size=128, lr=2e-3)
     manual_seed(args.seed)
     X_train, y_train, X_test, y_test = load_fashion_mnist(args.root)
     check_stats(X_train)

@@ -2,8 +2,9 @@
 import math
 import sys
 
+from _common import options, run  # first: it sets the BLAS threads before NumPy loads
+
 import numpy as np
-from _common import options, run
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
