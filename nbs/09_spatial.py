@@ -387,9 +387,10 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((2, 2, 9, 8), (3
 # but whether the product then runs at full speed depends on the BLAS and the shapes. Copying the small weight
 # matrix to C order costs next to nothing and gives BLAS its fastest layout. And the weight gradient $G X_{col}^T$
 # sums over the long axis $N O_H O_W$ and has two short ones, $O$ and $C K_H K_W$. It can be computed as written
-# or as $(X_{col} G^T)^T$, the same numbers. On one thread the two run alike; with two threads, OpenBLAS ran this
-# kind of product many times slower whenever its first operand had fewer rows than the result has columns. So the
-# rule puts the operand with more rows first.
+# or as $(X_{col} G^T)^T$, the same numbers. On one thread the two run alike. On two threads, while the other core
+# was busy with other work, OpenBLAS ran this kind of product many times slower whenever its first operand had
+# fewer rows than the result has columns (for both benchmark layers, whichever way round their sizes were); on an
+# idle machine the two ran alike. So the rule puts the operand with more rows first.
 #
 # Another concerns memory. $\partial L/\partial X_{col}$ is as large as the column matrix, tens of megabytes for a
 # typical layer, and lives only until col2im has read it. Allocating it afresh in every backward pass costs more
@@ -509,7 +510,8 @@ print(f"each GEMM: {flops/1e6:.0f} MFLOP, forward GEMM at {flops / times['forwar
 
 # %% [markdown]
 # The weight gradient of this layer in both orientations, on one and on two BLAS threads; here $O = 64$ rows
-# against $C K_H K_W = 288$, so the rule uses the second.
+# against $C K_H K_W = 288$, so the rule uses the second. What the two-thread line shows depends on how busy the
+# machine's other cores are at the time.
 
 # %%
 for n_threads in (1, 2):
@@ -845,7 +847,7 @@ assert hist['val_acc'][-1] >= 0.95
 #
 # The scratch buffer of the conv2d rule avoids this for the largest temporary of one layer; a whole network has
 # many more. The cell counts minor page faults (`resource.getrusage`) and times one training step, forward and
-# backward, of the LeNet-style network of `benchmarks/bench_conv.py` on a batch of 64 random 28x28 images.
+# backward, of the LeNet-style network of `benchmarks/bench_conv.py` on a batch of 128 random 28x28 images.
 # Then it asks glibc to keep 256 MiB of free memory at the top of the heap instead of returning it,
 # `mallopt(M_TOP_PAD, ...)`, the setting that the environment variable `MALLOC_TOP_PAD_` also controls, and
 # measures again. The setting belongs to the whole process, which is why this cell comes last; a training script
@@ -863,7 +865,7 @@ manual_seed(0)
 lenet = Sequential(Conv2d(1, 32, 3, padding=1), ReLU(), MaxPool2d(2),            # (N, 32, 14, 14)
                    Conv2d(32, 64, 3, padding=1), ReLU(), MaxPool2d(2),           # (N, 64, 7, 7)
                    Flatten(), Linear(64 * 7 * 7, 128), ReLU(), Linear(128, 10))  # (N, 10)
-xb, yb = randn(64, 1, 28, 28), Tensor(rng.integers(0, 10, 64))
+xb, yb = randn(128, 1, 28, 28), Tensor(rng.integers(0, 10, 128))
 
 def lenet_step():
     lenet.zero_grad()
@@ -875,7 +877,7 @@ if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
     f_before, t_before = faults_and_time(lenet_step)
     test_eq(ctypes.CDLL(ctypes.util.find_library('c')).mallopt(M_TOP_PAD, 256 * 2**20), 1)   # 1: accepted
     f_after, t_after = faults_and_time(lenet_step)
-    print(f"LeNet-style step, batch 64: {f_before:,.0f} page faults and {t_before*1e3:.1f} ms per step by default; "
+    print(f"LeNet-style step, batch 128: {f_before:,.0f} page faults and {t_before*1e3:.1f} ms per step by default; "
           f"{f_after:,.0f} page faults and {t_after*1e3:.1f} ms with M_TOP_PAD = 256 MiB")
     assert f_after <= f_before
 else: print(f"C library {platform.libc_ver()}: not glibc, nothing measured")
