@@ -927,20 +927,34 @@ test_eq(sum(v.nbytes for v in mlp.state_dict().values()), n_bytes)
 # The comparison runs in float64, so that a wrong bias or a transposed weight could not hide inside the
 # rounding error. The tolerance is the first-order bound for dot products of length $k$,
 # $k \epsilon \sum_i |a_i b_i|$, summed over the three layers' lengths and doubled because both sides round.
-# `to_float64` does what PyTorch's `model.double()` does.
+# `double()` converts a model to float64, as PyTorch's `Module.double` does: every parameter is replaced by a float64
+# copy (one copy for a parameter that several modules share, so it stays shared), and every floating-point buffer too.
+# Gradient checks, which need float64, use it in later modules.
 
 # %%
-def to_float64(model: Module) -> Module:
-    "Replace every parameter of `model` by a float64 copy; return `model`."
-    for m in model.modules():
+#| export
+@patch
+def double(self: Module) -> Module:
+    "Convert every parameter and floating-point buffer to float64 in place, keeping shared parameters shared; return `self`."
+    copies = {}  # id of an original parameter -> its float64 copy
+    for m in self.modules():
         for name, p in list(m._parameters.items()):
-            if p is not None: setattr(m, name, Parameter(Tensor(p.data, dtype=np.float64)))
-    return model
+            if p is None: continue
+            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64), requires_grad=p.requires_grad)
+            setattr(m, name, copies[id(p)])
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.dtype.kind == 'f': setattr(m, name, Tensor(b.data, dtype=np.float64))
+    return self
 
 # %%
-to_float64(mlp)
+tied = Sequential(Linear(2, 2), Linear(2, 2))
+tied[1].weight = tied[0].weight
+tied.double()
+test_eq([p.dtype for p in tied.parameters()], [np.float64] * 3)
+test_eq(tied[1].weight is tied[0].weight, True)                      # still one shared parameter
+mlp.double()
 (W1, b1), (W2, b2), (W3, b3) = [(l.weight.numpy(), l.bias.numpy()) for l in mlp]
-one = to_float64(Linear(784, 10))
+one = Linear(784, 10).double()
 one.load_state_dict({'weight': W3 @ W2 @ W1, 'bias': W3 @ (W2 @ b1 + b2) + b3})
 x = randn(8, 784, seed=2, dtype=np.float64)
 diff = np.abs(mlp(x).numpy() - one(x).numpy())                                            # (8, 10)

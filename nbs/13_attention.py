@@ -558,16 +558,9 @@ def mha_by_hand(m: MultiHeadAttention, x: np.ndarray) -> np.ndarray:
         heads.append(p @ v)                                           # (B, T, hs)
     return np.concatenate(heads, -1) @ m.proj.weight.numpy().T + m.proj.bias.numpy()
 
-def to_float64(model: Module) -> Module:
-    "Replace every parameter of `model` by a float64 copy; return `model`."
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None: setattr(mod, name, Parameter(Tensor(p.data, dtype=np.float64)))
-    return model
-
 # %%
 manual_seed(0)
-mha64 = to_float64(MultiHeadAttention(12, 3))
+mha64 = MultiHeadAttention(12, 3).double()
 x = randn(2, 5, 12, seed=1, dtype=np.float64)
 y = mha64(x)
 test_eq(y.shape, (2, 5, 12))
@@ -594,7 +587,7 @@ test_eq(np.abs(mha64(x, is_causal=False).numpy()[:, 0] - y.numpy()[:, 0]).max() 
 
 # %%
 manual_seed(1)
-small = to_float64(MultiHeadAttention(4, 2))
+small = MultiHeadAttention(4, 2).double()
 params = list(small.parameters())
 xs = f64(2, 3, 4, seed=2)
 pk, pv = f64(2, 2, 2, 2, seed=3), f64(2, 2, 2, 2, seed=4)

@@ -150,25 +150,15 @@ class TransformerBlock(Module):
 # The check below writes the block out with the layers it holds: the two residual additions, in order. A second
 # check zeroes both output projections: each sub-layer then adds zero (the biases are zero too), and the block is
 # the identity, which is what the scaled initialisation below approaches. Gradients are checked in float64 through
-# the input and every parameter; `to_float64` converts a model's parameters and keeps a parameter that two modules
-# share shared.
+# the input and every parameter; `Module.double()` converts a model's parameters to float64 and keeps a parameter
+# that two modules share shared.
 
 # %%
-def to_float64(model: Module) -> Module:
-    "Replace every parameter of `model` by a float64 copy, one copy per shared parameter; return `model`."
-    copies = {}
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is None: continue
-            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64))
-            setattr(mod, name, copies[id(p)])
-    return model
-
 def f64(*shape, seed): return Tensor(randn(*shape, seed=seed).numpy(), dtype=np.float64, requires_grad=True)
 
 # %%
 manual_seed(0)
-blk = to_float64(TransformerBlock(8, 2))
+blk = TransformerBlock(8, 2).double()
 x = randn(2, 5, 8, seed=1, dtype=np.float64)
 h = x + blk.attn(blk.ln_1(x))
 test_eq(blk(x).numpy(), (h + blk.mlp(blk.ln_2(h))).numpy())
@@ -180,7 +170,7 @@ test_fail(lambda: blk(randn(2, 5, 6, dtype=np.float64)), contains="got shape (2,
 
 # %%
 manual_seed(1)
-blk = to_float64(TransformerBlock(4, 2))
+blk = TransformerBlock(4, 2).double()
 test_eq(gradcheck(lambda x, *ps: blk(x), f64(2, 3, 4, seed=2), *blk.parameters()), True)
 test_eq(gradcheck(lambda x, k, v: blk(x, past_kv=(k, v)), f64(1, 2, 4, seed=3), f64(1, 2, 2, 2, seed=4), f64(1, 2, 2, 2, seed=5)), True)
 
@@ -375,7 +365,7 @@ test_fail(lambda: gpt(np.array([[11]])), contains="token id 11 at position (0, 0
 
 # %%
 manual_seed(2)
-tiny = to_float64(GPT(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4))
+tiny = GPT(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4).double()
 ids, tgt = np.array([[0, 3, 1], [4, 4, 2]]), np.array([[3, 1, 2], [4, 2, 0]])
 for p in tiny.parameters(): p.requires_grad = True
 test_eq(gradcheck(lambda *ps: tiny(ids, tgt)[1], *tiny.parameters()), True)
@@ -606,7 +596,7 @@ def decode_both(m: GPT, ids: np.ndarray, prefill: int) -> tuple:
 # %%
 manual_seed(0)
 m = GPT(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32)
-m64 = to_float64(GPT(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32))
+m64 = GPT(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_embd=32).double()
 m64.load_state_dict(m.state_dict())                                   # the same weights, in float64
 ids = np.random.default_rng(0).integers(0, 23, (2, 16))               # (B, T)
 full64, inc64, kv = decode_both(m64, ids, 5)
@@ -638,7 +628,7 @@ for seed in range(20):
     manual_seed(seed)
     a32 = GPT(23, 12, 2, 4, 32)
     for p in a32.parameters(): p.data *= 10
-    a64 = to_float64(GPT(23, 12, 2, 4, 32)); a64.load_state_dict(a32.state_dict())
+    a64 = GPT(23, 12, 2, 4, 32).double(); a64.load_state_dict(a32.state_dict())
     t = r.integers(0, 23, (2, 12))
     f64_, _, _ = decode_both(a64, t, 1); f32_, i32_, _ = decode_both(a32, t, int(r.integers(1, 12)))
     ratios.append(rms(i32_ - f64_) / rms(f32_ - f64_))

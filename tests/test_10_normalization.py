@@ -299,22 +299,13 @@ def test_reprs_match_pytorch():
 
 # PyTorch, when installed
 
-def to_float64(module):
-    "Our module with float64 parameters and running statistics (as PyTorch's `.double()`)."
-    for name, p in list(module._parameters.items()):
-        if p is not None: setattr(module, name, Parameter(Tensor(p.data, dtype=np.float64)))
-    for name in ('running_mean', 'running_var'):
-        if module._buffers.get(name) is not None: setattr(module, name, Tensor(module._buffers[name].data, dtype=np.float64))
-    return module
-
-
 @pytest.mark.parametrize("ours_cls, torch_name, shape", [(BatchNorm2d, "BatchNorm2d", (4, 3, 5, 5)),
                                                          (BatchNorm1d, "BatchNorm1d", (6, 3)),
                                                          (BatchNorm1d, "BatchNorm1d", (4, 3, 7))])
 def test_batchnorm_matches_torch(ours_cls, torch_name, shape):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
-    ours = to_float64(ours_cls(3, momentum=0.3))
+    ours = ours_cls(3, momentum=0.3).double()
     theirs = getattr(torch.nn, torch_name)(3, momentum=0.3, dtype=torch.float64)
     w, b = rng.standard_normal(3), rng.standard_normal(3)
     ours.weight.data[...], ours.bias.data[...] = w, b
@@ -343,7 +334,7 @@ def test_batchnorm_matches_torch(ours_cls, torch_name, shape):
 def test_layernorm_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
-    ours = to_float64(LayerNorm((3, 4)))
+    ours = LayerNorm((3, 4)).double()
     theirs = torch.nn.LayerNorm((3, 4), dtype=torch.float64)
     w, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
     ours.weight.data[...], ours.bias.data[...] = w, b

@@ -190,24 +190,17 @@ def test_torch_is_causal_is_top_left_aligned_and_ours_bottom_right():
 
 # MultiHeadAttention
 
-def to_float64(model: Module) -> Module:
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None: setattr(mod, name, Parameter(Tensor(p.data, dtype=np.float64)))
-    return model
-
-
 @pytest.mark.parametrize("C, nh, causal, bias", [(4, 2, True, True), (6, 3, False, True), (4, 1, True, False)])
 def test_mha_gradcheck_through_input_and_parameters(C, nh, causal, bias):
     manual_seed(0)
-    m = to_float64(MultiHeadAttention(C, nh, bias=bias))
+    m = MultiHeadAttention(C, nh, bias=bias).double()
     x = leaf(np.random.default_rng(1).standard_normal((2, 3, C)))
     assert gradcheck(lambda x, *ps: m(x, is_causal=causal), x, *m.parameters())
 
 
 def test_mha_gradcheck_with_cached_keys_and_values():
     manual_seed(0)
-    m = to_float64(MultiHeadAttention(4, 2))
+    m = MultiHeadAttention(4, 2).double()
     rng = np.random.default_rng(2)
     x, pk, pv = leaf(rng.standard_normal((2, 2, 4))), leaf(rng.standard_normal((2, 2, 3, 2))), leaf(rng.standard_normal((2, 2, 3, 2)))
     assert gradcheck(lambda x, k, v, *ps: m(x, past_kv=(k, v)), x, pk, pv, *m.parameters())
@@ -216,7 +209,7 @@ def test_mha_gradcheck_with_cached_keys_and_values():
 def test_mha_against_torch_multihead_attention():
     torch = pytest.importorskip("torch")
     manual_seed(0)
-    m = to_float64(MultiHeadAttention(8, 2))
+    m = MultiHeadAttention(8, 2).double()
     ref = torch.nn.MultiheadAttention(8, 2, batch_first=True, dtype=torch.float64)
     with torch.no_grad():                                             # qkv.weight has in_proj_weight's (3C, C) layout
         ref.in_proj_weight.copy_(torch.tensor(m.qkv.weight.numpy())); ref.in_proj_bias.copy_(torch.tensor(m.qkv.bias.numpy()))

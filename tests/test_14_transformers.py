@@ -17,17 +17,6 @@ settings.register_profile("transformers", max_examples=15, deadline=None)
 settings.load_profile("transformers")
 
 
-def to_float64(model: Module) -> Module:
-    "Replace every parameter by a float64 copy, one per shared parameter (keeps the tied embedding tied)."
-    copies = {}
-    for mod in model.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is None: continue
-            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64))
-            setattr(mod, name, copies[id(p)])
-    return model
-
-
 def scale_weights(model: Module, f: float) -> Module:
     "Multiply every parameter by f, so activations and logits are of order 1 rather than 0.02."
     for p in model.parameters(): p.data *= f
@@ -41,7 +30,7 @@ sizes = st.tuples(st.integers(1, 2), st.integers(1, 4), st.sampled_from([(4, 1),
 def test_block_gradcheck(size, seed):
     B, T, (C, nh) = size
     manual_seed(seed)
-    blk = scale_weights(to_float64(TransformerBlock(C, nh)), 3.0)
+    blk = scale_weights(TransformerBlock(C, nh).double(), 3.0)
     x = Tensor(randn(B, T, C, seed=seed).numpy(), dtype=np.float64, requires_grad=True)
     assert gradcheck(lambda x, *ps: blk(x), x, *blk.parameters())
 
@@ -50,7 +39,7 @@ def test_block_gradcheck(size, seed):
 @given(st.integers(2, 6), st.integers(1, 2), st.integers(1, 4), st.integers(0, 2**16))
 def test_gpt_loss_gradcheck(V, L, T, seed):
     manual_seed(seed)
-    g = scale_weights(to_float64(GPT(V, block_size=4, n_layer=L, n_head=2, n_embd=4)), 5.0)
+    g = scale_weights(GPT(V, block_size=4, n_layer=L, n_head=2, n_embd=4).double(), 5.0)
     rng = np.random.default_rng(seed)
     ids, tgt = rng.integers(0, V, (2, T)), rng.integers(0, V, (2, T))
     assert gradcheck(lambda *ps: g(ids, tgt)[1], *g.parameters())
@@ -73,7 +62,7 @@ def test_cached_decoding_matches_full_pass(prefill, L, size, seed):
     C, nh = size
     manual_seed(seed)
     m32 = scale_weights(GPT(17, block_size=12, n_layer=L, n_head=nh, n_embd=C), 10.0)
-    m64 = to_float64(GPT(17, block_size=12, n_layer=L, n_head=nh, n_embd=C))
+    m64 = GPT(17, block_size=12, n_layer=L, n_head=nh, n_embd=C).double()
     m64.load_state_dict(m32.state_dict())
     ids = np.random.default_rng(seed).integers(0, 17, (2, 12))
     full64, inc64 = decode(m64, ids, prefill)
@@ -103,7 +92,7 @@ def test_start_and_cache_must_agree():
 def test_generate_matches_uncached_reference(n_new, top_k, temperature, seed):
     "Sampling with the cache picks the tokens nanoGPT's full-pass generation picks (float64, within block_size)."
     manual_seed(seed)
-    g = scale_weights(to_float64(GPT(7, block_size=32, n_layer=1, n_head=2, n_embd=8)), 10.0)
+    g = scale_weights(GPT(7, block_size=32, n_layer=1, n_head=2, n_embd=8).double(), 10.0)
     prompt = np.random.default_rng(seed).integers(0, 7, (2, 2))
     rng, ref = np.random.default_rng(seed), prompt.copy()
     with no_grad():
@@ -198,7 +187,7 @@ def torch_gpt_logits(torch, g: GPT, ids: np.ndarray):
 def test_against_torch():
     torch = pytest.importorskip("torch")
     manual_seed(0)
-    g = scale_weights(to_float64(GPT(13, 10, 2, 2, 8)), 10.0)
+    g = scale_weights(GPT(13, 10, 2, 2, 8).double(), 10.0)
     ids = np.random.default_rng(0).integers(0, 13, (3, 10))
     ours = g(ids, ids)
     ref = torch_gpt_logits(torch, g, ids)

@@ -346,3 +346,17 @@ _TREE_METHODS = ('named_modules', 'modules', 'named_children', 'children', 'name
 for _name in _TREE_METHODS: setattr(Activation, _name, getattr(Module, _name))
 Activation._parameters = Activation._buffers = Activation._modules = MappingProxyType({})  # empty, read-only
 Activation.training = True
+
+# %% ../../nbs/03_layers.ipynb #ef316506
+@patch
+def double(self: Module) -> Module:
+    "Convert every parameter and floating-point buffer to float64 in place, keeping shared parameters shared; return `self`."
+    copies = {}  # id of an original parameter -> its float64 copy
+    for m in self.modules():
+        for name, p in list(m._parameters.items()):
+            if p is None: continue
+            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64), requires_grad=p.requires_grad)
+            setattr(m, name, copies[id(p)])
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.dtype.kind == 'f': setattr(m, name, Tensor(b.data, dtype=np.float64))
+    return self
