@@ -10,7 +10,8 @@ Candidates:
   torch composed     the same formula from PyTorch's basic ops with autograd, as nanoGPT writes it without flash
                      attention: `(q @ k^T) * scale`, `masked_fill(-inf)`, `softmax`, `@ v`;
   torch fused        `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)`, for information;
-  tinytorch composed the formula from tinytorch's own ops (matmul, mul, add of the mask, softmax, matmul), for information.
+  tinytorch composed the formula from _timing import alternate, timed
+from tinytorch's own ops (matmul, mul, add of the mask, softmax, matmul), for information.
 
 Protocol: one BLAS / OpenMP thread on every side (set before NumPy and PyTorch are imported); all candidates are
 checked to compute the same values and gradients first; candidates alternate within each round; each figure is the
@@ -40,22 +41,6 @@ except ImportError:
     torch = None
 
 B, T, HS = 8, 256, 64
-
-
-def timed(fn, number: int) -> float:
-    "Mean seconds per call over `number` calls."
-    start = time.perf_counter()
-    for _ in range(number): fn()
-    return (time.perf_counter() - start) / number
-
-
-def alternate(candidates: dict, number: int, rounds: int) -> dict:
-    "Median per-call time of each candidate, alternating candidates within every round."
-    for fn in candidates.values(): fn()  # warm-up
-    samples = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items(): samples[name].append(timed(fn, number))
-    return {name: float(np.median(s)) for name, s in samples.items()}
 
 
 def make_candidates(nh: int) -> dict:

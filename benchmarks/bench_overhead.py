@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from _timing import alternate, timed
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import cross_entropy
@@ -30,22 +31,6 @@ except ImportError:
     torch = None
 
 B, SIZES, LR = 128, (784, 256, 128, 10), 0.01
-
-
-def timed(fn, number: int) -> float:
-    "Mean seconds per call over `number` calls."
-    start = time.perf_counter()
-    for _ in range(number): fn()
-    return (time.perf_counter() - start) / number
-
-
-def alternate(candidates: dict, number: int, rounds: int) -> dict:
-    "Median per-call time of each candidate, alternating candidates within every round."
-    for fn in candidates.values(): timed(fn, max(1, number // 10))  # warm-up
-    samples = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items(): samples[name].append(timed(fn, number))
-    return {name: float(np.median(s)) for name, s in samples.items()}
 
 
 def per_op(rounds: int) -> dict:
