@@ -10,8 +10,7 @@ Candidates:
   torch composed     the same formula from PyTorch's basic ops with autograd, as nanoGPT writes it without flash
                      attention: `(q @ k^T) * scale`, `masked_fill(-inf)`, `softmax`, `@ v`;
   torch fused        `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)`, for information;
-  tinytorch composed the formula from _timing import alternate, timed
-from tinytorch's own ops (matmul, mul, add of the mask, softmax, matmul), for information.
+  tinytorch composed the formula from tinytorch's own ops (matmul, mul, add of the mask, softmax, matmul), for information.
 
 Protocol: one BLAS / OpenMP thread on every side (set before NumPy and PyTorch are imported); all candidates are
 checked to compute the same values and gradients first; candidates alternate within each round; each figure is the
@@ -31,6 +30,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from _timing import alternate, timed
 from tinytorch.core.activations import softmax
 from tinytorch.core.attention import scaled_dot_product_attention
 from tinytorch.core.tensor import Tensor
