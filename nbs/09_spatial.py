@@ -645,8 +645,8 @@ def max_pool2d(x: Tensor,       # input (N, C, H, W)
 #
 # Recomputing the comparison here is cheaper than recording the winner in the forward pass: comparing and
 # multiplying by a mask are fast, streaming operations in NumPy, while writing through a mask
-# (`np.copyto(..., where=)` or `a[mask] = k`), which recording the winner needs, is slow. A measurement after the
-# tests shows the difference on this machine.
+# (`np.copyto(..., where=)` or `a[mask] = k`), the direct way to record the winner, is slow. A measurement after
+# the tests shows the difference on this machine.
 
 # %%
 #| export
