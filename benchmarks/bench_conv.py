@@ -51,6 +51,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _timing import alternate, timed  # noqa: E402
 from tinytorch.core.activations import ReLU  # noqa: E402
 from tinytorch.core.layers import Linear, Sequential  # noqa: E402
 from tinytorch.core.losses import cross_entropy  # noqa: E402
@@ -65,22 +66,6 @@ except ImportError:  # the comparison is optional: without PyTorch the GEMM rate
     torch = None
 
 NTHREADS = threads[0]
-
-
-def timed(fn, number: int) -> float:
-    "Mean seconds per call over `number` calls."
-    start = time.perf_counter()
-    for _ in range(number): fn()
-    return (time.perf_counter() - start) / number
-
-
-def alternate(candidates: dict, number: int, rounds: int) -> dict:
-    "Median per-call time of each candidate, alternating candidates within every round."
-    for fn in candidates.values(): timed(fn, 1)  # warm-up
-    samples = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items(): samples[name].append(timed(fn, number))
-    return {name: float(np.median(s)) for name, s in samples.items()}
 
 
 def gemm_rate(rounds: int) -> float:
