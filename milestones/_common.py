@@ -13,6 +13,10 @@ import argparse
 import time
 from pathlib import Path
 
+import math
+
+from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.training import Trainer
 
 
@@ -27,6 +31,14 @@ def options(doc: str, epochs: int, batch_size: int, lr: float) -> argparse.Names
     ap.add_argument("--out", default="runs", help="folder for the learning-curve PNG (default runs/)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args()
+
+
+def adam_trainer(model, args: argparse.Namespace, batches_per_epoch: int, warmup: float) -> Trainer:
+    "A cross-entropy `Trainer` with Adam at `args.lr`, warmed up over the fraction `warmup` of all steps, then cosine-decayed."
+    opt = Adam(model.parameters(), lr=args.lr)
+    steps = args.epochs * batches_per_epoch
+    return Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(warmup * steps), steps),
+                   progress=not args.no_progress)
 
 
 def plot_history(history: dict, path: Path, title: str) -> Path:

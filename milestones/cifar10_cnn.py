@@ -1,19 +1,15 @@
 """CNN on CIFAR-10 (binary version): target 70% test accuracy where the data is available."""
-import math
 import sys
 
-from _common import options, run  # first: it sets the BLAS threads before NumPy loads
+from _common import adam_trainer, options, run  # first: it sets the BLAS threads before NumPy loads
 
 import numpy as np
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.normalization import BatchNorm2d, Dropout
-from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import Trainer
 from tinytorch.data.loader import (Compose, DataLoader, RandomCrop, RandomHorizontalFlip, TensorDataset,
                                    load_cifar10)
 
@@ -41,10 +37,7 @@ def main() -> int:
     train = DataLoader(TensorDataset(prep(X_train), y_train), args.batch_size, shuffle=True, seed=args.seed,
                        transform=augment)
     test = DataLoader(TensorDataset(prep(X_test), y_test), 500)
-    opt = Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * len(train)
-    trainer = Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(0.02 * steps), steps),
-                      progress=not args.no_progress)
+    trainer = adam_trainer(model, args, len(train), warmup=0.02)
     return run("cifar10_cnn", trainer, train, test, args.epochs, target=0.70, out=args.out)
 
 

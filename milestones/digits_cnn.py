@@ -1,16 +1,12 @@
 """CNN on the 1,797 8x8 handwritten digits shipped with the package: target 97% test accuracy in under a minute."""
-import math
 import sys
 
-from _common import options, run  # first: it sets the BLAS threads before NumPy loads
+from _common import adam_trainer, options, run  # first: it sets the BLAS threads before NumPy loads
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss
-from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import Trainer
 from tinytorch.data.loader import DataLoader, TensorDataset, load_digits
 
 
@@ -23,10 +19,7 @@ def main() -> int:
                        Flatten(), Linear(32 * 4 * 4, 64), ReLU(), Linear(64, 10))   # (N, 10)
     train = DataLoader(TensorDataset(X_train, y_train), args.batch_size, shuffle=True, seed=args.seed)
     test = DataLoader(TensorDataset(X_test, y_test), 256)
-    opt = Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * len(train)
-    trainer = Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(0.05 * steps), steps),
-                      progress=not args.no_progress)
+    trainer = adam_trainer(model, args, len(train), warmup=0.05)
     return run("digits_cnn", trainer, train, test, args.epochs, target=0.97, out=args.out, time_limit=60)
 
 

@@ -1,18 +1,14 @@
 """LeNet-style CNN on Fashion-MNIST: target 91% test accuracy in under 10 minutes of training on 2 cores."""
-import math
 import sys
 
-from _common import options, run  # first: it sets the BLAS threads before NumPy loads
+from _common import adam_trainer, options, run  # first: it sets the BLAS threads before NumPy loads
 from fashion_mlp import check_stats, prepare
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.normalization import BatchNorm2d, Dropout
-from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import Trainer
 from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
 
 
@@ -32,10 +28,7 @@ def main() -> int:
     model = lenet()
     train = DataLoader(TensorDataset(prepare(X_train, False), y_train), args.batch_size, shuffle=True, seed=args.seed)
     test = DataLoader(TensorDataset(prepare(X_test, False), y_test), 1000)
-    opt = Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * len(train)
-    trainer = Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(0.02 * steps), steps),
-                      progress=not args.no_progress)
+    trainer = adam_trainer(model, args, len(train), warmup=0.02)
     return run("fashion_lenet", trainer, train, test, args.epochs, target=0.91, out=args.out, time_limit=600)
 
 

@@ -1,18 +1,14 @@
 """MLP on Fashion-MNIST (60,000 training and 10,000 test images): target 88% test accuracy."""
-import math
 import sys
 
-from _common import options, run  # first: it sets the BLAS threads before NumPy loads
+from _common import adam_trainer, options, run  # first: it sets the BLAS threads before NumPy loads
 
 import numpy as np
 
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.normalization import Dropout
-from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import Trainer
 from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
 
 MEAN, STD = 0.2860, 0.3530   # of the training pixels scaled to [0, 1]; `check_stats` below recomputes them
@@ -41,10 +37,7 @@ def main() -> int:
                        Linear(256, 128), ReLU(), Dropout(0.2), Linear(128, 10))
     train = DataLoader(TensorDataset(prepare(X_train, True), y_train), args.batch_size, shuffle=True, seed=args.seed)
     test = DataLoader(TensorDataset(prepare(X_test, True), y_test), 1000)
-    opt = Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * len(train)
-    trainer = Trainer(model, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, math.ceil(0.02 * steps), steps),
-                      progress=not args.no_progress)
+    trainer = adam_trainer(model, args, len(train), warmup=0.02)
     return run("fashion_mlp", trainer, train, test, args.epochs, target=0.88, out=args.out)
 
 

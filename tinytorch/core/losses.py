@@ -90,17 +90,19 @@ class CrossEntropyLoss(_Loss):
         return cross_entropy(input, target, self.reduction, self.label_smoothing)
 
 # %% ../../nbs/04_losses.ipynb #d8f55045
-def _check_binary_targets(op: str, input: Tensor, target: Tensor):
+def _binary_target(op: str, input: Tensor, target, reduction: str) -> Tensor:
+    "Check `reduction` and that `target` is a float tensor of `input`'s shape; return it as a Tensor."
+    _check_reduction(op, reduction)
+    target = _as_target(op, target)
     if target.data.dtype.kind != 'f':
         raise TypeError(f"{op}: target must be floating point (labels such as 0.0 and 1.0), got {target.dtype}")
     if target.shape != input.shape:
         raise ValueError(f"{op}: input shape {input.shape} and target shape {target.shape} differ")
+    return target
 
 def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = 'mean') -> Tensor:
     "Binary cross-entropy of logits `input` against labels `target`, by $\\max(x,0) - xy + \\log(1+e^{-|x|})$."
-    _check_reduction('binary_cross_entropy_with_logits', reduction)
-    target = _as_target('binary_cross_entropy_with_logits', target)
-    _check_binary_targets('binary_cross_entropy_with_logits', input, target)
+    target = _binary_target('binary_cross_entropy_with_logits', input, target, reduction)
     ### BEGIN SOLUTION
     x, y = input.data, target.data
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
@@ -114,9 +116,7 @@ class BCEWithLogitsLoss(_Loss):
 # %% ../../nbs/04_losses.ipynb #6425baf1
 def binary_cross_entropy(input: Tensor, target, reduction: str = 'mean') -> Tensor:
     "Binary cross-entropy of probabilities `input` against labels `target`; log terms clamped at -100."
-    _check_reduction('binary_cross_entropy', reduction)
-    target = _as_target('binary_cross_entropy', target)
-    _check_binary_targets('binary_cross_entropy', input, target)
+    target = _binary_target('binary_cross_entropy', input, target, reduction)
     p, y = input.data, target.data
     if ((p < 0) | (p > 1)).any() or np.isnan(p).any():
         raise ValueError(f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {np.nanmin(p)} to {np.nanmax(p)}")
