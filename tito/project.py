@@ -9,6 +9,7 @@ from pathlib import Path
 
 # The planned curriculum: module number -> name. `tito status` shows one row per entry.
 PLANNED = {
+    "00": "timing",
     "01": "tensor", "02": "activations", "03": "layers", "04": "losses", "05": "autograd",
     "06": "optimizers", "07": "training", "08": "dataloader", "09": "spatial", "10": "normalization",
     "11": "tokenization", "12": "embeddings", "13": "attention", "14": "transformers", "15": "profiling",
