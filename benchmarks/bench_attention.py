@@ -30,7 +30,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from _timing import alternate, timed
+from tinytorch.utils.timing import compare
 from tinytorch.core.activations import softmax
 from tinytorch.core.attention import scaled_dot_product_attention
 from tinytorch.core.tensor import Tensor
@@ -106,14 +106,15 @@ def main():
     check_agreement(runs)
     print(f"\nattention forward + backward, causal, float32: batch {B}, {args.heads} heads, sequence {T}, head size {HS} "
           f"(median over {args.rounds} rounds; all candidates agree to < 1e-4)")
-    res = alternate(runs, number=3, rounds=args.rounds)
-    for name, t in res.items(): print(f"  {name:20} {t*1e3:8.2f} ms  {t / res['tinytorch fused']:5.2f}x tinytorch fused")
+    res = compare(runs, rounds=args.rounds, number=3)
+    for name, m in res.results.items():
+        print(f"  {name:20} {m.median*1e3:8.2f} ms  {res.ratio(name, 'tinytorch fused'):5.2f}x tinytorch fused")
     if torch is None:
         print("  PyTorch is not installed: no comparison")
         return
-    ratio = res["tinytorch fused"] / res["torch composed"]
+    ratio = res.ratio("tinytorch fused", "torch composed")
     print(f"  tinytorch fused / torch composed = {ratio:.2f}x; target at most 1.20x: {'met' if ratio <= 1.2 else 'NOT met'}")
-    print(f"  tinytorch fused / torch fused SDPA = {res['tinytorch fused'] / res['torch fused']:.2f}x (for information)")
+    print(f"  tinytorch fused / torch fused SDPA = {res.ratio('tinytorch fused', 'torch fused'):.2f}x (for information)")
 
 
 if __name__ == "__main__":

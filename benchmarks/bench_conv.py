@@ -47,11 +47,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import platform  # noqa: E402  (after the thread count is fixed)
 import resource  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _timing import alternate, timed  # noqa: E402
+from tinytorch.utils.timing import Timer, compare  # noqa: E402
 from tinytorch.core.activations import ReLU  # noqa: E402
 from tinytorch.core.layers import Linear, Sequential  # noqa: E402
 from tinytorch.core.losses import cross_entropy  # noqa: E402
@@ -72,7 +71,7 @@ def gemm_rate(rounds: int) -> float:
     "The machine's float32 GEMM rate in GFLOP/s, on a (64, 288) @ (288, 16384) product (layer A's forward GEMM)."
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((64, 288), dtype=np.float32), rng.standard_normal((288, 16384), dtype=np.float32)
-    t = alternate({"gemm": lambda: a @ b}, number=5, rounds=rounds)["gemm"]
+    t = compare({"gemm": lambda: a @ b}, rounds=rounds, number=5)["gemm"].median
     return 2 * 64 * 288 * 16384 / t / 1e9
 
 
@@ -110,7 +109,7 @@ def conv_layer(shape, out_channels, kernel, padding, input_grad: bool, rounds: i
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5): ours()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5
-    return alternate(cands, number=3, rounds=rounds), flops, faults
+    return compare(cands, rounds=rounds, number=3), flops, faults
 
 
 def maxpool(rounds: int):
@@ -131,7 +130,7 @@ def maxpool(rounds: int):
         ours(); theirs()
         assert np.array_equal(xt.grad, xc.grad.numpy()), "max-pool gradients differ from PyTorch's"
         cands["torch"] = theirs
-    return alternate(cands, number=10, rounds=rounds)
+    return compare(cands, rounds=rounds, number=10)
 
 
 def lenet(steps):
@@ -146,22 +145,23 @@ def lenet(steps):
     batches = Batches(X, y, 128, shuffle=True, seed=0)
     n_total = len(batches)
     steps = n_total if steps is None else min(steps, n_total)
-    start, done = time.perf_counter(), 0
-    for xb, yb in batches:
-        opt.zero_grad()
-        loss = cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        done += 1
-        if done == steps: break
-    seconds = time.perf_counter() - start
-    return seconds * n_total / steps, steps, n_total
+    done = 0
+    with Timer() as run:
+        for xb, yb in batches:
+            opt.zero_grad()
+            loss = cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps: break
+    return run.elapsed * n_total / steps, steps, n_total
 
 
-def row(name: str, times: dict, flops=None, rate=None):
-    t = times["tinytorch"]
+def row(name: str, times, flops=None, rate=None):
+    t = times["tinytorch"].median
     s = f"  {name:44} tinytorch {t*1e3:8.2f} ms"
-    if "torch" in times: s += f"   torch {times['torch']*1e3:8.2f} ms   ratio {t / times['torch']:5.2f}x"
+    if "torch" in times.results:
+        s += f"   torch {times['torch'].median*1e3:8.2f} ms   ratio {times.ratio('tinytorch', 'torch'):5.2f}x"
     if flops: s += f"   {flops / t / 1e9:5.1f} GFLOP/s ({flops / t / 1e9 / rate:.0%} of GEMM)"
     print(s)
 
@@ -177,15 +177,15 @@ def main():
     a, fa, pfa = conv_layer((64, 32, 16, 16), 64, 3, 1, input_grad=True, rounds=args.rounds)
     b, fb, pfb = conv_layer((64, 3, 32, 32), 32, 3, 1, input_grad=False, rounds=args.rounds)
     p = maxpool(args.rounds)
-    print("  forward+backward, median of per-call means:")
+    print("  forward+backward, median of per-call means; ratios: median of per-round ratios:")
     row("A Conv2d(32, 64, 3, padding=1) (64,32,16,16)", a, fa, rate)
     row("B Conv2d(3, 32, 3, padding=1) (64,3,32,32)", b, fb, rate)
     row("MaxPool2d(2) on (64,64,16,16)", p)
-    print(f"  MaxPool2d(2) costs {p['tinytorch'] / a['tinytorch']:.1%} of layer A; "
+    print(f"  MaxPool2d(2) costs {p['tinytorch'].median / a['tinytorch'].median:.1%} of layer A; "
           f"page faults per tinytorch call: A {pfa:,.0f}, B {pfb:,.0f}")
     if torch is not None:
         for name, t in (("A", a), ("B", b)):
-            r = t["tinytorch"] / t["torch"]
+            r = t.ratio("tinytorch", "torch")
             print(f"  target {name}: at most 1.50x PyTorch on {NTHREADS} thread(s), {setting}: "
                   f"{'met' if r <= 1.5 else 'NOT met'} ({r:.2f}x)")
     sec, steps, total = lenet(args.epoch_steps)

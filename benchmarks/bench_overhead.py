@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from _timing import alternate, timed
+from tinytorch.utils.timing import compare
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import cross_entropy
@@ -42,7 +42,7 @@ def per_op(rounds: int) -> dict:
     if torch is not None:
         xc, yc = torch.from_numpy(xa.copy()).requires_grad_(), torch.from_numpy(ya.copy())
         cands["torch"] = lambda: xc + yc
-    return alternate(cands, number=20_000, rounds=rounds)
+    return compare(cands, rounds=rounds, number=20_000)
 
 
 def init_weights(seed: int = 0) -> list:
@@ -126,7 +126,7 @@ def mlp_step(rounds: int) -> dict:
     for name, t in traj.items():
         assert np.allclose(t, ref, rtol=1e-4), f"{name} losses {t} differ from numpy {list(ref)}"
     steps = {name: make(weights, x, y) for name, make in makers.items()}
-    return alternate(steps, number=20, rounds=rounds), traj
+    return compare(steps, rounds=rounds, number=20), traj
 
 
 def main():
@@ -140,14 +140,17 @@ def main():
 
     op = per_op(args.rounds)
     print("\nelementwise add, 100 float32 elements, gradient recording on (median of per-call means)")
-    for name, t in op.items(): print(f"  {name:10} {t*1e6:7.2f} us  {t/op['numpy']:5.2f}x NumPy")
-    print(f"  target: tinytorch under 2.50 us: {'met' if op['tinytorch'] < 2.5e-6 else 'NOT met'} ({op['tinytorch']*1e6:.2f} us)")
+    for name, m in op.results.items():
+        print(f"  {name:10} {m.median*1e6:7.2f} us  {op.ratio(name, 'numpy'):5.2f}x NumPy")
+    t_add = op['tinytorch'].median
+    print(f"  target: tinytorch under 2.50 us: {'met' if t_add < 2.5e-6 else 'NOT met'} ({t_add*1e6:.2f} us)")
 
     step, traj = mlp_step(args.rounds)
     print(f"\nMLP 784-256-128-10 training step, batch {B}: forward, cross-entropy, backward, SGD (median)")
     print("  losses over 3 steps agree: " + ", ".join(f"{n} {t[-1]:.5f}" for n, t in traj.items()))
-    for name, t in step.items(): print(f"  {name:10} {t*1e3:7.3f} ms  {t/step['numpy']:5.2f}x NumPy")
-    ratio = step["tinytorch"] / step["numpy"]
+    for name, m in step.results.items():
+        print(f"  {name:10} {m.median*1e3:7.3f} ms  {step.ratio(name, 'numpy'):5.2f}x NumPy")
+    ratio = step.ratio("tinytorch", "numpy")
     print(f"  target: tinytorch at most 1.30x NumPy: {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}x)")
 
 

@@ -4,31 +4,31 @@
 # %% [markdown]
 # # Timing
 #
-# > One protocol for every time measurement in the course: warm up, repeat, take medians, alternate candidates.
+# > One protocol for every time measurement in the course: warm up, repeat, take medians, alternate.
 
 # %% [markdown]
 # Every later module measures something: how much faster one layout is than another, what a fused
 # kernel saves, how an INT8 model compares with its float32 original. This notebook holds the one
-# way the project times code, so that every printed figure means the same thing. It has no exercises;
-# the profiling module explains it further and builds its profiler on it.
+# way the project times code, so that every printed figure means the same thing. It has no
+# exercises; the profiling module explains it further and builds its profiler on it.
 #
 # The protocol, and why each step exists:
 #
-# 1. **Warm up.** The first calls of a function pay for things later calls do not: allocating buffers,
-#    filling caches, starting BLAS threads. They are run and thrown away.
-# 2. **Enough calls per sample.** `time.perf_counter` has a resolution of well under a microsecond, but a
-#    call that takes a few microseconds is still timed in batches (`number` calls per sample), chosen so a
-#    sample lasts at least `min_time` seconds, as `timeit.Timer.autorange` does.
-# 3. **Several samples, the median.** A shared machine adds delays that only ever make a sample slower.
-#    The median ignores a few slow samples; the minimum is reported too, and the interquartile range
-#    (IQR) and 90th percentile say how much the samples spread.
+# 1. **Warm up.** The first calls of a function pay for things later calls do not: allocating
+#    buffers, filling caches, starting BLAS threads. They are run and thrown away.
+# 2. **Enough calls per sample.** `time.perf_counter` has a resolution of well under a microsecond,
+#    but a call that takes a few microseconds is still timed in batches (`number` calls per sample),
+#    chosen so a sample lasts at least `min_time` seconds, as `timeit.Timer.autorange` does.
+# 3. **Several samples, the median.** A shared machine adds delays that only ever make a sample
+#    slower. The median ignores a few slow samples; the minimum is reported too, and the
+#    interquartile range (IQR) and 90th percentile say how much the samples spread.
 # 4. **Say when the spread is large.** As pyperf does, a measurement whose IQR is more than a stated
 #    fraction of its median is flagged unstable and a warning says so.
-# 5. **Alternate candidates.** To compare two functions, run them in turns within each round, so a burst
-#    of load hits both, and take the ratio of the two within each round. A ratio is never formed from
-#    two separate runs.
-# 6. **Pin the BLAS threads.** NumPy's matrix products use a BLAS library that may start one thread per
-#    core; on a shared machine idle spinning threads can make a small model many times slower.
+# 5. **Alternate candidates.** To compare two functions, run them in turns within each round, so a
+#    burst of load hits both, and take the ratio of the two within each round. A ratio is never
+#    formed from two separate runs.
+# 6. **Pin the BLAS threads.** NumPy's matrix products use a BLAS library that may start one thread
+#    per core; on a shared machine idle spinning threads can make a small model many times slower.
 #    `blas_threads(1)` fixes the count for a measurement, and `machine_info()` records it.
 
 # %%
@@ -49,8 +49,8 @@ from fastcore.test import test_eq, test_fail, test_close
 # %% [markdown]
 # ## A measurement
 #
-# `Measurement` holds every sample (seconds per call) and derives the statistics from them, so a result
-# can always be re-examined. `unstable` compares the IQR with `max_spread` times the median.
+# `Measurement` holds every sample (seconds per call) and derives the statistics from them, so a
+# result can always be re-examined. `unstable` compares the IQR with `max_spread` times the median.
 
 # %%
 #| export
@@ -84,7 +84,8 @@ class Measurement:
     def __repr__(self):
         flag = ', UNSTABLE' if self.unstable else ''
         return (f"{self.label + ': ' if self.label else ''}median {fmt_seconds(self.median)} "
-                f"(IQR {fmt_seconds(self.iqr)}, p90 {fmt_seconds(self.p90)}, min {fmt_seconds(self.min)}; "
+                f"(IQR {fmt_seconds(self.iqr)}, p90 {fmt_seconds(self.p90)}, "
+                f"min {fmt_seconds(self.min)}; "
                 f"{len(self.samples)} samples x {self.number} calls{flag})")
 
 # %% [markdown]
@@ -160,12 +161,14 @@ def measure(fn,                  # the function to time
     samples = [_per_call(fn, args, kwargs, number) for _ in range(repeats)]
     m = Measurement(samples, number, label or getattr(fn, '__name__', ''), max_spread)
     if m.unstable:
-        warnings.warn(f"measure: {m}: IQR is {m.spread:.0%} of the median", UnstableMeasurementWarning)
+        warnings.warn(f"measure: {m}: IQR is {m.spread:.0%} of the median",
+                      UnstableMeasurementWarning)
     return m
 
 # %% [markdown]
-# The tests count calls rather than time them: a unit test that asserts a duration fails at random on a
-# shared machine. With `number` given, `measure` makes exactly `warmup + repeats * number` calls.
+# The tests count calls rather than time them: a unit test that asserts a duration fails at random
+# on a shared machine. With `number` given, `measure` makes exactly `warmup + repeats * number`
+# calls.
 
 # %%
 calls = []
@@ -192,8 +195,9 @@ test_fail(lambda: measure(boom), contains="boom")
 #
 # `compare` takes a dict of named functions. After warming each up and choosing one `number` per
 # candidate, it runs `rounds` rounds; in each round every candidate takes one sample, in turn. The
-# `Comparison` it returns holds one `Measurement` per candidate, and `ratio(a, b)` is the median over
-# rounds of `a`'s sample divided by `b`'s sample in the same round: a ratio between neighbours in time.
+# `Comparison` it returns holds one `Measurement` per candidate, and `ratio(a, b)` is the median
+# over rounds of `a`'s sample divided by `b`'s sample in the same round: a ratio between neighbours
+# in time.
 
 # %%
 #| export
@@ -209,15 +213,16 @@ class Comparison:
         for n in (a, b):
             if n not in self.results:
                 raise KeyError(f"Comparison.ratio: no candidate {n!r}; have {list(self.results)}")
-        return float(np.median(np.array(self.results[a].samples) / np.array(self.results[b].samples)))
+        per_round = np.array(self.results[a].samples) / np.array(self.results[b].samples)
+        return float(np.median(per_round))
 
     def table(self, baseline: str = None) -> str:
         "One line per candidate: median, IQR and the ratio to `baseline` (default: the first)."
         baseline = baseline or next(iter(self.results))
         width = max(map(len, self.results))
-        return "\n".join(f"{n:<{width}}  median {fmt_seconds(m.median):>9}  IQR {fmt_seconds(m.iqr):>9}  "
-                         f"{self.ratio(n, baseline):6.2f}x {baseline}" + ('  UNSTABLE' if m.unstable else '')
-                         for n, m in self.results.items())
+        return "\n".join(f"{n:<{width}}  median {fmt_seconds(m.median):>9}  "
+                         f"IQR {fmt_seconds(m.iqr):>9}  {self.ratio(n, baseline):6.2f}x {baseline}"
+                         + ('  UNSTABLE' if m.unstable else '') for n, m in self.results.items())
 
     def __repr__(self): return self.table()
 
@@ -226,11 +231,11 @@ class Comparison:
 def compare(candidates: dict,        # name -> function of no arguments
             rounds: int = 7,         # samples per candidate, one per round
             warmup: int = 1,         # calls of each candidate discarded first
-            number: int = None,      # calls per sample for every candidate; None: chosen per candidate
+            number: int = None,      # calls per sample for every candidate; None: chosen for each
             min_time: float = 0.02,  # seconds a sample should last when `number` is chosen
             max_spread: float = 0.1,
            ) -> Comparison:
-    "Time the candidates alternately, round by round, so that their ratios come from the same moments."
+    "Time the candidates alternately, round by round, so their ratios come from the same moments."
     _check_protocol('compare', warmup, rounds, number, min_time)
     if not candidates: raise ValueError("compare: no candidates")
     for name, fn in candidates.items():
@@ -243,7 +248,8 @@ def compare(candidates: dict,        # name -> function of no arguments
         for n, fn in candidates.items(): samples[n].append(_per_call(fn, (), {}, numbers[n]))
     out = Comparison({n: Measurement(s, numbers[n], n, max_spread) for n, s in samples.items()})
     shaky = [n for n, m in out.results.items() if m.unstable]
-    if shaky: warnings.warn(f"compare: unstable measurements for {shaky}", UnstableMeasurementWarning)
+    if shaky:
+        warnings.warn(f"compare: unstable measurements for {shaky}", UnstableMeasurementWarning)
     return out
 
 # %%
@@ -273,9 +279,9 @@ print(c)
 # ## Pinning BLAS threads
 #
 # `blas_threads(n)` limits the BLAS library NumPy uses to `n` threads inside a `with` block and
-# restores the previous limit afterwards, through threadpoolctl. `machine_info()` returns what a result
-# file or a printed figure should carry: the processor, Python, NumPy and BLAS versions, and the BLAS
-# thread count in force.
+# restores the previous limit afterwards, through threadpoolctl. `machine_info()` returns what a
+# result file or a printed figure should carry: the processor, Python, NumPy and BLAS versions, and
+# the BLAS thread count in force.
 
 # %%
 #| export
@@ -288,7 +294,7 @@ def blas_threads(n: int):
     with threadpool_limits(limits=n, user_api='blas'): yield
 
 def machine_info() -> dict:
-    "Processor, core count, Python, NumPy and BLAS (library, version, threads) of this process, now."
+    "Processor, core count, Python, NumPy and BLAS (library, version, threads) of this process."
     from threadpoolctl import threadpool_info
     blas = [p for p in threadpool_info() if p.get('user_api') == 'blas']
     return {'machine': platform.machine(), 'processor': platform.processor() or platform.machine(),

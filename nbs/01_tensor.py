@@ -26,9 +26,10 @@ from fastcore.basics import patch
 
 # %%
 #| hide
-from timeit import repeat
 
 from fastcore.test import test_eq, test_fail, test_close
+
+from tinytorch.utils.timing import measure
 
 # %% [markdown]
 # ## From data to an array
@@ -334,21 +335,15 @@ test_eq(np.shares_memory(x.data, xt.data), True)
 # time reads consecutive bytes; summing it one column at a time jumps a full row between elements,
 # so each 64-byte cache line fetched from memory serves one 4-byte element instead of sixteen.
 #
-# Timing protocol for this module: `timeit.repeat` with 5 repetitions of 3 calls each after one
-# warm-up call, reporting the median per call. Later modules replace this with the profiling
-# module's protocol.
-
-# %%
-def median_time(fn, number=3, repeats=5) -> float:
-    "Median seconds per call of `fn` over `repeats` runs of `number` calls, after one warm-up call."
-    fn()
-    return float(np.median(repeat(fn, number=number, repeat=repeats))) / number
+# Timing protocol, here and in every module: `measure` from `tinytorch.utils.timing` (the timing
+# notebook) makes one warm-up call, then 5 samples of `number` calls each, and reports the median
+# seconds per call.
 
 # %%
 n = 2048
 big = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)  # 16 MiB, larger than the caches
-by_rows = median_time(lambda: [big[i, :].sum() for i in range(n)])
-by_cols = median_time(lambda: [big[:, j].sum() for j in range(n)])
+by_rows = measure(lambda: [big[i, :].sum() for i in range(n)], number=3, repeats=5).median
+by_cols = measure(lambda: [big[:, j].sum() for j in range(n)], number=3, repeats=5).median
 print(f"{n}x{n} float32, strides {big.strides}: row-wise {by_rows*1e3:.1f} ms, "
       f"column-wise {by_cols*1e3:.1f} ms, column/row = {by_cols/by_rows:.1f}x")
 
@@ -626,7 +621,7 @@ test_fail(lambda: A @ Tensor(2.), contains="at least 1 dimension")
 
 # %%
 a, b = randn(512, 512, seed=0), randn(512, 512, seed=1)
-t_mm = median_time(lambda: a @ b)
+t_mm = measure(lambda: a @ b, number=3, repeats=5).median
 print(f"(512, 512) @ (512, 512) float32: {t_mm*1e3:.2f} ms, {2 * 512**3 / t_mm / 1e9:.1f} GFLOP/s")
 
 # %% [markdown]
@@ -910,8 +905,8 @@ for n in (100, 1_000_000):
     xa, ya = np.ones(n, np.float32), np.ones(n, np.float32)
     xt, yt = Tensor(xa), Tensor(ya)
     k = 20_000 if n == 100 else 20
-    t_np = median_time(lambda: xa + ya, number=k)
-    t_tt = median_time(lambda: xt + yt, number=k)
+    t_np = measure(lambda: xa + ya, number=k, repeats=5).median
+    t_tt = measure(lambda: xt + yt, number=k, repeats=5).median
     print(f"add on {n:>9,} float32 elements: NumPy {t_np*1e6:8.2f} us, Tensor {t_tt*1e6:8.2f} us, "
           f"Tensor/NumPy {t_tt / t_np:.2f}x")
 

@@ -47,6 +47,7 @@ import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
 
 from tinytorch.core.tensor import manual_seed, randn
+from tinytorch.utils.timing import Timer
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential, Parameter
 from tinytorch.core.losses import CrossEntropyLoss, MSELoss
@@ -555,10 +556,10 @@ mlp = Sequential(Linear(64, 128), ReLU(), Linear(128, 64), ReLU(), Linear(64, 10
 opt = Adam(mlp.parameters(), lr=2e-3)
 trainer = Trainer(mlp, CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, warmup_steps=23, total_steps=30 * 23),
                   progress=False)
-start = time.perf_counter()
-hist = trainer.fit(Batches(Xd[train_idx], yd[train_idx], 64, shuffle=True, seed=0), epochs=30,
-                   val_data=Batches(Xd[test_idx], yd[test_idx], 256))
-seconds = time.perf_counter() - start
+with Timer() as run:
+    hist = trainer.fit(Batches(Xd[train_idx], yd[train_idx], 64, shuffle=True, seed=0), epochs=30,
+                       val_data=Batches(Xd[test_idx], yd[test_idx], 256))
+seconds = run.elapsed
 print(f"MLP 64-128-64-10, 30 epochs in {seconds:.1f} s: test accuracy {hist['val_acc'][-1]:.2%}, "
       f"train accuracy {hist['train_acc'][-1]:.2%}")
 assert hist['val_acc'][-1] >= 0.95

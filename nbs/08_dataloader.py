@@ -46,11 +46,8 @@ from tinytorch.core.tensor import Tensor, _generator
 # %%
 #| hide
 import io
-import time
-from timeit import repeat
 
 import matplotlib.pyplot as plt
-from threadpoolctl import threadpool_limits
 from fastcore.test import test_eq, test_fail, test_close, test_ne
 
 from tinytorch.core.tensor import manual_seed
@@ -59,6 +56,7 @@ from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.optimizers import SGD, Adam
 from tinytorch.core.training import Trainer
+from tinytorch.utils.timing import Timer, blas_threads, compare
 
 # %% [markdown]
 # ## Data sets
@@ -970,21 +968,11 @@ def step():
 def epoch(loader):
     for _ in loader: pass
 
-def seconds(fn, number: int = 1) -> float:
-    "Mean seconds per call over `number` calls."
-    start = time.perf_counter()
-    for _ in range(number): fn()
-    return (time.perf_counter() - start) / number
-
-samples = {k: [] for k in [*configs, 'step']}
-with threadpool_limits(1, 'blas'):
-    for dl in configs.values(): epoch(dl)                               # warm-up
-    seconds(step, 20)
-    for _ in range(5):
-        for k, dl in configs.items(): samples[k].append(seconds(lambda: epoch(dl)) / len(dl))
-        samples['step'].append(seconds(step, 20))
-per_batch = {k: float(np.median(v)) for k, v in samples.items()}
-step_s = per_batch.pop('step')
+candidates = {k: (lambda dl=dl: epoch(dl)) for k, dl in configs.items()}
+with blas_threads(1):
+    c = compare({**candidates, 'step': step}, rounds=5)  # an epoch per sample; steps in batches
+per_batch = {k: c[k].median / len(dl) for k, dl in configs.items()}
+step_s = c['step'].median
 print(f"{os.cpu_count()} CPUs, NumPy {np.__version__}, one BLAS thread; {len(configs['in order'])} batches of 128 per epoch")
 for k, s in per_batch.items(): print(f"{k:>22}: {1 / s:8,.0f} batches/s ({1e6 * s:7.1f} us per batch)")
 print(f"training step, MLP {d_in}-128-10: {1e3 * step_s:.2f} ms")
@@ -1006,11 +994,10 @@ manual_seed(0)
 model = Sequential(Linear(d_in, 128), ReLU(), Linear(128, 10))
 tr = Trainer(model, CrossEntropyLoss(), Adam(model.parameters(), lr=2e-3), progress=False)
 epochs_n = 2 if data_name == 'Fashion-MNIST' else 15
-start = time.perf_counter()
-with threadpool_limits(1, 'blas'):
+with blas_threads(1), Timer() as run:
     hist = tr.fit(configs['shuffled + augmented'], epochs=epochs_n,
                   val_data=DataLoader(TensorDataset(Xte, yte), 1000, transform=Compose(to_float + [Normalize(*stats), flat])))
-print(f"{data_name}, MLP {d_in}-128-10, {epochs_n} epochs with augmentation in {time.perf_counter() - start:.1f} s: "
+print(f"{data_name}, MLP {d_in}-128-10, {epochs_n} epochs with augmentation in {run.elapsed:.1f} s: "
       f"test accuracy {hist['val_acc'][-1]:.1%}")
 assert hist['val_acc'][-1] > 0.75
 

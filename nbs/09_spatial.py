@@ -47,12 +47,12 @@ import platform
 import resource
 import time
 from importlib.resources import files
-from timeit import repeat
 
 from fastcore.test import test_eq, test_fail, test_close
 from threadpoolctl import threadpool_limits
 
 from tinytorch.core.tensor import manual_seed, randn
+from tinytorch.utils.timing import blas_threads, measure
 from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
@@ -463,25 +463,20 @@ test_eq(y._ctx[2]['cols'], None)
 # ## How much faster
 #
 # The direct loop against im2col on a stated layer: a batch of 8 images with 4 channels of 16x16 pixels, to 8
-# channels, kernel 3, padding 1. The two agree to float32 rounding. Timing protocol for this module, as in the
-# earlier ones: `timeit.repeat`, the median of 5 repetitions of `number` calls after one warm-up call. From here
-# on the notebook runs with one BLAS thread (`threadpool_limits(1)`), as `benchmarks/bench_conv.py` does, so the
+# channels, kernel 3, padding 1. The two agree to float32 rounding. Timing protocol, as in the earlier
+# modules: `measure` (one warm-up call, then the median of 5 samples of `number` calls). From here on the
+# notebook runs with one BLAS thread (`threadpool_limits(1)`), as `benchmarks/bench_conv.py` does, so the
 # figures do not depend on how many cores happen to be free.
 
 # %%
-def median_time(fn, number=3, repeats=5) -> float:
-    "Median seconds per call of `fn` over `repeats` runs of `number` calls, after one warm-up call."
-    fn()
-    return float(np.median(repeat(fn, number=number, repeat=repeats))) / number
-
 blas_limit = threadpool_limits(1)   # one BLAS thread for the rest of the notebook
 
 # %%
 x, w, b = (rng.standard_normal(sh, dtype=np.float32) for sh in ((8, 4, 16, 16), (8, 4, 3, 3), (8,)))
 xt, wt, bt = Tensor(x), Tensor(w), Tensor(b)
 test_close(conv2d(xt, wt, bt, 1, 1).numpy(), conv2d_direct(x, w, b, (1, 1), (1, 1)), eps=1e-4)
-t_direct = median_time(lambda: conv2d_direct(x, w, b, (1, 1), (1, 1)), number=1, repeats=3)
-t_im2col = median_time(lambda: conv2d(xt, wt, bt, 1, 1), number=20)
+t_direct = measure(lambda: conv2d_direct(x, w, b, (1, 1), (1, 1)), number=1, repeats=3).median
+t_im2col = measure(lambda: conv2d(xt, wt, bt, 1, 1), number=20, repeats=5).median
 print(f"conv 4->8 channels, k=3, padding 1, input {x.shape}: direct loop {t_direct*1e3:.1f} ms, "
       f"im2col + GEMM {t_im2col*1e3:.3f} ms, {t_direct / t_im2col:.0f}x faster")
 
@@ -503,7 +498,7 @@ dcols = w2_t @ G                                                               #
 pieces = {'im2col': lambda: im2col(x, 3, 1, 1), 'forward GEMM': lambda: w2 @ cols,
           'weight GEMM': lambda: (cols @ G.T).T, 'input GEMM, C-order weight': lambda: w2_t @ G,
           'input GEMM, transposed view': lambda: w2.T @ G, 'col2im': lambda: col2im(dcols, x.shape, 3, 1, 1)}
-times = {k: median_time(f, number=1) for k, f in pieces.items()}
+times = {k: measure(f, number=1, repeats=5).median for k, f in pieces.items()}
 for k, t in times.items(): print(f"{k:30} {t*1e3:6.2f} ms")
 flops = 2 * w2.shape[0] * w2.shape[1] * cols.shape[1]
 print(f"each GEMM: {flops/1e6:.0f} MFLOP, forward GEMM at {flops / times['forward GEMM'] / 1e9:.1f} GFLOP/s")
@@ -515,8 +510,9 @@ print(f"each GEMM: {flops/1e6:.0f} MFLOP, forward GEMM at {flops / times['forwar
 
 # %%
 for n_threads in (1, 2):
-    with threadpool_limits(n_threads):
-        t_a, t_b = (median_time(f, number=1, repeats=1) for f in (lambda: G @ cols.T, lambda: (cols @ G.T).T))
+    with blas_threads(n_threads):
+        t_a, t_b = (measure(f, number=1, repeats=1).median
+                    for f in (lambda: G @ cols.T, lambda: (cols @ G.T).T))
     print(f"{n_threads} thread(s): G {G.shape} @ cols.T {cols.T.shape} {t_a*1e3:7.2f} ms, "
           f"(cols {cols.shape} @ G.T {G.T.shape}).T {t_b*1e3:7.2f} ms")
 
@@ -699,8 +695,8 @@ test_eq(gradcheck(lambda x: max_pool2d(x, (3, 2), stride=(1, 2)), perm(1, 2, 5, 
 # %%
 v, dst = rng.standard_normal((2, 64, 64, 8, 8), dtype=np.float32)
 mask = v > dst
-t_mul = median_time(lambda: v * mask, number=20)
-t_masked = median_time(lambda: np.copyto(dst, v, where=mask), number=20)
+t_mul = measure(lambda: v * mask, number=20, repeats=5).median
+t_masked = measure(lambda: np.copyto(dst, v, where=mask), number=20, repeats=5).median
 print(f"{v.size:,} float32: v * mask {t_mul*1e3:.3f} ms, np.copyto(dst, v, where=mask) {t_masked*1e3:.3f} ms "
       f"({t_masked / t_mul:.1f}x)")
 
@@ -798,8 +794,8 @@ xc = Tensor(rng.standard_normal((64, 32, 16, 16), dtype=np.float32), requires_gr
 conv_b = Conv2d(32, 64, 3, padding=1)
 xm = Tensor(rng.standard_normal((64, 64, 16, 16), dtype=np.float32), requires_grad=True)
 g_conv, g_pool = np.ones((64, 64, 16, 16), np.float32), np.ones((64, 64, 8, 8), np.float32)
-t_conv = median_time(lambda: conv_b(xc).backward(g_conv), number=1)
-t_pool = median_time(lambda: max_pool2d(xm, 2).backward(g_pool), number=1)
+t_conv = measure(lambda: conv_b(xc).backward(g_conv), number=1, repeats=5).median
+t_pool = measure(lambda: max_pool2d(xm, 2).backward(g_pool), number=1, repeats=5).median
 print(f"forward+backward: Conv2d(32, 64, 3, padding=1) {t_conv*1e3:.1f} ms, MaxPool2d(2) {t_pool*1e3:.2f} ms "
       f"({t_pool / t_conv:.1%} of the convolution)")
 

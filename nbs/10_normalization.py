@@ -42,17 +42,15 @@ from tinytorch.core.layers import Module, Parameter
 # %%
 #| hide
 import gzip
-import time
 import tracemalloc
 from importlib.resources import files
-from timeit import repeat
 
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
-from threadpoolctl import threadpool_limits
 
 from tinytorch.core.tensor import manual_seed, randn
 from tinytorch.core.autograd import gradcheck, no_grad
+from tinytorch.utils.timing import Timer, blas_threads, compare
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import CrossEntropyLoss
@@ -110,25 +108,18 @@ test_eq(_as_rows(x) * np.repeat([1., 0., 2.], 2), x.reshape(2, 6) * [1, 1, 0, 0,
 
 # %% [markdown]
 # The two ways to take per-channel sums, timed on a batch of the size a small convolutional network sees.
-# Timing protocol for this module: after one warm-up call each, 7 rounds in which every candidate runs a batch of calls
-# in turn (alternating, so all see the same load on a shared machine); the figure is the median over the rounds of the
-# time per call. The values are whole numbers, so both orders of summation give exactly the same float32 sums.
-
-# %%
-def time_alternating(candidates: dict, number: int, rounds: int = 7) -> dict:
-    "Median seconds per call of each candidate; the candidates take turns within every round."
-    for fn in candidates.values(): fn()
-    samples = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items(): samples[name].append(repeat(fn, number=number, repeat=1)[0] / number)
-    return {name: float(np.median(t)) for name, t in samples.items()}
+# Timing protocol: `compare` from the timing notebook, which after one warm-up call each runs 7 rounds in
+# which every candidate takes a sample of calls in turn (alternating, so all see the same load on a shared
+# machine); the figure is the median over the rounds of the time per call. The values are whole numbers, so
+# both orders of summation give exactly the same float32 sums.
 
 # %%
 xa = np.round(np.random.default_rng(0).standard_normal((64, 16, 8, 8)) * 4).astype(np.float32)   # (64, 16, 8, 8)
 test_eq(_channel_sum(_as_rows(xa), 16), xa.sum(axis=(0, 2, 3)))
-t = time_alternating({'axes': lambda: xa.sum(axis=(0, 2, 3)), 'rows': lambda: _channel_sum(_as_rows(xa), 16)}, 50)
-print(f"per-channel sums of {xa.shape} float32: sum(axis=(0, 2, 3)) {t['axes']*1e6:.0f} us, "
-      f"rows then channels {t['rows']*1e6:.0f} us, ratio {t['axes'] / t['rows']:.1f}x")
+t = compare({'axes': lambda: xa.sum(axis=(0, 2, 3)), 'rows': lambda: _channel_sum(_as_rows(xa), 16)},
+            number=50)
+print(f"per-channel sums of {xa.shape} float32: sum(axis=(0, 2, 3)) {t['axes'].median*1e6:.0f} us, "
+      f"rows then channels {t['rows'].median*1e6:.0f} us, ratio {t.ratio('axes', 'rows'):.1f}x")
 
 # %% [markdown]
 # Now the checks. A channel with a single value in the batch has variance 0 and normalises to 0 whatever the
@@ -525,10 +516,11 @@ manual_seed(0)
 xb = Tensor(randn(64, 16, 8, 8).numpy(), requires_grad=True)             # (64, 16, 8, 8) float32
 wb, bb = Tensor(ones(16).numpy(), requires_grad=True), Tensor(zeros(16).numpy(), requires_grad=True)
 fused_bn = lambda x, w, b: batch_norm(x, None, None, w, b, training=True)
-timings = time_alternating({'fused': lambda: fwd_bwd(fused_bn, xb, wb, bb),
-                            'composed': lambda: fwd_bwd(batch_norm_composed, xb, wb, bb)}, 20)
-print(f"forward + backward on {xb.shape} float32: fused {timings['fused']*1e3:.2f} ms, "
-      f"composed {timings['composed']*1e3:.2f} ms, composed/fused {timings['composed'] / timings['fused']:.2f}x")
+timings = compare({'fused': lambda: fwd_bwd(fused_bn, xb, wb, bb),
+                   'composed': lambda: fwd_bwd(batch_norm_composed, xb, wb, bb)}, number=20)
+print(f"forward + backward on {xb.shape} float32: fused {timings['fused'].median*1e3:.2f} ms, "
+      f"composed {timings['composed'].median*1e3:.2f} ms, "
+      f"composed/fused {timings.ratio('composed', 'fused'):.2f}x")
 
 # %% [markdown]
 # Memory: between the forward and the backward pass the graph keeps whatever the gradient rules will need. The cell
@@ -886,11 +878,10 @@ epochs = 15
 variants = {'plain': (False, False), 'BatchNorm': (True, False), 'Dropout': (False, True),
             'BatchNorm + Dropout': (True, True)}
 runs, seconds = {}, {}
-with threadpool_limits(1):
+with blas_threads(1):
     for name, (bn, drop) in variants.items():
-        start = time.perf_counter()
-        runs[name] = train_digits(digits_cnn(bn, drop), epochs)
-        seconds[name] = time.perf_counter() - start
+        with Timer() as t: runs[name] = train_digits(digits_cnn(bn, drop), epochs)
+        seconds[name] = t.elapsed
 print(f"{epochs} epochs each; loss and accuracy after the last epoch (training images measured in eval mode); "
       f"a uniform guess over 10 classes has loss ln 10 = {math.log(10):.3f}")
 print(f"{'':>20} {'test loss':>10} {'test acc':>9} {'train loss':>11} {'train acc':>10} {'test-train loss':>16} "

@@ -37,10 +37,11 @@ from tinytorch.core.training import atomic_write
 # %%
 #| hide
 import tempfile
-import time
 
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail
+
+from tinytorch.utils.timing import Timer
 
 # %% [markdown]
 # ## The corpus
@@ -395,11 +396,11 @@ test_eq(bpe_merges({"ab": 3, "ba": 2, "aab": 1}, 10), bpe_merges_naive({"ab": 3,
 test_fail(lambda: bpe_merges({"ab": 0}, 1), contains="must be >= 1, got 0")
 
 sample = Counter(pretokenize(train_text[:20_000]))
-t0 = time.perf_counter(); fast = bpe_merges(sample, 300); t1 = time.perf_counter()
-slow = bpe_merges_naive(sample, 300); t2 = time.perf_counter()
+with Timer() as t_fast: fast = bpe_merges(sample, 300)
+with Timer() as t_slow: slow = bpe_merges_naive(sample, 300)
 test_eq(fast, slow)
-print(f"20,000 characters, {len(sample):,} distinct chunks, 300 merges: incremental {t1 - t0:.3f} s, "
-      f"recount {t2 - t1:.3f} s ({(t2 - t1) / (t1 - t0):.0f}x)")
+print(f"20,000 characters, {len(sample):,} distinct chunks, 300 merges (one run each): incremental "
+      f"{t_fast.elapsed:.3f} s, recount {t_slow.elapsed:.3f} s ({t_slow.elapsed / t_fast.elapsed:.0f}x)")
 
 # %% [markdown]
 # ## The BPE tokenizer
@@ -687,9 +688,8 @@ test_eq((path.read_text() == good, sorted(p.name for p in tmp.glob('.bpe.json*')
 # exactly one character per token, the same as the character tokenizer.
 
 # %%
-t0 = time.perf_counter()
-big = BPETokenizer(special_tokens=[]).train(train_text, 2000)
-train_seconds = time.perf_counter() - t0
+with Timer() as t_train: big = BPETokenizer(special_tokens=[]).train(train_text, 2000)
+train_seconds = t_train.elapsed
 test_eq(big.vocab_size, 2000)
 test_eq(BPETokenizer().train(train_text[:50_000], 600).merges, tok_small.merges)         # the same text, the same merges
 test_eq(BPETokenizer().train(train_text[:50_000], 450).merges, tok_small.merges[:450 - 257])  # a prefix
@@ -702,7 +702,8 @@ sizes, cpt = [256, 512, 1000, 2000], {}
 for v in sizes:
     tk = BPETokenizer(special_tokens=[], merges=big.merges[:v - 256])   # 256 bytes + v - 256 merges
     test_eq(tk.vocab_size, v)
-    t0 = time.perf_counter(); ids = tk.encode(val_text); secs = time.perf_counter() - t0
+    with Timer() as t_enc: ids = tk.encode(val_text)
+    secs = t_enc.elapsed
     test_eq(tk.decode(ids), val_text)
     cpt[v] = len(val_text) / len(ids)
     print(f"vocab {v:>5}: {len(ids):>8,} tokens, {cpt[v]:.2f} characters per token "

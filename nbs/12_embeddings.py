@@ -36,13 +36,12 @@ from tinytorch.core.layers import Module, Parameter
 
 # %%
 #| hide
-from timeit import repeat
-
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
 
 from tinytorch.core.tensor import manual_seed, zeros
 from tinytorch.core.autograd import gradcheck
+from tinytorch.utils.timing import compare
 
 # %% [markdown]
 # ## Token ids name rows
@@ -157,17 +156,12 @@ test_eq(right[1], [3., 3.])
 # - **bincount**: `np.bincount(ids, weights=G[:, j], minlength=num)` for each column $j$, a loop over the columns;
 # - **sort**: sort the positions by id and sum each run of equal ids with `np.add.reduceat`.
 #
-# The cell times all four (median of 5 repetitions of 3 calls after a warm-up, `timeit`; the profiling module
-# later gives the project one protocol) on a character-level vocabulary and a word-level one, and checks that they
+# The cell times all four with `compare` (after a warm-up, 5 rounds in which each form takes a sample of 3
+# calls in turn; the median per call) on a character-level vocabulary and a word-level one, and checks that they
 # agree. The gradient rule below uses whichever form the measurement favours; on the machine this was written on
 # it was the flat form at both sizes, and the cell prints the ratios so that you can check yours.
 
 # %%
-def median_time(fn, number=3, repeats=5) -> float:
-    "Median seconds per call of `fn` over `repeats` runs of `number` calls, after one warm-up call."
-    fn()
-    return float(np.median(repeat(fn, number=number, repeat=repeats))) / number
-
 def scatter_rows(ids, g, num):
     "np.add.at on rows: the obvious form."
     out = np.zeros((num, g.shape[1]), g.dtype); np.add.at(out, ids, g); return out
@@ -197,7 +191,8 @@ for num, n_ids, dim in [(65, 8 * 256, 128), (10_000, 8 * 256, 256)]:
     ids_, g_ = rng.integers(0, num, n_ids), rng.standard_normal((n_ids, dim), dtype=np.float32)
     ref = scatter_rows(ids_, g_, num)
     for f in methods.values(): test_close(f(ids_, g_, num), ref, eps=1e-4)  # float32 sums of at most 2048 terms of size ~1
-    times = {name: median_time(lambda f=f: f(ids_, g_, num)) for name, f in methods.items()}
+    c = compare({name: (lambda f=f: f(ids_, g_, num)) for name, f in methods.items()}, rounds=5, number=3)
+    times = {name: c[name].median for name in methods}
     print(f"vocabulary {num:>6,}, {n_ids} ids, dim {dim}: " +
           ", ".join(f"{name} {t*1e3:.2f} ms" for name, t in times.items()) +
           f"; add.at rows / add.at flat = {times['add.at rows'] / times['add.at flat']:.1f}x")

@@ -40,17 +40,16 @@ from tinytorch.core.layers import Module, Linear
 
 # %%
 #| hide
-import time
 import tracemalloc
 
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
-from threadpoolctl import threadpool_limits
 
 from tinytorch.core.tensor import manual_seed, randn, zeros
 from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.activations import softmax
 from tinytorch.core.layers import Parameter
+from tinytorch.utils.timing import blas_threads, compare, measure
 
 # %% [markdown]
 # ## Why the scores are scaled
@@ -372,17 +371,10 @@ test_close(drop[drop > 0], full[drop > 0] / 0.75, eps=1e-6)
 # The composed version records six ops (transpose, matmul, scale, mask, softmax, matmul), and each keeps what its own
 # gradient needs: the product keeps both inputs, the scale and the mask each produce a new $(T_q, T_k)$ array,
 # softmax keeps its output, and the backward pass allocates a gradient of that size at every step. The fused op keeps one $(T_q, T_k)$ array, the weights. The cell
-# compares time (median of 5 runs after a warm-up, `perf_counter`, with one BLAS thread as in the benchmarks) and
+# compares time (`compare`: the two alternate over 5 rounds after a warm-up, one BLAS thread as in the benchmarks) and
 # peak traced memory of a forward and backward pass, causal, at batch 4, 4 heads, 256 positions, head size 64.
 
 # %%
-def median_seconds(fn, repeats=5) -> float:
-    "Median wall time of `fn()` over `repeats` runs after one warm-up run."
-    fn(); times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
 def peak_bytes(fn) -> int:
     "Peak memory traced by tracemalloc while `fn()` runs, above what was allocated before."
     tracemalloc.start(); base = tracemalloc.get_traced_memory()[0]
@@ -397,11 +389,12 @@ Ga = randn(B, nh, T, hs, seed=3).numpy()
 causal = Tensor(_causal_bias(T, T, np.dtype(np.float32)).copy())
 def fused_step(): scaled_dot_product_attention(qa, ka, va, is_causal=True).backward(Ga)
 def composed_step(): attention_reference(qa, ka, va, causal).backward(Ga)
-with threadpool_limits(1, 'blas'): t_fused, t_comp = median_seconds(fused_step), median_seconds(composed_step)
+with blas_threads(1): c = compare({'fused': fused_step, 'composed': composed_step}, rounds=5, number=1)
+t_fused, t_comp = c['fused'].median, c['composed'].median
 m_fused, m_comp = peak_bytes(fused_step), peak_bytes(composed_step)
 score_mb = B * nh * T * T * 4 / 2**20
 print(f"forward + backward, (B, nh, T, hs) = {(B, nh, T, hs)}: fused {t_fused*1e3:.1f} ms, composed {t_comp*1e3:.1f} ms "
-      f"({t_comp / t_fused:.2f}x); peak memory fused {m_fused / 2**20:.1f} MiB, composed {m_comp / 2**20:.1f} MiB; "
+      f"({c.ratio('composed', 'fused'):.2f}x); peak memory fused {m_fused / 2**20:.1f} MiB, composed {m_comp / 2**20:.1f} MiB; "
       f"one (B, nh, T, T) float32 array is {score_mb:.1f} MiB")
 
 # %% [markdown]
@@ -698,7 +691,7 @@ rows = []
 for T in (64, 128, 256, 512, 1024):
     xT = Tensor(randn(1, T, 256, seed=T).numpy(), requires_grad=True)
     step = lambda: layer(xT).sum().backward()
-    with threadpool_limits(1, 'blas'): t_step = median_seconds(step, repeats=7)
+    with blas_threads(1): t_step = measure(step, repeats=7, number=1).median
     rows.append((T, t_step, 1 * layer.num_heads * T * T * 4, peak_bytes(step)))
 for i, (T, t_step, score_b, peak) in enumerate(rows):
     growth = f"{t_step / rows[i - 1][1]:.2f}x the time of T={rows[i - 1][0]}" if i else ""
