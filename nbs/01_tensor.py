@@ -19,6 +19,7 @@
 
 # %%
 #| export
+import contextlib
 import numbers
 
 import numpy as np
@@ -149,6 +150,29 @@ Tensor._from_op = staticmethod(_from_op)
 t = Tensor._from_op(np.array([1., 2.], np.float32), 'add', ())
 test_eq(type(t), Tensor)
 test_eq(t._ctx, None)
+
+# %% [markdown]
+# `trace_ops()` lists the ops that run inside a `with` block: each op's name and the names of the settings
+# it recorded, sorted. The tests under each exercise below use it to check that an op records exactly the
+# names its gradient rule will read; a wrong name would otherwise surface only in the autograd module.
+
+# %%
+#| export
+@contextlib.contextmanager
+def trace_ops():
+    "Context manager yielding a list that receives `(op, ctx names)` for every op built in the block."
+    ops, inner = [], Tensor._from_op
+    def spy(data, op, parents, **ctx):
+        ops.append((op, tuple(sorted(ctx))))
+        return inner(data, op, parents, **ctx)
+    Tensor._from_op = staticmethod(spy)
+    try: yield ops
+    finally: Tensor._from_op = staticmethod(inner)
+
+# %%
+with trace_ops() as ops: Tensor._from_op(np.zeros(2), 'sum', (), axis=0, keepdims=False)
+test_eq(ops, [('sum', ('axis', 'keepdims'))])
+test_eq(Tensor._from_op, _from_op)   # restored
 
 # %% [markdown]
 # ## Attributes of a tensor
@@ -400,13 +424,14 @@ test_eq(_fix_float(np.zeros(2), np.zeros(2, np.int64)).dtype, np.float32)
 #| export
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
-    ### BEGIN SOLUTION
     if not isinstance(b, Tensor): b = _lift(b, a)
+    # Set `out` to fn's result (float64 made float32 by `_fix_float`); shapes that do not broadcast: `_op_error`.
+    ### BEGIN SOLUTION
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
     if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the test inline: this runs on every op
-    return Tensor._from_op(out, op, (a, b))
     ### END SOLUTION
+    return Tensor._from_op(out, op, (a, b))
 
 # %%
 #| export
@@ -462,6 +487,8 @@ test_eq((2 ** Tensor([1., 3.])).numpy(), [2., 8.])
 test_eq((1 / Tensor([2., 4.])).numpy(), [0.5, 0.25])
 test_eq((np.array([1., 2.]) * Tensor([3., 4.])).numpy(), [3., 8.])   # ndarray on the left still gives a Tensor
 test_eq(type(np.array([1., 2.]) * Tensor([3., 4.])), Tensor)
+with trace_ops() as ops: Tensor([1., 2.]) * 2 - 1
+test_eq(ops, [('mul', ()), ('sub', ())])   # the op names the gradient rules are registered under
 
 # %%
 i8 = Tensor(np.array([1, 2], np.int8))
@@ -589,15 +616,18 @@ test_eq(len({x, x, Tensor([1.])}), 2)
 @patch
 def __matmul__(self: Tensor, other) -> Tensor:
     "Matrix product with NumPy's rules for 1-D operands and broadcast batch axes."
-    ### BEGIN SOLUTION
     other = _lift(other, self)
     a, b = self.data, other.data
-    if a.ndim == 0 or b.ndim == 0: raise ValueError(f"matmul: operands need at least 1 dimension, got {a.shape} @ {b.shape}")
-    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]: raise ValueError(f"matmul: inner dims differ, {a.shape} @ {b.shape}")
-    try: out = np.matmul(a, b)
+    # Set `out` to the product of `a` and `b`; first check the shapes, naming them in the error.
+    ### BEGIN SOLUTION
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands need at least 1 dimension, got {a.shape} @ {b.shape}")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul: inner dims differ, {a.shape} @ {b.shape}")
+    try: out = _fix_float(np.matmul(a, b), a, b)
     except ValueError: raise ValueError(f"matmul: batch dims do not broadcast, {a.shape} @ {b.shape}") from None
-    return Tensor._from_op(_fix_float(out, a, b), 'matmul', (self, other))
     ### END SOLUTION
+    return Tensor._from_op(out, 'matmul', (self, other))
 
 @patch
 def __rmatmul__(self: Tensor, other) -> Tensor:
@@ -614,6 +644,8 @@ test_eq((np.eye(2, dtype=np.float32) @ A).numpy(), A.numpy())
 test_fail(lambda: A @ Tensor(np.ones((3, 2))), contains="inner dims differ, (2, 2) @ (3, 2)")
 test_fail(lambda: randn(2, 2, 3) @ randn(3, 3, 4), contains="batch dims")
 test_fail(lambda: A @ Tensor(2.), contains="at least 1 dimension")
+with trace_ops() as ops: Tensor(np.ones((2, 3))) @ Tensor(np.ones((3, 4)))
+test_eq(ops, [('matmul', ())])
 
 # %% [markdown]
 # A measurement: the matrix product is where the arithmetic lives, so its rate in GFLOP/s
@@ -643,12 +675,13 @@ def _check_axis(op: str, axis, ndim: int, shape: tuple):
 
 def _reduce(a: Tensor, op: str, fn, axis, keepdims: bool) -> Tensor:
     "Reduce `a` with the NumPy function `fn` over `axis`; record it as `op`."
+    # Check the axis (`_check_axis`), refuse max/min of an empty tensor, and set `out` to fn's result array.
     ### BEGIN SOLUTION
     _check_axis(op, axis, a.data.ndim, a.data.shape)
     if a.data.size == 0 and op in ('max', 'min'): raise ValueError(f"{op}: tensor of shape {a.shape} is empty")
-    out = np.asarray(fn(a.data, axis=axis, keepdims=keepdims))
-    return Tensor._from_op(_fix_float(out, a.data), op, (a,), axis=axis, keepdims=keepdims)
+    out = _fix_float(np.asarray(fn(a.data, axis=axis, keepdims=keepdims)), a.data)
     ### END SOLUTION
+    return Tensor._from_op(out, op, (a,), axis=axis, keepdims=keepdims)
 
 # %%
 #| export
@@ -691,6 +724,8 @@ test_eq(Tensor(np.ones(3, np.int8)).sum().dtype, np.int64)   # integer sums wide
 test_fail(lambda: x.sum(axis=2), contains="axis 2 out of range for tensor of shape (2, 3)")
 test_fail(lambda: x.max(axis=(0, -3)), contains="axis -3")
 test_fail(lambda: zeros(0).max(), contains="empty")
+with trace_ops() as ops: Tensor(np.ones((2, 3))).max(axis=1, keepdims=True)
+test_eq(ops, [('max', ('axis', 'keepdims'))])
 
 # %% [markdown]
 # ## Shape operations
@@ -706,13 +741,14 @@ test_fail(lambda: zeros(0).max(), contains="empty")
 @patch
 def reshape(self: Tensor, *shape) -> Tensor:
     "The same elements in row-major order under a new `shape` (one size may be -1)."
-    ### BEGIN SOLUTION
     shape = _shape_arg(shape)
+    # Set `out` to the data under `shape`; a size mismatch names both shapes.
+    ### BEGIN SOLUTION
     try: out = self.data.reshape(shape)
     except ValueError: raise ValueError(f"reshape: cannot reshape tensor of shape {self.shape} "
                                         f"({self.size} elements) into {shape}") from None
-    return Tensor._from_op(out, 'reshape', (self,))
     ### END SOLUTION
+    return Tensor._from_op(out, 'reshape', (self,))
 
 @patch
 def view(self: Tensor, *shape) -> Tensor:
@@ -736,6 +772,8 @@ test_fail(lambda: x.reshape(4, 2), contains="cannot reshape tensor of shape (6,)
 test_fail(lambda: x.view(4, 2), contains="cannot view tensor of shape (6,)")
 test_fail(lambda: Tensor(x.reshape(2, 3).data.T).view(6), contains="not contiguous")
 test_eq(Tensor(x.reshape(2, 3).data.T).reshape(6).numpy(), [0., 3., 1., 4., 2., 5.])
+with trace_ops() as ops: Tensor(np.ones(6)).reshape(2, 3)
+test_eq(ops, [('reshape', ())])
 
 # %%
 #| export
@@ -782,13 +820,15 @@ test_fail(lambda: x.unsqueeze(6), contains="axis 6 out of range")
 @patch
 def permute(self: Tensor, *dims) -> Tensor:
     "Reorder the axes: axis `i` of the result is axis `dims[i]` of the input."
-    ### BEGIN SOLUTION
     dims = _shape_arg(dims)
+    # Check that `dims` is a permutation, make it non-negative (it is recorded), and set `out`.
+    ### BEGIN SOLUTION
     if sorted(d % max(self.ndim, 1) for d in dims) != list(range(self.ndim)) or len(dims) != self.ndim:
         raise ValueError(f"permute: {dims} is not a permutation of the {self.ndim} axes of shape {self.shape}")
     dims = tuple(d % self.ndim for d in dims)
-    return Tensor._from_op(self.data.transpose(dims), 'permute', (self,), dims=dims)
+    out = self.data.transpose(dims)
     ### END SOLUTION
+    return Tensor._from_op(out, 'permute', (self,), dims=dims)
 
 @patch
 def transpose(self: Tensor, dim0: int, dim1: int) -> Tensor:
@@ -814,13 +854,16 @@ test_eq(x.T.is_contiguous(), False)
 test_fail(lambda: x.permute(0, 1), contains="not a permutation")
 test_fail(lambda: x.permute(0, 1, 1), contains="not a permutation")
 test_fail(lambda: x.transpose(0, 3), contains="axis 3 out of range")
+with trace_ops() as ops: Tensor(np.ones((2, 3))).permute(-1, 0)
+test_eq(ops, [('permute', ('dims',))])
 
 # %% [markdown]
 # ## Indexing and slicing
 #
 # Indexing follows NumPy: integers and slices (basic indexing) give views; integer arrays and boolean
 # masks (advanced indexing) give copies. Index tensors are accepted wherever index arrays are.
-# The index is kept in `ctx`, because the gradient of `x[idx]` scatters back into the positions `idx` chose.
+# The index is recorded as `key=` in the op's context, because the gradient of `x[key]` scatters back
+# into the positions `key` chose.
 
 # %%
 #| export
@@ -833,12 +876,13 @@ def _index_key(key):
 @patch
 def __getitem__(self: Tensor, key) -> Tensor:
     "Index like NumPy; the index may contain Tensors."
-    ### BEGIN SOLUTION
     key = _index_key(key)
-    try: out = self.data[key]
+    # Set `out` to the indexed data as an array; an IndexError names the tensor's shape.
+    ### BEGIN SOLUTION
+    try: out = np.asarray(self.data[key])
     except IndexError as e: raise IndexError(f"getitem: {e} (tensor shape {self.shape})") from None
-    return Tensor._from_op(np.asarray(out), 'getitem', (self,), key=key)
     ### END SOLUTION
+    return Tensor._from_op(out, 'getitem', (self,), key=key)
 
 # %%
 x = Tensor(np.arange(12, dtype=np.float32).reshape(3, 4))
@@ -851,6 +895,8 @@ test_eq(np.shares_memory(x[1:].data, x.data), True)      # slice: a view
 test_eq(np.shares_memory(x[[0, 1]].data, x.data), False)  # index array: a copy
 test_eq([r.shape for r in x], [(4,)] * 3)                 # iteration runs over the first axis
 test_fail(lambda: x[3], contains="tensor shape (3, 4)")
+with trace_ops() as ops: Tensor(np.ones((2, 3)))[0, 1:]
+test_eq(ops, [('getitem', ('key',))])
 
 # %% [markdown]
 # ## Joining tensors
@@ -862,15 +908,17 @@ test_fail(lambda: x[3], contains="tensor shape (3, 4)")
 #| export
 def cat(tensors: list, dim: int = 0) -> Tensor:
     "Concatenate `tensors` along the existing axis `dim`."
-    ### BEGIN SOLUTION
     if not tensors: raise ValueError("cat: expected a non-empty list of tensors")
     tensors = tuple(t if isinstance(t, Tensor) else Tensor(t) for t in tensors)
+    # Check `dim`, then set `out` to the joined arrays; sizes that differ outside `dim` are an error.
+    ### BEGIN SOLUTION
     _check_axis('cat', dim, tensors[0].ndim, tensors[0].shape)
     arrays = [t.data for t in tensors]
-    try: out = np.concatenate(arrays, axis=dim)
-    except ValueError: raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ outside dim {dim}") from None
-    return Tensor._from_op(_fix_float(out, *arrays), 'cat', tensors, dim=dim)
+    try: out = _fix_float(np.concatenate(arrays, axis=dim), *arrays)
+    except ValueError:
+        raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ outside dim {dim}") from None
     ### END SOLUTION
+    return Tensor._from_op(out, 'cat', tensors, dim=dim)
 
 def stack(tensors: list, dim: int = 0) -> Tensor:
     "Join equally shaped `tensors` along a new axis `dim`."
@@ -892,6 +940,8 @@ test_fail(lambda: cat([a, ones(2, 2)]), contains="cat: shapes [(2, 3), (2, 2)] d
 test_fail(lambda: stack([a, b]), contains="stack: shapes [(2, 3), (1, 3)] differ")
 test_fail(lambda: cat([]), contains="non-empty")
 test_fail(lambda: cat([a, a], dim=2), contains="axis 2 out of range")
+with trace_ops() as ops: cat([Tensor([1.]), Tensor([2.])])
+test_eq(ops, [('cat', ('dim',))])
 
 # %% [markdown]
 # ## What a tensor costs

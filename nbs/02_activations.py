@@ -26,9 +26,11 @@ from tinytorch.core.tensor import Tensor
 # %%
 #| hide
 import warnings
-from timeit import repeat
 
 from fastcore.test import test_eq, test_fail, test_close
+
+from tinytorch.core.tensor import trace_ops
+from tinytorch.utils.timing import measure
 
 # %% [markdown]
 # ## A common shape for activations
@@ -58,9 +60,11 @@ class Activation:
 #| export
 def relu(x: Tensor) -> Tensor:
     "$\\max(x, 0)$ elementwise."
+    # Set `out` to the result array (same shape and dtype as `x.data`).
     ### BEGIN SOLUTION
-    return Tensor._from_op(np.maximum(x.data, 0), 'relu', (x,))
+    out = np.maximum(x.data, 0)
     ### END SOLUTION
+    return Tensor._from_op(out, 'relu', (x,))
 
 class ReLU(Activation):
     "$\\max(x, 0)$ elementwise."
@@ -72,6 +76,8 @@ test_eq(relu(x).numpy(), [0., 0., 3.])
 test_eq(ReLU()(x).dtype, np.float32)
 test_eq(repr(ReLU()), "ReLU()")
 test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got ndarray")
+with trace_ops() as ops: relu(Tensor([1.]))
+test_eq(ops, [('relu', ())])
 
 # %% [markdown]
 # ## Sigmoid
@@ -87,11 +93,12 @@ test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got
 #| export
 def sigmoid(x: Tensor) -> Tensor:
     "$1 / (1 + e^{-x})$ elementwise, exponentiating only $-|x|$ so it never overflows."
+    # Set `out` to the result array (same shape and dtype as `x.data`).
     ### BEGIN SOLUTION
     e = np.exp(-np.abs(x.data))
     out = np.where(x.data >= 0, 1 / (1 + e), e / (1 + e))
-    return Tensor._from_op(out, 'sigmoid', (x,))
     ### END SOLUTION
+    return Tensor._from_op(out, 'sigmoid', (x,))
 
 class Sigmoid(Activation):
     "$1 / (1 + e^{-x})$ elementwise."
@@ -106,6 +113,8 @@ test_eq(s[0], 0.)
 test_eq(s[2], 1.)
 test_close(s[1] / (1 / (1 + math.exp(20))), 1., eps=1e-6)   # relative error of float32, not absolute
 test_eq(s.dtype, np.float32)
+with trace_ops() as ops: sigmoid(Tensor([1.]))
+test_eq(ops, [('sigmoid', ())])
 
 # %% [markdown]
 # ## Tanh
@@ -164,13 +173,15 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     "$x\\,\\Phi(x)$; `approximate='tanh'` uses the tanh approximation."
-    ### BEGIN SOLUTION
     d = x.data
+    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
+    ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
     elif approximate == 'tanh': out = 0.5 * d * (1 + np.tanh(_SQRT_2_OVER_PI * (d + 0.044715 * d**3)))
     else: raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return Tensor._from_op(out.astype(d.dtype, copy=False), 'gelu', (x,), approximate=approximate)
+    out = out.astype(d.dtype, copy=False)
     ### END SOLUTION
+    return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
 class GELU(Activation):
     "$x\\,\\Phi(x)$, exact (`approximate='none'`) or with the tanh approximation."
@@ -193,6 +204,8 @@ print(f"max |GELU_tanh - GELU_exact| on [-5, 5]: {np.abs(exact - approx).max():.
 test_eq(repr(GELU('tanh')), "GELU(approximate='tanh')")
 test_fail(lambda: GELU('fast'), contains="'none' or 'tanh', got 'fast'")
 test_eq(gelu(Tensor([1.], dtype=np.float64)).dtype, np.float64)
+with trace_ops() as ops: gelu(Tensor([1.]), 'tanh')
+test_eq(ops, [('gelu', ('approximate',))])
 
 # %% [markdown]
 # ## Softmax
@@ -209,11 +222,13 @@ def _check_dim(op: str, dim: int, x: Tensor):
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$e^{x_i} / \\sum_j e^{x_j}$ along `dim`, with the maximum subtracted first."
-    ### BEGIN SOLUTION
     _check_dim('softmax', dim, x)
+    # Set `out` to the result array (same shape as `x.data`).
+    ### BEGIN SOLUTION
     e = np.exp(x.data - x.data.max(axis=dim, keepdims=True))
-    return Tensor._from_op(e / e.sum(axis=dim, keepdims=True), 'softmax', (x,), dim=dim)
+    out = e / e.sum(axis=dim, keepdims=True)
     ### END SOLUTION
+    return Tensor._from_op(out, 'softmax', (x,), dim=dim)
 
 class Softmax(Activation):
     "Softmax along `dim`."
@@ -229,6 +244,8 @@ test_close(p.numpy().sum(axis=-1), [1., 1.], eps=1e-6)
 test_eq(np.isfinite(softmax(Tensor([1000., -1000.])).numpy()).all(), True)
 test_eq(softmax(Tensor(np.ones((2, 3))), dim=0).numpy(), np.full((2, 3), 0.5, np.float32))
 test_fail(lambda: softmax(Tensor([1., 2.]), dim=1), contains="dim 1 out of range for tensor of shape (2,)")
+with trace_ops() as ops: softmax(Tensor([1., 2.]))
+test_eq(ops, [('softmax', ('dim',))])
 
 # %% [markdown]
 # ## Log-softmax
@@ -241,12 +258,13 @@ test_fail(lambda: softmax(Tensor([1., 2.]), dim=1), contains="dim 1 out of range
 #| export
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$x_i - \\log \\sum_j e^{x_j}$ along `dim`, by log-sum-exp."
-    ### BEGIN SOLUTION
     _check_dim('log_softmax', dim, x)
+    # Set `out` to the result array (same shape as `x.data`).
+    ### BEGIN SOLUTION
     shifted = x.data - x.data.max(axis=dim, keepdims=True)
     out = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
-    return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
     ### END SOLUTION
+    return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
 
 class LogSoftmax(Activation):
     "Log of softmax along `dim`, by log-sum-exp."
@@ -262,27 +280,36 @@ with warnings.catch_warnings():
 test_eq(ls[0], [-1000., 0.])                                   # naive log(softmax) gives -inf here
 test_close(ls[1], np.log(softmax(Tensor([1., 2.])).numpy()), eps=1e-6)
 test_eq(repr(LogSoftmax(dim=1)), "LogSoftmax(dim=1)")
+with trace_ops() as ops: log_softmax(Tensor([1., 2.]))
+test_eq(ops, [('log_softmax', ('dim',))])
 
 # %% [markdown]
-# How much the stable forms matter, measured: the naive formulas on the same inputs.
+# How much the stable forms matter, measured: the naive formulas on inputs where they break. In float32,
+# $e^{-x}$ overflows for $x < -88.7$, so the naive sigmoid returns 0 there, although $\sigma(-95)$ and
+# $\sigma(-90)$ are representable (as subnormal numbers); the stable form computes them. The naive
+# log-softmax divides infinity by infinity.
 
 # %%
+neg = np.array([-95., -90., 0.], np.float32)
 big = np.array([-1000., 0., 1000.], np.float32)
 with np.errstate(all='ignore'):
-    naive_sig = 1 / (1 + np.exp(-big))
+    naive_sig = 1 / (1 + np.exp(-neg))
     naive_ls = np.log(np.exp(big) / np.exp(big).sum())
-print(f"naive sigmoid {naive_sig}, stable {sigmoid(Tensor(big)).numpy()}")
-print(f"naive log-softmax {naive_ls}, stable {log_softmax(Tensor(big)).numpy()}")
+stable_sig = sigmoid(Tensor(neg)).numpy()
+print(f"sigmoid of {neg}: naive {naive_sig}, stable {stable_sig}")
+print(f"log-softmax of {big}: naive {naive_ls}, stable {log_softmax(Tensor(big)).numpy()}")
+test_eq(naive_sig[:2], [0., 0.])
+assert (stable_sig[:2] > 0).all()
 
 # %% [markdown]
 # ## Cost
 #
-# Relative cost of each activation on a (256, 1024) float32 batch, median of 5 runs of 10 calls each
-# (this module's timing protocol, as in the tensor module).
+# Relative cost of each activation on a (256, 1024) float32 batch: `measure`, the median of 5 samples
+# of 10 calls each after a warm-up call.
 
 # %%
 xb = Tensor(np.random.default_rng(0).standard_normal((256, 1024), dtype=np.float32))
 for name, fn in [('relu', relu), ('sigmoid', sigmoid), ('tanh', tanh), ('gelu', gelu),
                  ('gelu tanh', lambda t: gelu(t, 'tanh')), ('softmax', softmax)]:
-    t = float(np.median(repeat(lambda: fn(xb), number=10, repeat=5))) / 10
+    t = measure(lambda: fn(xb), number=10, repeats=5).median
     print(f"{name:>10}: {t*1e3:6.2f} ms")

@@ -29,6 +29,8 @@ import warnings
 
 from fastcore.test import test_eq, test_fail, test_close
 
+from tinytorch.core.tensor import trace_ops
+
 # %% [markdown]
 # ## Reduction
 #
@@ -128,17 +130,20 @@ def cross_entropy(input: Tensor, target, reduction: str = 'mean', label_smoothin
     "Cross-entropy between `(N, C)` logits and `(N,)` class indices, optionally with label smoothing."
     _check_reduction('cross_entropy', reduction)
     if not 0.0 <= label_smoothing <= 1.0: raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _check_class_targets('cross_entropy', input, _as_target('cross_entropy', target))
-    ### BEGIN SOLUTION
+    t = _check_class_targets('cross_entropy', input, _as_target('cross_entropy', target))  # (N,) int64
     z = input.data
+    # Set `loss` to the array of per-example losses (N,) in z's dtype, already reduced when `reduction` is
+    # 'mean' or 'sum' (a 0-d array). The op records `t` as `target=`, with `reduction` and `label_smoothing`.
+    ### BEGIN SOLUTION
     shifted = z - z.max(axis=1, keepdims=True)                                  # (N, C)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))       # (N, C)
     loss = -logp[np.arange(len(t)), t]                                         # (N,)
     if label_smoothing: loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
     if reduction != 'none': loss = np.asarray(loss.mean() if reduction == 'mean' else loss.sum())
-    return Tensor._from_op(loss.astype(z.dtype, copy=False), 'cross_entropy', (input,),
-                           target=t, reduction=reduction, label_smoothing=label_smoothing)
+    loss = loss.astype(z.dtype, copy=False)
     ### END SOLUTION
+    return Tensor._from_op(loss, 'cross_entropy', (input,),
+                           target=t, reduction=reduction, label_smoothing=label_smoothing)
 
 class CrossEntropyLoss(_Loss):
     "Cross-entropy from logits and class indices."
@@ -160,6 +165,8 @@ test_close(CrossEntropyLoss('sum')(z, np.array([2, 0])).item(), math.log(2) + ma
 # label smoothing 0.3: 0.7 * (-log p_y) + 0.3 * mean_j(-log p_j)
 mean_nll = (math.log(4) * 2 + math.log(2)) / 3
 test_close(cross_entropy(z[:1], Tensor([2]), label_smoothing=0.3).item(), 0.7 * math.log(2) + 0.3 * mean_nll, eps=1e-6)
+with trace_ops() as ops: cross_entropy(Tensor([[1., 2.]]), [1])
+test_eq(ops, [('cross_entropy', ('label_smoothing', 'reduction', 'target'))])
 
 # %% [markdown]
 # Logits of size 1000 give a finite loss, and the target checks name what is wrong.
@@ -202,11 +209,12 @@ def _binary_target(op: str, input: Tensor, target, reduction: str) -> Tensor:
 def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = 'mean') -> Tensor:
     "Binary cross-entropy of logits `input` against labels `target`, by $\\max(x,0) - xy + \\log(1+e^{-|x|})$."
     target = _binary_target('binary_cross_entropy_with_logits', input, target, reduction)
-    ### BEGIN SOLUTION
     x, y = input.data, target.data
+    # Set `loss` to the elementwise losses (same shape as `x`); `_reduce` below applies `reduction`.
+    ### BEGIN SOLUTION
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    return _reduce(Tensor._from_op(loss, 'bce_with_logits', (input, target)), reduction)
     ### END SOLUTION
+    return _reduce(Tensor._from_op(loss, 'bce_with_logits', (input, target)), reduction)
 
 class BCEWithLogitsLoss(_Loss):
     "Binary cross-entropy from logits."
@@ -222,6 +230,8 @@ test_close(l, [math.log(2), -math.log(0.75), 0., 1000.], eps=1e-5)
 test_close(BCEWithLogitsLoss()(x, y).item(), l.mean(), eps=1e-5)
 test_fail(lambda: BCEWithLogitsLoss()(x, Tensor([1, 1, 0, 0])), contains="floating point (labels such as 0.0 and 1.0), got int64")
 test_fail(lambda: BCEWithLogitsLoss()(x, Tensor([1., 0.])), contains="input shape (4,) and target shape (2,) differ")
+with trace_ops() as ops: binary_cross_entropy_with_logits(Tensor([1.]), Tensor([0.]))
+test_eq(ops, [('bce_with_logits', ()), ('mean', ('axis', 'keepdims'))])
 
 # %%
 #| export

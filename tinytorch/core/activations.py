@@ -26,9 +26,11 @@ class Activation:
 # %% ../../nbs/02_activations.ipynb #d162ce74
 def relu(x: Tensor) -> Tensor:
     "$\\max(x, 0)$ elementwise."
+    # Set `out` to the result array (same shape and dtype as `x.data`).
     ### BEGIN SOLUTION
-    return Tensor._from_op(np.maximum(x.data, 0), 'relu', (x,))
+    out = np.maximum(x.data, 0)
     ### END SOLUTION
+    return Tensor._from_op(out, 'relu', (x,))
 
 class ReLU(Activation):
     "$\\max(x, 0)$ elementwise."
@@ -37,11 +39,12 @@ class ReLU(Activation):
 # %% ../../nbs/02_activations.ipynb #fbdc9ec3
 def sigmoid(x: Tensor) -> Tensor:
     "$1 / (1 + e^{-x})$ elementwise, exponentiating only $-|x|$ so it never overflows."
+    # Set `out` to the result array (same shape and dtype as `x.data`).
     ### BEGIN SOLUTION
     e = np.exp(-np.abs(x.data))
     out = np.where(x.data >= 0, 1 / (1 + e), e / (1 + e))
-    return Tensor._from_op(out, 'sigmoid', (x,))
     ### END SOLUTION
+    return Tensor._from_op(out, 'sigmoid', (x,))
 
 class Sigmoid(Activation):
     "$1 / (1 + e^{-x})$ elementwise."
@@ -71,13 +74,15 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     "$x\\,\\Phi(x)$; `approximate='tanh'` uses the tanh approximation."
-    ### BEGIN SOLUTION
     d = x.data
+    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
+    ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
     elif approximate == 'tanh': out = 0.5 * d * (1 + np.tanh(_SQRT_2_OVER_PI * (d + 0.044715 * d**3)))
     else: raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return Tensor._from_op(out.astype(d.dtype, copy=False), 'gelu', (x,), approximate=approximate)
+    out = out.astype(d.dtype, copy=False)
     ### END SOLUTION
+    return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
 class GELU(Activation):
     "$x\\,\\Phi(x)$, exact (`approximate='none'`) or with the tanh approximation."
@@ -93,11 +98,13 @@ def _check_dim(op: str, dim: int, x: Tensor):
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$e^{x_i} / \\sum_j e^{x_j}$ along `dim`, with the maximum subtracted first."
-    ### BEGIN SOLUTION
     _check_dim('softmax', dim, x)
+    # Set `out` to the result array (same shape as `x.data`).
+    ### BEGIN SOLUTION
     e = np.exp(x.data - x.data.max(axis=dim, keepdims=True))
-    return Tensor._from_op(e / e.sum(axis=dim, keepdims=True), 'softmax', (x,), dim=dim)
+    out = e / e.sum(axis=dim, keepdims=True)
     ### END SOLUTION
+    return Tensor._from_op(out, 'softmax', (x,), dim=dim)
 
 class Softmax(Activation):
     "Softmax along `dim`."
@@ -108,12 +115,13 @@ class Softmax(Activation):
 # %% ../../nbs/02_activations.ipynb #ba73420a
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$x_i - \\log \\sum_j e^{x_j}$ along `dim`, by log-sum-exp."
-    ### BEGIN SOLUTION
     _check_dim('log_softmax', dim, x)
+    # Set `out` to the result array (same shape as `x.data`).
+    ### BEGIN SOLUTION
     shifted = x.data - x.data.max(axis=dim, keepdims=True)
     out = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
-    return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
     ### END SOLUTION
+    return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
 
 class LogSoftmax(Activation):
     "Log of softmax along `dim`, by log-sum-exp."

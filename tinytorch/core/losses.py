@@ -69,17 +69,20 @@ def cross_entropy(input: Tensor, target, reduction: str = 'mean', label_smoothin
     "Cross-entropy between `(N, C)` logits and `(N,)` class indices, optionally with label smoothing."
     _check_reduction('cross_entropy', reduction)
     if not 0.0 <= label_smoothing <= 1.0: raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _check_class_targets('cross_entropy', input, _as_target('cross_entropy', target))
-    ### BEGIN SOLUTION
+    t = _check_class_targets('cross_entropy', input, _as_target('cross_entropy', target))  # (N,) int64
     z = input.data
+    # Set `loss` to the array of per-example losses (N,) in z's dtype, already reduced when `reduction` is
+    # 'mean' or 'sum' (a 0-d array). The op records `t` as `target=`, with `reduction` and `label_smoothing`.
+    ### BEGIN SOLUTION
     shifted = z - z.max(axis=1, keepdims=True)                                  # (N, C)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))       # (N, C)
     loss = -logp[np.arange(len(t)), t]                                         # (N,)
     if label_smoothing: loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
     if reduction != 'none': loss = np.asarray(loss.mean() if reduction == 'mean' else loss.sum())
-    return Tensor._from_op(loss.astype(z.dtype, copy=False), 'cross_entropy', (input,),
-                           target=t, reduction=reduction, label_smoothing=label_smoothing)
+    loss = loss.astype(z.dtype, copy=False)
     ### END SOLUTION
+    return Tensor._from_op(loss, 'cross_entropy', (input,),
+                           target=t, reduction=reduction, label_smoothing=label_smoothing)
 
 class CrossEntropyLoss(_Loss):
     "Cross-entropy from logits and class indices."
@@ -103,11 +106,12 @@ def _binary_target(op: str, input: Tensor, target, reduction: str) -> Tensor:
 def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = 'mean') -> Tensor:
     "Binary cross-entropy of logits `input` against labels `target`, by $\\max(x,0) - xy + \\log(1+e^{-|x|})$."
     target = _binary_target('binary_cross_entropy_with_logits', input, target, reduction)
-    ### BEGIN SOLUTION
     x, y = input.data, target.data
+    # Set `loss` to the elementwise losses (same shape as `x`); `_reduce` below applies `reduction`.
+    ### BEGIN SOLUTION
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    return _reduce(Tensor._from_op(loss, 'bce_with_logits', (input, target)), reduction)
     ### END SOLUTION
+    return _reduce(Tensor._from_op(loss, 'bce_with_logits', (input, target)), reduction)
 
 class BCEWithLogitsLoss(_Loss):
     "Binary cross-entropy from logits."
