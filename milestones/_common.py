@@ -1,9 +1,8 @@
 """Shared pieces of the milestone scripts: options, the training run with its report, and the learning-curve plot.
 
 Importing this module sets one BLAS thread unless the environment already sets one: for these small models a
-second thread gains little and, on a machine shared with other work, idle BLAS threads that spin can make each
-step many times slower (measured here: 0.3 s against about 6 s per epoch of the digits CNN). It must therefore be
-imported before NumPy.
+second thread gains little, and on a machine shared with other work idle BLAS threads that spin can slow each
+step down (`benchmarks/bench_conv.py --threads 1,2` measures both). It must therefore be imported before NumPy.
 """
 import os
 

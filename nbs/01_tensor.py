@@ -37,7 +37,7 @@ from tinytorch.utils.timing import measure
 #
 # PyTorch's rule for the element type (dtype) is the one we follow:
 # floating-point data becomes `float32` unless a dtype is asked for, because float32 halves
-# memory and doubles arithmetic speed against float64 and is accurate enough for training.
+# memory against float64 and is accurate enough for training.
 # Integer and boolean data keep their type, so an `int8` tensor really stores one byte per element;
 # the quantization module depends on that.
 #
