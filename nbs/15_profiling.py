@@ -326,7 +326,7 @@ class _OpHooks:
 
     def _on_forward(self, op, out, parents, ctx, modules): pass
     def _on_backward(self, op, g, out, parents, ctx, grads, modules, start, end): pass
-    def _on_module(self, name, entering): pass
+    def _on_module(self, module, name, entering): pass
 
     def __enter__(self):
         if self in _OpHooks._active: raise RuntimeError(f"{type(self).__name__}: already active")
@@ -393,9 +393,9 @@ def _hook_call(self: _OpHooks, call):
             child = _child_name(self, parent, module)
             name = f"{pname}.{child}" if pname else child
         else: name = ''                                   # the outermost module
-        self._stack.append((module, name)); self._on_module(name, True)
+        self._stack.append((module, name)); self._on_module(module, name, True)
         try: return call(module, *args, **kwargs)
-        finally: self._stack.pop(); self._on_module(name, False)
+        finally: self._stack.pop(); self._on_module(module, name, False)
     return hooked
 
 # %% [markdown]
@@ -556,3 +556,251 @@ print(f"counted: {fc.mac_flops:,} MAC-op FLOPs + {fc.elementwise_flops:,} elemen
 print(f"6N + 12LHQT estimate: {estimate:,} FLOPs; counted MAC-op FLOPs are "
       f"{fc.mac_flops / estimate:.3f} of it, all counted FLOPs {fc.total_flops / estimate:.3f}")
 print(fc.table(top=6))
+
+# %% [markdown]
+# ## Where the time goes
+#
+# `Profiler` records one `OpEvent` per op: its name, whether it ran forward or backward, its interval on
+# the `perf_counter` clock, its FLOPs (the counter's rules) and the bytes of the arrays it read and
+# wrote. The two phases are timed differently, and the difference matters when reading the table:
+#
+# - **backward**: each gradient rule is wrapped, so its time is exact: from the call to the return;
+# - **forward**: an op computes its array *before* it calls `Tensor._from_op`, so the hook learns of the
+#   op only when the work is done. The profiler charges the op with the time since the previous event
+#   ended (the previous op's record, or a module's entry or exit). That interval holds the op's NumPy
+#   work and also the Python between the two ops: argument checks, the `forward` method's own lines.
+#   A forward time is therefore an upper bound on the op's own work, and the time of Python code that is
+#   not followed by an op (an optimizer step, the backward engine's bookkeeping) appears as *untracked*.
+#
+# `region(name)` marks a block of code that runs no ops, such as the optimizer's step, so that it gets
+# a row of its own.
+
+# %%
+#| export
+@dataclass
+class OpEvent:
+    "One op of a profiled run: name, phase, interval on the `perf_counter` clock, FLOPs and bytes."
+    name: str        # the op name, as recorded with `Tensor._from_op`, or a region's name
+    phase: str       # 'forward', 'backward' or 'region'
+    start: float     # seconds, `time.perf_counter()`
+    end: float
+    flops: int = 0
+    nbytes: int = 0  # bytes of the arrays read and written
+    module: str = ''  # dotted name of the innermost module running ('' outside any)
+
+    @property
+    def seconds(self) -> float: return self.end - self.start
+
+# %% [markdown]
+# The bytes of an op are those of its inputs and its result (forward), or of the incoming gradient, the
+# result, the inputs and the input gradients (backward): the least memory traffic the op can cause.
+
+# %%
+#| export
+def _nbytes(*arrays) -> int:
+    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
+def _flops(rule, args) -> int:
+    return 0 if rule is None else sum(rule(*args))
+
+class Profiler(_OpHooks):
+    "Context manager: record every op run inside it, forward and backward, with time, FLOPs and bytes."
+    def __enter__(self):
+        self.events, self.spans, self._open = [], [], []    # ops and regions; module spans; open modules
+        super().__enter__()
+        self.start = self._mark = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.end = time.perf_counter()
+        return super().__exit__(*exc)
+
+    @property
+    def seconds(self) -> float: return self.end - self.start
+
+# %% [markdown]
+# The three callbacks. After each event the profiler reads the clock again (`_mark`), so its own
+# bookkeeping is never charged to an op.
+
+# %%
+#| export
+@patch
+def _on_forward(self: Profiler, op, out, parents, ctx, modules):
+    now = time.perf_counter()
+    flops = _flops(_FORWARD_RULES.get(op), (out, parents, ctx))
+    nbytes = _nbytes(out, *(p.data for p in parents))
+    self.events.append(OpEvent(op, 'forward', self._mark, now, flops, nbytes, modules[-1] if modules else ''))
+    self._mark = time.perf_counter()
+
+@patch
+def _on_backward(self: Profiler, op, g, out, parents, ctx, grads, modules, start, end):
+    flops = _flops(_BACKWARD_RULES.get(op), (g, out, parents, ctx))
+    nbytes = _nbytes(g, out, *(p.data for p in parents), *grads)
+    self.events.append(OpEvent(op, 'backward', start, end, flops, nbytes, modules[-1] if modules else ''))
+    self._mark = time.perf_counter()
+
+@patch
+def _on_module(self: Profiler, module, name, entering):
+    now = time.perf_counter()
+    if entering: self._open.append((name or type(module).__name__, now))
+    else:
+        label, start = self._open.pop()
+        self.spans.append((label, start, now))
+    self._mark = time.perf_counter()
+
+# %%
+#| export
+class _Region:
+    "Context manager behind `Profiler.region`: one event of phase 'region' around a block."
+    def __init__(self, prof, name): self.prof, self.name = prof, name
+    def __enter__(self): self.t = time.perf_counter()
+    def __exit__(self, *exc):
+        now = time.perf_counter()
+        self.prof.events.append(OpEvent(self.name, 'region', self.t, now))
+        self.prof._mark = time.perf_counter()
+        return False
+
+@patch
+def region(self: Profiler, name: str):
+    "Context manager: time the block as one row `name`, e.g. `with prof.region('optimizer.step'): ...`."
+    return _Region(self, name)
+
+# %% [markdown]
+# ### Aggregating events per op
+#
+# The table is built from one aggregate per key: the op name for a forward op, the name followed by
+# `' (backward)'` for a gradient rule, the region's name in brackets for a region. Write the
+# aggregation: calls, seconds, FLOPs and bytes summed per key.
+
+# %%
+#| export
+@dataclass
+class OpStats:
+    "The events of one key added up."
+    calls: int = 0
+    seconds: float = 0.0
+    flops: int = 0
+    nbytes: int = 0
+
+    @property
+    def gflops(self) -> float: return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+    @property
+    def intensity(self) -> float: return self.flops / self.nbytes if self.nbytes else 0.0
+
+def event_key(e: OpEvent) -> str:
+    "Row name of an event: `'matmul'`, `'matmul (backward)'` or `'[optimizer.step]'`."
+    return e.name if e.phase == 'forward' else f"{e.name} (backward)" if e.phase == 'backward' else f"[{e.name}]"
+
+# %%
+#| export
+def aggregate(events: list,     # OpEvent objects
+              key=event_key,    # event -> row name
+             ) -> dict:
+    "Dict row name -> OpStats (calls, seconds, flops, nbytes summed), rows in order of first appearance."
+    ### BEGIN SOLUTION
+    rows = {}
+    for e in events:
+        s = rows.setdefault(key(e), OpStats())
+        s.calls += 1; s.seconds += e.seconds; s.flops += e.flops; s.nbytes += e.nbytes
+    return rows
+    ### END SOLUTION
+
+# %%
+evs = [OpEvent('matmul', 'forward', 0.0, 2.0, 100, 10), OpEvent('add', 'forward', 2.0, 2.5, 5, 30),
+       OpEvent('matmul', 'forward', 3.0, 4.0, 100, 10), OpEvent('matmul', 'backward', 5.0, 9.0, 400, 40)]
+rows = aggregate(evs)
+test_eq(list(rows), ['matmul', 'add', 'matmul (backward)'])
+test_eq(rows['matmul'], OpStats(2, 3.0, 200, 20))
+test_close(rows['matmul'].gflops, 200 / 3.0 / 1e9)
+test_eq(rows['matmul (backward)'].intensity, 10.0)
+test_eq(aggregate([]), {})
+test_eq(list(aggregate(evs, key=lambda e: e.phase)), ['forward', 'backward'])
+
+# %% [markdown]
+# `table` prints the rows sorted by `sort_by` ('time', 'calls', 'flops', 'bytes' or 'gflops'): calls,
+# total time, the share of the whole profiled block, FLOPs, the achieved GFLOP/s and the arithmetic
+# intensity (FLOPs per byte). The last lines give the time of all ops together and the untracked rest.
+
+# %%
+#| export
+_SORT_KEYS = {'time': lambda s: s.seconds, 'calls': lambda s: s.calls, 'flops': lambda s: s.flops,
+              'bytes': lambda s: s.nbytes, 'gflops': lambda s: s.gflops}
+
+@patch
+def table(self: Profiler, sort_by: str = 'time', top: int = 12) -> str:
+    "The `top` rows by `sort_by`, with their share of the profiled time and their GFLOP/s."
+    if sort_by not in _SORT_KEYS:
+        raise ValueError(f"Profiler.table: sort_by must be one of {list(_SORT_KEYS)}, got {sort_by!r}")
+    rows = sorted(aggregate(self.events).items(), key=lambda kv: -_SORT_KEYS[sort_by](kv[1]))
+    total, tracked = self.seconds, sum(e.seconds for e in self.events)
+    w = max([len(k) for k, _ in rows[:top]] + [12])
+    lines = [f"{'op':<{w}}  {'calls':>5}  {'time':>9}  {'share':>6}  {'FLOPs':>9}  {'GFLOP/s':>7}  {'FLOP/B':>6}"]
+    for k, s in rows[:top]:
+        lines.append(f"{k:<{w}}  {s.calls:>5}  {fmt_seconds(s.seconds):>9}  {s.seconds / total:>6.1%}  "
+                     f"{_fmt_count(s.flops):>9}  {s.gflops:>7.2f}  {s.intensity:>6.2f}")
+    lines.append(f"{'all ops':<{w}}  {len(self.events):>5}  {fmt_seconds(tracked):>9}  {tracked / total:>6.1%}")
+    lines.append(f"{'untracked':<{w}}  {'':>5}  {fmt_seconds(total - tracked):>9}  {1 - tracked / total:>6.1%}")
+    return "\n".join(lines)
+
+# %% [markdown]
+# ### A trace for Perfetto
+#
+# `export_chrome_trace` writes the Chrome trace event format that Perfetto (ui.perfetto.dev) and
+# `chrome://tracing` open: one complete event (`"ph": "X"`) per op, region and module call, with its
+# start and duration in microseconds from the profiler's start. Module calls contain the forward ops
+# that ran in them, since a forward op's interval starts at the latest module entry or event end. The
+# file is written atomically: a reader sees the old file or the whole new one.
+
+# %%
+#| export
+@patch
+def export_chrome_trace(self: Profiler, path) -> None:
+    "Write the events and module calls as Chrome trace event JSON to `path`, atomically."
+    us = lambda t: (t - self.start) * 1e6
+    ev = [dict(name=e.name, cat=e.phase, ph='X', ts=us(e.start), dur=us(e.end) - us(e.start), pid=0, tid=0,
+               args=dict(flops=e.flops, bytes=e.nbytes, module=e.module)) for e in self.events]
+    ev += [dict(name=n, cat='module', ph='X', ts=us(s), dur=us(t) - us(s), pid=0, tid=0, args={})
+           for n, s, t in self.spans]
+    ev.sort(key=lambda d: (d['ts'], -d['dur']))
+    with atomic_write(path, 'w') as f: json.dump(dict(traceEvents=ev, displayTimeUnit='ms'), f)
+
+# %% [markdown]
+# A first profile: one training step of a small MLP on the digits, with SGD. The test checks what the
+# table claims: one forward event per recorded op and one backward event per gradient rule applied.
+
+# %%
+X, y, _, _ = load_digits(flatten=True)                                  # (1438, 64) in [0, 1], (1438,)
+manual_seed(0)
+mlp = Sequential(Linear(64, 128), ReLU(), Linear(128, 64), ReLU(), Linear(64, 10))
+opt = SGD(mlp.parameters(), lr=0.1)
+xb, yb = Tensor(X[:64]), y[:64]
+
+def train_step(model, opt, loss_fn, prof=None):
+    "Zero the gradients, forward, backward, step; the step inside `prof.region` when profiling."
+    opt.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    if prof is None: opt.step()
+    else:
+        with prof.region('optimizer.step'): opt.step()
+    return loss
+
+# %%
+with blas_threads(1):
+    train_step(mlp, opt, lambda: cross_entropy(mlp(xb), yb))              # warm-up
+    with Profiler() as prof: train_step(mlp, opt, lambda: cross_entropy(mlp(xb), yb), prof)
+rows = aggregate(prof.events)
+test_eq(rows['matmul'].calls, 3)
+test_eq(rows['matmul (backward)'].calls, 3)
+test_eq(rows['matmul'].flops, 2 * 64 * (64 * 128 + 128 * 64 + 64 * 10))
+test_eq(rows['[optimizer.step]'].calls, 1)
+test_eq(Tensor._from_op is autograd._record, True)                        # detached on exit
+print(prof.table())
+
+# %%
+path = os.path.join(tempfile.mkdtemp(), 'mlp_step.json')
+prof.export_chrome_trace(path)
+trace = json.load(open(path))['traceEvents']
+test_eq(len(trace), len(prof.events) + len(prof.spans))
+test_eq(sorted({e['cat'] for e in trace}), ['backward', 'forward', 'module', 'region'])
+test_fail(lambda: prof.table(sort_by='speed'), contains="sort_by must be one of")

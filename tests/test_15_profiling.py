@@ -1,6 +1,7 @@
 """Profiling: FLOP counts against hand-derived formulas over shapes, strides and padding drawn by hypothesis; the
 GPT's 6N + 12LHQT; hooks restored after errors and nesting; the profiler's trace parses and nests in time."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from tinytorch.core.attention import scaled_dot_product_attention
 from tinytorch.core.spatial import Conv2d, conv2d
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.models.transformer import GPT
-from tinytorch.optimization.profiling import FLOPCounter, count_flops
+from tinytorch.core.losses import cross_entropy
+from tinytorch.core.optimizers import SGD
+from tinytorch.optimization.profiling import FLOPCounter, Profiler, aggregate, count_flops
 
 settings.register_profile("profiling", max_examples=25, deadline=None)
 settings.load_profile("profiling")
@@ -118,3 +121,72 @@ def test_nested_counters_both_count_and_unwind():
         with outer:
             with outer: pass
     assert originals()[0] is before[0]
+
+
+def profiled_step(model, x, y):
+    opt = SGD(model.parameters(), lr=0.1)
+    with Profiler() as prof:
+        opt.zero_grad()
+        cross_entropy(model(x), y).backward()
+        with prof.region('step'): opt.step()
+    return prof
+
+
+def test_trace_parses_and_nests(tmp_path):
+    manual_seed(2)
+    model = Sequential(Linear(6, 8), ReLU(), Sequential(Linear(8, 8), ReLU()), Linear(8, 3))
+    prof = profiled_step(model, randn(5, 6), np.arange(5) % 3)
+    path = tmp_path / "trace.json"
+    prof.export_chrome_trace(path)
+    events = json.loads(path.read_text())["traceEvents"]
+    assert {e["ph"] for e in events} == {"X"} and all(e["dur"] >= 0 for e in events)
+    names = {e["name"] for e in events if e["cat"] == "module"}
+    assert names == {"Sequential", "0", "2", "2.0", "3"}      # activations are not Modules
+    stack = []                                   # intervals either nest or are disjoint
+    for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
+        start, end = e["ts"], e["ts"] + e["dur"]
+        while stack and stack[-1] <= start: stack.pop()
+        assert not stack or end <= stack[-1], f"{e['name']} crosses its parent's end"
+        stack.append(end)
+    forward = [e for e in events if e["cat"] == "forward" and e["args"]["module"] == "2.0"]
+    span = next(e for e in events if e["name"] == "2.0")
+    assert forward and all(span["ts"] <= e["ts"] and e["ts"] + e["dur"] <= span["ts"] + span["dur"] for e in forward)
+    assert len(os.listdir(tmp_path)) == 1        # the temporary file was renamed, none left behind
+
+
+def test_profiler_counts_match_the_counter():
+    manual_seed(3)
+    model = Sequential(Linear(7, 9), ReLU(), Linear(9, 4))
+    x, y = randn(6, 7), np.arange(6) % 4
+    prof = profiled_step(model, x, y)
+    with FLOPCounter() as fc:
+        cross_entropy(model(x), y).backward()
+    assert sum(e.flops for e in prof.events) == fc.total_flops
+    rows = aggregate(prof.events)
+    assert rows["matmul"].calls == 2 and rows["matmul (backward)"].calls == 2 and rows["[step]"].calls == 1
+    assert prof.seconds >= sum(e.seconds for e in prof.events)
+
+
+def test_profiler_detaches_when_the_step_raises():
+    before = originals()
+    model = Linear(3, 2)
+    with pytest.raises(ValueError, match="in_features=3"):
+        with Profiler():
+            model(randn(2, 3)).sum().backward()
+            model(randn(2, 4))
+    after = originals()
+    assert after[0] is before[0] and after[2] is before[2] and after[1] == before[1]
+
+
+def test_profiler_inside_a_counter_and_out_of_order_exit():
+    x = randn(3, 4)
+    with FLOPCounter() as fc:
+        with Profiler() as prof:
+            x @ randn(4, 5)
+    assert fc.macs == 60 and prof.events[0].flops == 120
+    outer, inner = FLOPCounter(), FLOPCounter()
+    outer.__enter__(); inner.__enter__()
+    with pytest.raises(RuntimeError, match="still active"):
+        outer.__exit__(None, None, None)
+    inner.__exit__(None, None, None); outer.__exit__(None, None, None)
+    assert Tensor._from_op is autograd._record
