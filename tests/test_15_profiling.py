@@ -1,7 +1,9 @@
-"""Profiling: FLOP counts against hand-derived formulas over shapes, strides and padding drawn by hypothesis; the
-GPT's 6N + 12LHQT; hooks restored after errors and nesting; the profiler's trace parses and nests in time."""
+"""Profiling: FLOP counts against hand-derived formulas over shapes, strides and padding drawn by
+hypothesis; the GPT's 6N + 12LHQT; hooks restored after errors and nesting; the profiler's
+trace parses and nests in time; memory breakdown against its prediction; the roofline classification."""
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -16,8 +18,11 @@ from tinytorch.core.spatial import Conv2d, conv2d
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.models.transformer import GPT
 from tinytorch.core.losses import cross_entropy
-from tinytorch.core.optimizers import SGD
-from tinytorch.optimization.profiling import FLOPCounter, Profiler, aggregate, count_flops
+from tinytorch.core.optimizers import SGD, Adam
+from tinytorch.optimization.profiling import (FLOPCounter, MemoryProfiler, OpEvent, Profiler, Timer,
+                                              aggregate, attainable_gflops, blas_threads, compare,
+                                              count_flops, measure, predicted_memory,
+                                              roofline_bound, step_memory)
 
 settings.register_profile("profiling", max_examples=25, deadline=None)
 settings.load_profile("profiling")
@@ -29,10 +34,10 @@ def leaf(*shape) -> Tensor:
     return randn(*shape).requires_grad_()
 
 
-@given(st.lists(st.tuples(dims, st.booleans(), st.booleans()), max_size=2), st.integers(0, 2), dims, dims, dims,
-       st.booleans(), st.booleans())
+@given(st.lists(st.tuples(dims, st.booleans(), st.booleans()), max_size=2), st.integers(0, 2),
+       dims, dims, dims, st.booleans(), st.booleans())
 def test_matmul_macs_are_output_size_times_inner_dim(batch, drop, n, k, m, a_grad, b_grad):
-    ba = [d if in_a else 1 for d, in_a, _ in batch]                     # broadcast batch axes of a and b
+    ba = [d if in_a else 1 for d, in_a, _ in batch]                     # batch axes of a and b
     bb = [d if in_b else 1 for d, _, in_b in batch][drop:]              # b may have fewer of them
     a, b = randn(*ba, n, k), randn(*bb, k, m)
     if a_grad: a.requires_grad_()
@@ -43,8 +48,9 @@ def test_matmul_macs_are_output_size_times_inner_dim(batch, drop, n, k, m, a_gra
     assert fc.forward_flops == 2 * out_size * k
 
 
-@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(3, 9), st.integers(3, 9),
-       st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.booleans())
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(3, 9),
+       st.integers(3, 9), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 2), st.booleans())
 def test_conv2d_flops_match_the_formula(N, C, O, H, W, K, sh, sw, pad, bias):
     if K > H + 2 * pad or K > W + 2 * pad: return
     OH, OW = (H + 2 * pad - K) // sh + 1, (W + 2 * pad - K) // sw + 1
@@ -64,10 +70,12 @@ def test_linear_and_sequential_by_module():
     fc = count_flops(model, randn(4, 6))
     assert fc.by_module['0'] == 2 * 4 * 6 * 5 + 4 * 5
     assert fc.by_module['2'] == 2 * 4 * 5 * 3 + 4 * 3
-    assert fc.total_flops == fc.by_module['0'] + fc.by_module['2'] + 4 * 5   # the ReLU, 1 per element
+    relu = 4 * 5                                                      # 1 FLOP per element
+    assert fc.total_flops == fc.by_module['0'] + fc.by_module['2'] + relu
 
 
-@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 4))
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 6), st.integers(1, 6),
+       st.integers(1, 4))
 def test_attention_flops(B, H, Tq, Tk, E):
     q, k, v = leaf(B, H, Tq, E), leaf(B, H, Tk, E), leaf(B, H, Tk, E)
     fc = count_flops(scaled_dot_product_attention, q, k, v, backward=True)
@@ -81,9 +89,9 @@ def test_gpt_count_matches_6n_plus_12lhqt():
     idx = np.random.default_rng(1).integers(0, 11, (B, T))
     fc = count_flops(gpt, idx, idx, backward=True, loss_fn=lambda out: out[1])
     c = gpt.config
-    matrices = 12 * c.n_embd ** 2 * c.n_layer + c.vocab_size * c.n_embd   # Linear weights, the tied head once
+    matrices = 12 * c.n_embd ** 2 * c.n_layer + c.vocab_size * c.n_embd  # Linears; tied head once
     assert fc.mac_flops == (6 * matrices + 12 * c.n_layer * c.n_embd * T) * B * T
-    vectors = gpt.num_params() - matrices                                  # biases and LayerNorm weights
+    vectors = gpt.num_params() - matrices                                # biases, LayerNorm weights
     assert gpt.flops_per_token(T) * B * T - fc.mac_flops == 6 * vectors * B * T
 
 
@@ -150,7 +158,9 @@ def test_trace_parses_and_nests(tmp_path):
         stack.append(end)
     forward = [e for e in events if e["cat"] == "forward" and e["args"]["module"] == "2.0"]
     span = next(e for e in events if e["name"] == "2.0")
-    assert forward and all(span["ts"] <= e["ts"] and e["ts"] + e["dur"] <= span["ts"] + span["dur"] for e in forward)
+    assert forward
+    assert all(span["ts"] <= e["ts"] and e["ts"] + e["dur"] <= span["ts"] + span["dur"]
+               for e in forward)
     assert len(os.listdir(tmp_path)) == 1        # the temporary file was renamed, none left behind
 
 
@@ -163,7 +173,8 @@ def test_profiler_counts_match_the_counter():
         cross_entropy(model(x), y).backward()
     assert sum(e.flops for e in prof.events) == fc.total_flops
     rows = aggregate(prof.events)
-    assert rows["matmul"].calls == 2 and rows["matmul (backward)"].calls == 2 and rows["[step]"].calls == 1
+    assert rows["matmul"].calls == 2 and rows["matmul (backward)"].calls == 2
+    assert rows["[step]"].calls == 1
     assert prof.seconds >= sum(e.seconds for e in prof.events)
 
 
@@ -190,3 +201,81 @@ def test_profiler_inside_a_counter_and_out_of_order_exit():
         outer.__exit__(None, None, None)
     inner.__exit__(None, None, None); outer.__exit__(None, None, None)
     assert Tensor._from_op is autograd._record
+
+
+def test_timing_protocol_is_re_exported_and_checks_its_settings():
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        measure(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0, got -1"):
+        Timer(warmup=-1)
+    assert callable(compare) and callable(blas_threads)
+
+
+def test_gpt_by_module_names_are_dotted_paths():
+    manual_seed(4)
+    gpt = GPT(vocab_size=7, block_size=4, n_layer=2, n_head=1, n_embd=4)
+    fc = count_flops(gpt, np.zeros((1, 4), np.int64))
+    names = {"transformer.h.0", "transformer.h.1.attn", "transformer.h.1.mlp.fc", "lm_head"}
+    assert names <= set(fc.by_module)
+    assert fc.by_module["transformer.h.0"] == fc.by_module["transformer.h.1"]   # identical blocks
+    blocks = fc.by_module["transformer.h.0"] + fc.by_module["transformer.h.1"]
+    assert blocks + fc.by_module["lm_head"] + fc.by_module["transformer.ln_f"] <= fc.total_flops
+
+
+@given(st.floats(1e-3, 1e3), st.floats(1, 1e3), st.floats(1, 1e3))
+def test_roofline_bound_agrees_with_the_attainable_rate(intensity, peak, bw):
+    nbytes = 1000.0
+    bound = roofline_bound(intensity * nbytes, nbytes, peak, bw)
+    roof = attainable_gflops(intensity, peak, bw)
+    assert roof <= peak and roof <= intensity * bw * (1 + 1e-12)
+    assert bound == ("compute" if intensity * bw >= peak * (1 - 1e-12) else "memory") or \
+        abs(intensity * bw - peak) < 1e-9 * peak                       # at the ridge: either
+
+
+@pytest.mark.parametrize("args", [(1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, -2)])
+def test_roofline_bound_rejects_non_positive_inputs(args):
+    with pytest.raises(ValueError, match="roofline_bound"):
+        roofline_bound(*args)
+
+
+def test_memory_profiler_sees_numpy_and_nests():
+    was_tracing = tracemalloc.is_tracing()
+    with MemoryProfiler() as outer:
+        a = np.ones(2**18, np.float64)                                 # 2 MiB, kept
+        with MemoryProfiler() as inner:
+            b = np.ones(2**17, np.float64); del b                      # 1 MiB, freed
+        c = np.ones(2**19, np.float64); del c                          # 4 MiB, freed
+    assert 2**20 <= inner.peak < 2**20 + 2**15 and inner.retained < 2**15
+    assert 2**21 + 2**22 <= outer.peak < 2**21 + 2**22 + 2**15         # a and c at once
+    assert 2**21 <= outer.retained < 2**21 + 2**15
+    assert tracemalloc.is_tracing() == was_tracing
+    del a
+
+
+@pytest.mark.parametrize("opt_cls, slots", [(Adam, 2), (SGD, 0)])
+def test_step_memory_matches_the_prediction(opt_cls, slots):
+    manual_seed(5)
+    model = Sequential(Linear(8, 16), ReLU(), Linear(16, 3))
+    opt = opt_cls(model.parameters(), lr=0.01)
+    x, y = randn(32, 8), np.arange(32) % 3
+    mem = step_memory(model, opt, lambda: cross_entropy(model(x), y))
+    pred = predicted_memory(model.parameters(), slots)
+    assert (mem.parameters, mem.gradients, mem.optimizer_state) == tuple(pred.values())
+    hidden = 32 * 16 * 4                                               # one (32, 16) float32 array
+    assert 2 * hidden <= mem.activations and mem.peak >= mem.activations
+
+
+def test_rows_are_per_step_medians():
+    prof = Profiler()
+    prof.events, prof._steps, prof.start, prof.end = [], [], 0.0, 9.0
+    for i, dur in enumerate([1.0, 5.0, 2.0]):                          # step 2 was disturbed
+        t = 3.0 * i
+        prof.events.append(OpEvent("matmul", "forward", t, t + dur, 10, 4))
+        prof._steps.append((len(prof.events), t + 3.0))
+    rows = prof.rows()
+    assert (rows["matmul"].seconds, rows["matmul"].calls, rows["matmul"].flops) == (2.0, 1, 10)
+    assert prof.step_seconds == 3.0
+    assert "medians over 3 steps" in prof.table()
+    with pytest.raises(ValueError, match="sort_by must be one of"):
+        prof.table(sort_by="speed")
+    assert aggregate(prof.events)["matmul"].calls == 3
