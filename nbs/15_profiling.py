@@ -628,8 +628,9 @@ class OpEvent:
 
 # %% [markdown]
 # The bytes of an op are those of its inputs and its result (forward), or of the incoming gradient,
-# the result, the inputs and the input gradients (backward): the least memory traffic the op can
-# cause.
+# the result, the inputs and the input gradients (backward): for an op that computes, the least
+# memory traffic it can cause. (A view such as `reshape` moves nothing; it has no FLOPs either, and
+# the roofline below leaves it out.)
 
 # %%
 #| export
@@ -975,9 +976,10 @@ for name, model in models.items():
 #   a FLOP rate hundreds of times below the matmuls'. The cell below finds out why.
 #
 # GPT-2's GELU is the tanh form $\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))$, and the
-# activation module computes $x^3$ as `x**3`. NumPy has fast paths for a few exponents (2, 0.5, -1,
-# ...) but computes `x**3` with the general power function, element by element; `x * x * x` is two
-# multiplications. The two, on the shape of TinyGPT's hidden activations, alternated by `compare`:
+# activation module computes $x^3$ as `x**3`. NumPy has fast paths for a few exponents (such as 2,
+# 0.5 and -1) but computes `x**3` with the general power function, element by element; `x * x * x`
+# is two multiplications. The two, on the shape of TinyGPT's hidden activations, alternated by
+# `compare`:
 
 # %%
 h = np.random.default_rng(0).standard_normal((8, 64, 256)).astype(np.float32)   # (B, T, 4C)
@@ -1131,9 +1133,18 @@ for name, model in models.items():
 
 # %% [markdown]
 # The activations grow with the batch, the parameters do not: for the CNN, the bytes the graph keeps
-# after the forward pass, for batches from 16 to 512 images.
+# after the forward pass, for batches from 16 to 512 images. Per image, the saved arrays can be
+# counted by hand from the layers' shapes and the gradient rules' contexts (float32, 4 bytes each):
+# the first convolution keeps its output (16, 8, 8) and its im2col columns (9, 64); BatchNorm keeps
+# $\hat x$ and its output, ReLU its output, three arrays of (16, 8, 8); pooling its output
+# (16, 4, 4); the second block likewise with (32, 4, 4), columns (144, 16) and a pooled (32, 2, 2);
+# the first linear layer its product, bias sum and ReLU (3 x 64), the last its product and sum
+# (2 x 10).
 
 # %%
+per_image = 4 * (16*8*8 + 9*64 + 3 * 16*8*8 + 16*4*4          # block 1
+                 + 32*4*4 + 144*16 + 3 * 32*4*4 + 32*2*2      # block 2
+                 + 3 * 64 + 2 * 10)                           # classifier
 cnn = models['CNN']
 batches = [16, 32, 64, 128, 256, 512]
 acts = []
@@ -1141,9 +1152,10 @@ for n in batches:
     with MemoryProfiler() as mp: loss = loss_of('CNN', cnn, n)()
     acts.append(mp.retained); del loss
 slope, intercept = np.polyfit(batches, acts, 1)
-print(f"activations: {acts[0] / 2**20:.2f} MiB at batch {batches[0]}, {acts[-1] / 2**20:.2f} MiB "
-      f"at "
-      f"batch {batches[-1]}; {slope / 1024:.1f} KiB per image; parameters "
+test_close(slope, per_image, eps=1e-3 * per_image)       # per-call overheads are not per image
+print(f"activations: {acts[0] / 2**20:.2f} MiB at batch {batches[0]}, "
+      f"{acts[-1] / 2**20:.2f} MiB at batch {batches[-1]}; measured {slope:,.0f} bytes per image, "
+      f"counted by hand {per_image:,}; parameters "
       f"{sum(p.data.nbytes for p in cnn.parameters()) / 2**20:.3f} MiB at any batch")
 plt.figure(figsize=(5, 3))
 plt.plot(batches, np.array(acts) / 2**20, 'o-', label='activations (measured)')

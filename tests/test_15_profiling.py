@@ -1,6 +1,6 @@
 """Profiling: FLOP counts against hand-derived formulas over shapes, strides and padding drawn by
 hypothesis; the GPT's 6N + 12LHQT; hooks restored after errors and nesting; the profiler's
-trace parses and nests in time; memory breakdown against its prediction; the roofline classification."""
+trace parses and nests in time; memory breakdown against its prediction; roofline classes."""
 import json
 import os
 import tracemalloc
