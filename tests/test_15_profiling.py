@@ -267,15 +267,28 @@ def test_step_memory_matches_the_prediction(opt_cls, slots):
 
 def test_rows_are_per_step_medians():
     prof = Profiler()
-    prof.events, prof._steps, prof.start, prof.end = [], [], 0.0, 9.0
+    prof.events, prof._steps, prof.start, prof.end, prof._overhead = [], [], 0.0, 9.0, 0.0
     for i, dur in enumerate([1.0, 5.0, 2.0]):                          # step 2 was disturbed
         t = 3.0 * i
         prof.events.append(OpEvent("matmul", "forward", t, t + dur, 10, 4))
-        prof._steps.append((len(prof.events), t + 3.0))
+        prof._steps.append((len(prof.events), t + 3.0, 0.5 * (i + 1)))  # 0.5 s bookkeeping a step
     rows = prof.rows()
     assert (rows["matmul"].seconds, rows["matmul"].calls, rows["matmul"].flops) == (2.0, 1, 10)
-    assert prof.step_seconds == 3.0
-    assert "medians over 3 steps" in prof.table()
+    assert prof.step_time() == 2.5                                     # bookkeeping left out
+    assert "medians of 3 steps" in prof.table()
+    assert prof.rows("min")["matmul"].seconds == 1.0 and prof.step_time("min") == 2.5
+    assert "fastest of 3 steps" in prof.table(stat="min")
+    with pytest.raises(ValueError, match="stat must be 'median' or 'min'"):
+        prof.rows("mean")
     with pytest.raises(ValueError, match="sort_by must be one of"):
         prof.table(sort_by="speed")
     assert aggregate(prof.events)["matmul"].calls == 3
+
+
+def test_profiled_time_excludes_the_profilers_bookkeeping():
+    manual_seed(6)
+    model = Sequential(Linear(5, 5), ReLU(), Linear(5, 2))
+    prof = profiled_step(model, randn(3, 5), np.arange(3) % 2)
+    wall = prof.end - prof.start
+    assert 0 < prof._overhead < wall and prof.seconds == pytest.approx(wall - prof._overhead)
+    assert sum(e.seconds for e in prof.events) <= prof.seconds

@@ -322,7 +322,8 @@ class Profiler(_OpHooks):
     "Context manager: record every op run inside it, forward and backward, with time, FLOPs, bytes."
     def __enter__(self):
         self.events, self.spans, self._open = [], [], []  # ops and regions; module calls; open ones
-        self._steps = []                                  # (events so far, clock) at each `step()`
+        self._steps = []                 # (events so far, clock, overhead so far) at each `step()`
+        self._overhead = 0.0             # seconds spent in the profiler's own bookkeeping
         super().__enter__()
         self.start = self._mark = time.perf_counter()
         return self
@@ -332,7 +333,14 @@ class Profiler(_OpHooks):
         return super().__exit__(*exc)
 
     @property
-    def seconds(self) -> float: return self.end - self.start
+    def seconds(self) -> float:
+        "Seconds inside the block, less the profiler's own bookkeeping."
+        return self.end - self.start - self._overhead
+
+    def _done(self, since: float):
+        "End of a callback that began at `since`: count its time as overhead, restart the clock."
+        self._mark = time.perf_counter()
+        self._overhead += self._mark - since
 
 # %% ../../nbs/15_profiling.ipynb #ac27585e
 @patch
@@ -342,7 +350,7 @@ def _on_forward(self: Profiler, op, out, parents, ctx, modules):
     nbytes = _nbytes(out, *(p.data for p in parents))
     module = modules[-1] if modules else ''
     self.events.append(OpEvent(op, 'forward', self._mark, now, flops, nbytes, module))
-    self._mark = time.perf_counter()
+    self._done(now)
 
 @patch
 def _on_backward(self: Profiler, op, g, out, parents, ctx, grads, modules, start, end):
@@ -350,7 +358,7 @@ def _on_backward(self: Profiler, op, g, out, parents, ctx, grads, modules, start
     nbytes = _nbytes(g, out, *(p.data for p in parents), *grads)
     module = modules[-1] if modules else ''
     self.events.append(OpEvent(op, 'backward', start, end, flops, nbytes, module))
-    self._mark = time.perf_counter()
+    self._done(end)
 
 @patch
 def _on_module(self: Profiler, module, name, entering):
@@ -359,7 +367,7 @@ def _on_module(self: Profiler, module, name, entering):
     else:
         label, start = self._open.pop()
         self.spans.append((label, start, now))
-    self._mark = time.perf_counter()
+    self._done(now)
 
 # %% ../../nbs/15_profiling.ipynb #405a3996
 class _Region:
@@ -369,7 +377,7 @@ class _Region:
     def __exit__(self, *exc):
         now = time.perf_counter()
         self.prof.events.append(OpEvent(self.name, 'region', self.t, now))
-        self.prof._mark = time.perf_counter()
+        self.prof._done(now)
         return False
 
 @patch
@@ -413,46 +421,57 @@ def aggregate(events: list,     # OpEvent objects
 @patch
 def step(self: Profiler):
     "Mark the end of one step (a training step); `rows` and `table` then give per-step medians."
-    self._steps.append((len(self.events), time.perf_counter()))
-    self._mark = time.perf_counter()
+    now = time.perf_counter()
+    self._steps.append((len(self.events), now, self._overhead))
+    self._done(now)
 
 @patch
 def _slices(self: Profiler) -> list:
     "(events, seconds) of each marked step, or of the whole block when no step was marked."
     if not self._steps: return [(self.events, self.seconds)]
-    bounds = [(0, self.start)] + self._steps
-    return [(self.events[i:j], t - s) for (i, s), (j, t) in zip(bounds, bounds[1:])]
+    bounds = [(0, self.start, 0.0)] + self._steps
+    return [(self.events[i:j], (t - s) - (v - u))                    # time less bookkeeping
+            for (i, s, u), (j, t, v) in zip(bounds, bounds[1:])]
 
 # %% ../../nbs/15_profiling.ipynb #a6f874a7
+_STATS = {'median': np.median, 'min': np.min}
+
+def _stat(stat: str):
+    if stat not in _STATS:
+        raise ValueError(f"Profiler: stat must be 'median' or 'min', got {stat!r}")
+    return _STATS[stat]
+
 @patch
-def rows(self: Profiler) -> dict:
-    "Row name -> OpStats: totals of the block, or per-step medians when steps were marked."
-    per_step = [aggregate(ev) for ev, _ in self._slices()]
+def rows(self: Profiler, stat: str = 'median') -> dict:
+    "Row name -> OpStats: totals of the block or, with steps marked, per step (`stat` of them)."
+    f, per_step = _stat(stat), [aggregate(ev) for ev, _ in self._slices()]
     if len(per_step) == 1: return per_step[0]
-    med = lambda k, f: np.median([f(r[k]) if k in r else 0 for r in per_step])
+    over = lambda k, fn, get: fn([get(r[k]) if k in r else 0 for r in per_step])
     keys = dict.fromkeys(k for r in per_step for k in r)                 # first-appearance order
-    return {k: OpStats(int(med(k, lambda s: s.calls)), float(med(k, lambda s: s.seconds)),
-                       int(med(k, lambda s: s.flops)), int(med(k, lambda s: s.nbytes)))
+    return {k: OpStats(int(over(k, np.median, lambda s: s.calls)),
+                       float(over(k, f, lambda s: s.seconds)),
+                       int(over(k, np.median, lambda s: s.flops)),
+                       int(over(k, np.median, lambda s: s.nbytes)))
             for k in keys}
 
-@patch(as_prop=True)
-def step_seconds(self: Profiler) -> float:
-    "Seconds of the block, or the median seconds of a step when steps were marked."
-    return float(np.median([sec for _, sec in self._slices()]))
+@patch
+def step_time(self: Profiler, stat: str = 'median') -> float:
+    "Seconds of the block, or the `stat` of the steps' seconds when steps were marked."
+    return float(_stat(stat)([sec for _, sec in self._slices()]))
 
 # %% ../../nbs/15_profiling.ipynb #c5d2b30d
 _SORT_KEYS = {'time': lambda s: s.seconds, 'calls': lambda s: s.calls, 'flops': lambda s: s.flops,
               'bytes': lambda s: s.nbytes, 'gflops': lambda s: s.gflops}
 
 @patch
-def table(self: Profiler, sort_by: str = 'time', top: int = 12) -> str:
+def table(self: Profiler, sort_by: str = 'time', top: int = 12, stat: str = 'median') -> str:
     "The `top` rows by `sort_by`, with their share of the profiled time and their GFLOP/s."
     if sort_by not in _SORT_KEYS:
         raise ValueError(f"Profiler.table: sort_by must be one of {list(_SORT_KEYS)}, "
                          f"got {sort_by!r}")
-    rows = sorted(self.rows().items(), key=lambda kv: -_SORT_KEYS[sort_by](kv[1]))
-    total = self.step_seconds
-    tracked = float(np.median([sum(e.seconds for e in ev) for ev, _ in self._slices()]))
+    rows = sorted(self.rows(stat).items(), key=lambda kv: -_SORT_KEYS[sort_by](kv[1]))
+    total = self.step_time(stat)
+    tracked = float(_stat(stat)([sum(e.seconds for e in ev) for ev, _ in self._slices()]))
     w = max([len(k) for k, _ in rows[:top]] + [12])
     lines = [f"{'op':<{w}}  {'calls':>5}  {'time':>9}  {'share':>6}  {'FLOPs':>9}  {'GFLOP/s':>7}  "
              f"{'FLOP/B':>6}"]
@@ -466,7 +485,8 @@ def table(self: Profiler, sort_by: str = 'time', top: int = 12) -> str:
     lines.append(f"{'untracked':<{w}}  {'':>5}  {fmt_seconds(total - tracked):>9}  "
                  f"{1 - tracked / total:>6.1%}")
     if self._steps:
-        lines.append(f"(medians over {len(self._steps)} steps; a step {fmt_seconds(total)})")
+        what = 'medians' if stat == 'median' else 'fastest'
+        lines.append(f"({what} of {len(self._steps)} steps; a step {fmt_seconds(total)})")
     return "\n".join(lines)
 
 # %% ../../nbs/15_profiling.ipynb #36dcf4b1
