@@ -1122,7 +1122,7 @@ print(f"peak {mp.peak:,} B, retained {mp.retained:,} B; outer peak {outer.peak:,
 def predicted_memory(params,           # the model's parameters (Tensors)
                      state_arrays: int,  # arrays of a parameter's size kept by the optimizer
                     ) -> dict:
-    "Dict of bytes: 'parameters', 'gradients' (trained ones), 'optimizer_state' (state_arrays each)."
+    "Bytes: {'parameters', 'gradients' (trained ones), 'optimizer_state' (state_arrays each)}."
     ### BEGIN SOLUTION
     params = list(params)
     trained = sum(p.data.nbytes for p in params if p.requires_grad)
