@@ -219,7 +219,7 @@ _PER_ELEMENT = {  # op -> (forward, backward) FLOPs per element of the result
 _MOVEMENT = ('reshape', 'permute', 'getitem', 'cat', 'embedding')   # data movement: 0 FLOPs forward
 _MAC_OPS = ('matmul', 'conv2d', 'scaled_dot_product_attention')     # counted as 2 FLOPs per MAC
 
-def _size(t) -> int: return int(np.size(t.data if isinstance(t, Tensor) else t))
+def _size(t) -> int: return t.data.size if isinstance(t, Tensor) else int(np.size(t))
 
 # %% [markdown]
 # The forward rules. Attention's inputs are the per-head tensors (..., T, E): the two products
@@ -883,7 +883,8 @@ def export_chrome_trace(self: Profiler, path) -> None:
 # %% [markdown]
 # A first profile: one training step of a small MLP on the digits, with SGD. The test checks what
 # the table claims: one forward event per recorded op and one backward event per gradient rule
-# applied.
+# applied. The times are those of a single step on a shared machine, where one op may also carry a
+# pause in which another program ran; the section on profiling a training step deals with that.
 
 # %%
 X, y, _, _ = load_digits(flatten=True)                                  # (1438, 64) in [0, 1]

@@ -60,7 +60,7 @@ _PER_ELEMENT = {  # op -> (forward, backward) FLOPs per element of the result
 _MOVEMENT = ('reshape', 'permute', 'getitem', 'cat', 'embedding')   # data movement: 0 FLOPs forward
 _MAC_OPS = ('matmul', 'conv2d', 'scaled_dot_product_attention')     # counted as 2 FLOPs per MAC
 
-def _size(t) -> int: return int(np.size(t.data if isinstance(t, Tensor) else t))
+def _size(t) -> int: return t.data.size if isinstance(t, Tensor) else int(np.size(t))
 
 # %% ../../nbs/15_profiling.ipynb #06d5fc5c
 def _attn_dims(q, k, v) -> tuple:
