@@ -64,6 +64,7 @@ from tito.project import Project
 
 # %%
 #| echo: false
+#| output: asis
 # one-line plans for the modules that have no notebook yet; a written module's own summary replaces its line
 PLANS = {
     "profiling": "Where the time and the memory of a model go, measured layer by layer with the timing protocol.",
@@ -98,15 +99,6 @@ Markdown("\n".join(rows))
 # grading a class, and publishing this site.
 
 # %% [markdown]
-# ## Using the package
-#
-# ```python
-# from tinytorch.core.tensor import Tensor
-# x = Tensor([[1., 2.], [3., 4.]])
-# (x @ x.T).sum(axis=1)
-# ```
-
-# %% [markdown]
 # ## What `import tinytorch` does
 #
 # Importing any part of the package first runs `tinytorch/__init__.py`, made of the two cells below. They
@@ -120,3 +112,12 @@ from importlib.util import find_spec as _find_spec
 # %%
 #| exports
 if _find_spec('tinytorch.core.autograd') is not None: import tinytorch.core.autograd
+
+# %% [markdown]
+# ## Using the package
+#
+# ```python
+# from tinytorch.core.tensor import Tensor
+# x = Tensor([[1., 2.], [3., 4.]])
+# (x @ x.T).sum(axis=1)
+# ```
