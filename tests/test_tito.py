@@ -135,6 +135,21 @@ def test_cli_test_runs_notebook_and_module_tests(demo_project, monkeypatch, capf
     assert "1 failed, 1 passed" in capfd.readouterr().out
 
 
+def test_cli_test_exports_a_stale_notebook_first(demo_project, tmp_path, monkeypatch, capfd, tito_on_path):
+    student = tmp_path / "student"
+    monkeypatch.chdir(demo_project)
+    assert main(["release", "--out", str(student)]) == 0
+    # the student fills in the notebook but does not run `tito export`: the package still holds the stubs
+    jupytext.write(jupytext.reads(DEMO_NB, fmt="py:percent"), student / "nbs" / "01_demo.ipynb")
+    assert "NotImplementedError" in (student / "tinytorch" / "core" / "demo.py").read_text()
+    monkeypatch.chdir(student)
+    capfd.readouterr()
+    assert main(["test", "01"]) == 0
+    out = capfd.readouterr().out
+    assert "tito test: 01_demo: notebook and package differ (stale); running `tito export` first" in out
+    assert "2 passed" in out and "NotImplementedError" not in (student / "tinytorch" / "core" / "demo.py").read_text()
+
+
 def test_cli_release_writes_default_folder(demo_project, monkeypatch, capsys):
     monkeypatch.chdir(demo_project)
     assert main(["release"]) == 0
