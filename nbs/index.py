@@ -7,8 +7,9 @@
 # > Build a machine-learning framework on NumPy, from tensors to transformers, one literate notebook at a time.
 
 # %% [markdown]
-# TinyTorch is a course in twenty notebooks. In each one you read a short explanation, write the code
-# it describes, and run the tests under it, which tell you at once whether your code works.
+# TinyTorch is a course in twenty modules, numbered 01 to 20, after module 00, which sets up the one
+# timing protocol every measurement uses. Each module is a notebook: you read a short explanation, write
+# the code it describes, and run the tests under it, which tell you at once whether your code works.
 # The notebooks export, with nbdev, into the importable package `tinytorch`, so what you build in one
 # module is what the next module imports.
 #

@@ -75,7 +75,7 @@ def build_pages(project: Project, log=print) -> Path:
     try:
         refresh_quarto_yml()
         nbdev.doclinks._build_modidx()
-        nbdev_sidebar.__wrapped__()
+        nbdev_sidebar.__wrapped__(file_glob=None, file_re=r"\.(?:ipynb|qmd)$")  # the .qmd pages too
         # everything but the notebooks (and their Jupytext sources): _quarto.yml, styles, .qmd pages, images
         cache = proc_nbs(force=True, n_workers=0, skip_file_re=r"^[_.]|\.(?:ipynb|py)$")
         os.environ["IN_TEST"] = "1"  # as nbdev's own page worker sets it
