@@ -156,6 +156,25 @@ def test_student_project_layout(demo_project, student):
     assert not (student / "release").exists()
 
 
+def test_student_readme_says_what_the_edition_is_and_leaves_instructor_material_out(demo_project, tmp_path):
+    for folder, text in [(".ci", "run"), (".github/workflows", "ci.yml"), ("benchmarks", "bench.py")]:
+        (demo_project / folder).mkdir(parents=True)
+        (demo_project / folder / text).write_text("x = 1\n")
+    (demo_project / "README.md").write_text("# TinyTorch\n\n## An instructor's loop\ntito release, tito grade, CI\n")
+    out = tmp_path / "student"
+    release(Project(demo_project), out)
+    readme = (out / "README.md").read_text()
+    for phrase in ["student edition", "`tito status`", "FAIL", "exits with code 1", "nbs/01_demo.ipynb",
+                   "`.ipynb` file", "paired source", "`tito export`", "tito test 01", "| 01 | Demo (`nbs/01_demo.ipynb`) |"]:
+        assert phrase in readme, phrase
+    for phrase in ["instructor", "tito release", "tito grade", "benchmark", "CI", ".ci/", "SOLUTION"]:
+        assert phrase not in readme, phrase
+    assert not (out / ".ci").exists() and not (out / ".github").exists() and (out / "benchmarks").is_dir()
+    full = tmp_path / "full"
+    release(Project(demo_project), full, solutions=True)
+    assert (full / "README.md").read_text() == (demo_project / "README.md").read_text()
+
+
 def test_release_of_one_module_leaves_the_others_out(demo_project, tmp_path):
     (demo_project / "nbs" / "02_extra.py").write_text("# %%\n#| default_exp core.extra\n\n# %%\n#| export\nX = 1\n")
     (demo_project / "tests" / "test_02_extra.py").write_text("def test_x(): assert True\n")

@@ -25,14 +25,14 @@ def test_find_root_walks_up_and_fails_outside(tmp_path):
 def test_modules_planned_present_and_targets(tmp_path):
     project = Project(write_project(tmp_path / "p"))
     mods = project.modules()
-    assert [m.num for m in mods] == [f"{i:02d}" for i in range(1, 21)] and len(PLANNED) == 20
-    demo, layers = mods[0], mods[2]
+    assert [m.num for m in mods] == [f"{i:02d}" for i in range(0, 21)] and len(PLANNED) == 21
+    demo, layers = mods[1], mods[3]
     assert (demo.stem, demo.present, demo.default_exp) == ("01_demo", True, "core.demo")
     assert demo.lib_file == project.root / "tinytorch" / "core" / "demo.py"
     assert demo.test_files == [project.root / "tests" / "test_01_demo.py"]
     assert (layers.stem, layers.present, layers.lib_file) == ("03_layers", False, None)
     assert project.module("1") is not None and project.notebooks() == [demo.py]
-    with pytest.raises(TitoError, match="no module 99; modules are 01-20"): project.module("99")
+    with pytest.raises(TitoError, match="no module 99; modules are 00-20"): project.module("99")
     with pytest.raises(TitoError, match="module 03 \\(layers\\) has no notebook yet"): project.module("03")
 
 
@@ -75,7 +75,7 @@ def _one_error_line(capsys, expected: str):
 def test_cli_user_errors(demo_project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(demo_project / "nbs")
     assert main(["test", "99"]) == 2
-    _one_error_line(capsys, "no module 99; modules are 01-20")
+    _one_error_line(capsys, "no module 99; modules are 00-20")
     assert main(["test", "3"]) == 2
     _one_error_line(capsys, "module 03 (layers) has no notebook yet: nbs/03_layers.py is missing")
     assert main(["release", "--out", "sub"]) == 2  # relative to the cwd, which is nbs/
@@ -91,7 +91,7 @@ def test_cli_user_errors(demo_project, tmp_path, monkeypatch, capsys):
 def test_cli_error_in_a_real_process(demo_project, tito_on_path):
     proc = subprocess.run([sys.executable, "-m", "tito.cli", "test", "99"], cwd=demo_project, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == "tito: error: no module 99; modules are 01-20\n" and proc.stdout == ""
+    assert proc.stderr == "tito: error: no module 99; modules are 00-20\n" and proc.stdout == ""
 
 
 def test_cli_export_works_even_with_in_test_set(tmp_path, monkeypatch, capsys):
@@ -114,7 +114,7 @@ def test_cli_status_reports_export_and_tests(demo_project, monkeypatch, capsys, 
     out = capsys.readouterr().out
     assert _status_row(out, "01")[:5] == ["01", "demo", "yes", "yes", "pass"]
     assert _status_row(out, "03") == ["03", "layers", "missing", "-", "-", "-"]
-    assert len([l for l in out.splitlines() if l[:2].isdigit()]) == 20
+    assert len([l for l in out.splitlines() if l[:2].isdigit()]) == 21
     # an edited source that was not exported: the notebook pair and the package are both stale
     py = demo_project / "nbs" / "01_demo.py"
     py.write_text(DEMO_NB.replace("twice_the_input = x * 2", "twice_the_input = x + x"))
@@ -133,6 +133,21 @@ def test_cli_test_runs_notebook_and_module_tests(demo_project, monkeypatch, capf
     (demo_project / "tests" / "test_01_demo.py").write_text("def test_fails():\n    assert 1 == 2\n")
     assert main(["test", "1"]) == 1
     assert "1 failed, 1 passed" in capfd.readouterr().out
+
+
+def test_cli_test_exports_a_stale_notebook_first(demo_project, tmp_path, monkeypatch, capfd, tito_on_path):
+    student = tmp_path / "student"
+    monkeypatch.chdir(demo_project)
+    assert main(["release", "--out", str(student)]) == 0
+    # the student fills in the notebook but does not run `tito export`: the package still holds the stubs
+    jupytext.write(jupytext.reads(DEMO_NB, fmt="py:percent"), student / "nbs" / "01_demo.ipynb")
+    assert "NotImplementedError" in (student / "tinytorch" / "core" / "demo.py").read_text()
+    monkeypatch.chdir(student)
+    capfd.readouterr()
+    assert main(["test", "01"]) == 0
+    out = capfd.readouterr().out
+    assert "tito test: 01_demo: notebook and package differ (stale); running `tito export` first" in out
+    assert "2 passed" in out and "NotImplementedError" not in (student / "tinytorch" / "core" / "demo.py").read_text()
 
 
 def test_cli_release_writes_default_folder(demo_project, monkeypatch, capsys):

@@ -30,6 +30,26 @@ Write a student project to DIR: the project's files, each module notebook with e
 outputs cleared, and tinytorch/ exported from those notebooks. DIR must be new, empty,
 or a previous release (it holds a .tito-release file); it may not be inside nbs/ or tinytorch/."""
 
+GRADE_HELP = """\
+Grade a class. Each folder in SUBMISSIONS holding a settings.ini is one student's copy of the
+student edition. For each student: copy it to a temporary folder, put in this project's tito/ and
+the graded modules' tests, run `tito export` there, then each module's notebook and tests with
+pytest in a child process killed after --timeout seconds. Writes grades.csv and grades.md (student,
+module, status, passed, failed, first failure). Status: pass, fail, timeout, crashed, export failed,
+no notebook, or "wrote outside its copy" (files changed in this project or in SUBMISSIONS meanwhile).
+Neither this project nor the students' folders are modified. Not a sandbox: grade untrusted code in
+a container. Exits 0 if every student passes every graded module, 1 otherwise."""
+
+DOCS_HELP = """\
+Build the docs site so that each page shows its notebook as it ran.
+  1. copy milestone curves runs/NAME.png newer than nbs/images/milestones/NAME.png there (commit them);
+  2. execute each notebook whose copy in _executed/ is missing or stale (the notebook tests
+     leave fresh copies there, so after `pytest` nothing runs again);
+  3. process the executed copies with nbdev into _proc/ and fix the API docs (source order,
+     anchors that keep case where lowercase would collide, no links to undocumented names);
+  4. check the pages (.ci/check_docs.py runs steps 2-4 in CI);
+  5. `quarto render` into _docs/, if Quarto is installed; otherwise say so and exit 2."""
+
 
 def pytest_cmd(*args: str) -> list[str]: return [sys.executable, "-m", "pytest", *args]
 
@@ -110,9 +130,12 @@ def cmd_export(project: Project, args) -> int:
 
 def cmd_test(project: Project, args) -> int:
     root, targets = project.root, []
-    for num in args.modules:
-        mod = project.module(num)
-        if not mod.ipynb.is_file(): raise TitoError(f"{mod.ipynb.relative_to(root)} is missing; run `tito export` first")
+    mods = [project.module(num) for num in args.modules] or [m for m in project.modules() if m.present]
+    stale = [m.stem for m in mods if notebook_state(m) != "yes" or export_state(m) != "yes"]
+    if stale:  # test what the notebook says, not the package's older code (a stub's NotImplementedError)
+        print(f"tito test: {', '.join(stale)}: notebook and package differ (stale); running `tito export` first", flush=True)
+        cmd_export(project, args)
+    for mod in mods if args.modules else []:
         targets += [f"tests/test_notebooks.py::test_notebook[{mod.stem}]", *(str(p.relative_to(root)) for p in mod.test_files)]
     return subprocess.run(pytest_cmd(*(targets or ["tests"])), cwd=root, env=subprocess_env(root)).returncode
 
@@ -147,6 +170,30 @@ def cmd_milestone(project: Project, args) -> int:
     return subprocess.run([sys.executable, str(script), *args.args], cwd=project.root, env=subprocess_env(project.root)).returncode
 
 
+def cmd_grade(project: Project, args) -> int:
+    from .grade import grade
+    results = grade(project, Path(args.submissions), args.modules, args.timeout, Path(args.out) if args.out else None)
+    return 0 if all(r.status == "pass" for r in results) else 1
+
+
+def cmd_docs(project: Project, args) -> int:
+    import shutil
+    from .docs import build_pages, check_pages, quarto_render, refresh_milestone_images
+    refresh_milestone_images(project)
+    cache = build_pages(project)
+    problems = check_pages(cache, project)
+    for p in problems: print(f"tito docs: {p}")
+    if problems: raise TitoError(f"{len(problems)} problems in the pages in {cache}; the site was not rendered")
+    if args.no_render:
+        print(f"pages ready for Quarto in {cache}")
+        return 0
+    if shutil.which("quarto") is None:
+        raise TitoError(f"Quarto is not installed (https://quarto.org/docs/get-started/), so the site was not rendered; "
+                        f"the pages are processed and checked in {cache}")
+    print(f"rendered the site into {quarto_render(project, cache)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tito", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +215,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?", metavar="NAME", help="the milestone, e.g. digits_cnn")
     s.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script, e.g. --epochs 3")
     s.set_defaults(func=cmd_milestone)
+    s = sub.add_parser("grade", help="export and test every student's copy in SUBMISSIONS; write grades.csv and grades.md",
+                       description=GRADE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("submissions", metavar="SUBMISSIONS", help="folder with one student project per subfolder")
+    s.add_argument("--modules", nargs="+", metavar="NN", help="modules to grade (default: every present module)")
+    s.add_argument("--timeout", type=float, default=300, metavar="S", help="seconds per module and student (default 300)")
+    s.add_argument("--out", metavar="DIR", help="folder for grades.csv and grades.md (default: SUBMISSIONS)")
+    s.set_defaults(func=cmd_grade)
+    s = sub.add_parser("docs", help="build the docs site from executed notebooks (Quarto renders it when installed)",
+                       description=DOCS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--no-render", action="store_true", help="stop before `quarto render`: process and check the pages only")
+    s.set_defaults(func=cmd_docs)
     return p
 
 

@@ -19,7 +19,9 @@ MARKER_FILE = ".tito-release"  # marks a folder `release` may overwrite
 FALLBACK = "implement this exercise"
 _MARKERISH = re.compile(r"^\s*#+\s*(BEGIN|END)\s+SOLUTION\b", re.IGNORECASE)  # also catches typos of the markers
 _EXPORT = re.compile(r"^\s*#\s*\|\s*export[is]?\b", re.MULTILINE)
-_SKIP_NAMES = {".git", ".venv", "_proc", "_docs", "__pycache__", ".pytest_cache", ".hypothesis", ".ipynb_checkpoints"}
+_SKIP_NAMES = {".git", ".venv", "_proc", "_docs", "_executed", "__pycache__", ".pytest_cache", ".hypothesis",
+               ".ipynb_checkpoints"}
+_INSTRUCTOR_ONLY = {".ci", ".github"}  # CI and site publishing: they run the full edition's checks
 _MODULE_FILE = re.compile(r"^(\d\d)_\w+\.(py|ipynb)$")
 
 
@@ -141,7 +143,7 @@ def _ignore(project: Project, out: Path, keep: set[str]):
     def ignore(folder: str, names: list[str]) -> set[str]:
         folder = Path(folder)
         skip = {n for n in names if n in _SKIP_NAMES or n.endswith(".egg-info") or folder / n == out}
-        if folder == project.root: skip.add("release")
+        if folder == project.root: skip |= {"release"} | (_INSTRUCTOR_ONLY & set(names))
         if folder == project.nbs:  # module notebooks and the index are written by `release`
             skip |= {n for n in names if _MODULE_FILE.match(n) or n in ("index.py", "index.ipynb")}
         if folder == project.tests:
@@ -150,6 +152,72 @@ def _ignore(project: Project, out: Path, keep: set[str]):
             skip |= {n for n in names if n.endswith(".py") and _is_generated(folder / n)}
         return skip
     return ignore
+
+
+STUDENT_README = """\
+# {title}: student edition
+
+{description}
+
+This is the student edition: in every module notebook, the body of each exercise is replaced by
+`raise NotImplementedError("...")`, whose message says what to implement (what the function receives
+and returns). The tests stay, right under each exercise. Your work is to replace each stub.
+
+## Start
+
+On a machine with Python 3.11 or newer and pip, from the root of this folder:
+
+```bash
+python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/tito status
+```
+
+`tito status` shows one row per module. Its tests column says FAIL for every module you have not done
+yet, and the command then exits with code 1: that is expected. A module reads `pass` once its notebook
+and its tests pass.
+
+## Working on a module
+
+1. Open the module's notebook in Jupyter: `.venv/bin/jupyter lab nbs/{first}.ipynb`. Edit the
+   `.ipynb` file. The `.py` file next to it (`nbs/{first}.py`) holds the same cells as text; it is
+   the notebook's paired source, and `tito export` syncs the two (the one saved last wins).
+2. Replace each `raise NotImplementedError(...)` with your code and run the cells under it: they are
+   the tests, and a cell that finishes silently has passed.
+3. `.venv/bin/tito export` writes your code into the package `tinytorch/`, where the next modules import
+   it.
+4. `.venv/bin/tito test {num}` runs the module's notebook and its tests under `tests/` (it runs `tito export`
+   first if the notebook and the package differ).
+
+Activate the environment (`source .venv/bin/activate`) to type `tito` and `jupyter` without the path.
+
+## Modules in this edition
+
+{modules}
+
+## Layout
+
+```
+nbs/        the module notebooks (*.ipynb, which you edit) and their paired sources (*.py)
+tinytorch/  the package, written by `tito export` from the notebooks; not edited by hand
+tests/      the tests `tito test NN` runs for each module
+tito/       the command-line tool
+```
+"""
+
+
+def _title(py: Path) -> tuple[str, str]:
+    "A notebook's `# Title` and `> summary` lines, from its Jupytext source."
+    lines = py.read_text(encoding="utf-8").splitlines()
+    title = next((l[4:] for l in lines if l.startswith("# # ")), py.stem)
+    return title, next((l[4:] for l in lines if l.startswith("# > ")), "")
+
+
+def student_readme(project: Project, mods: list[Module]) -> str:
+    "The student edition's README.md: what the edition is, how to start, which file to edit, its modules."
+    rows = ["| | module | what it builds |", "|---|---|---|"]
+    rows += [f"| {m.num} | {t} (`nbs/{m.stem}.ipynb`) | {d} |" for m in mods for t, d in [_title(m.py)]]
+    return STUDENT_README.format(title=project.cfg.get("title", "TinyTorch"),
+                                 description=project.cfg.get("description", ""), modules="\n".join(rows),
+                                 first=mods[0].stem, num=mods[0].num)
 
 
 def release(project: Project,                # the full project
@@ -171,6 +239,7 @@ def release(project: Project,                # the full project
     for stem, nb in editions.items():
         jupytext.write(nb, nbs / f"{stem}.ipynb")
         jupytext.write(nb, nbs / f"{stem}.py", fmt="py:percent")  # written last, so `jupytext --sync` takes it as the source
+    if not solutions: (out / "README.md").write_text(student_readme(project, mods), encoding="utf-8")
     edition = "full edition (solutions kept)" if solutions else "student edition"
     (out / MARKER_FILE).write_text(f"{edition} written by `tito release` from {project.root}\n"
                                    f"modules: {' '.join(m.num for m in mods)}\n"
