@@ -51,19 +51,25 @@ def ref_adam(theta, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0
     "torch.optim.Adam's documented algorithm (AdamW's if `decoupled`); `grads[t]` None skips step t."
     b1, b2 = betas
     theta = theta.astype(np.float64)
-    m, v, m_abs, t, scale = np.zeros(theta.shape), np.zeros(theta.shape), np.zeros(theta.shape), 0, np.zeros(theta.shape)
+    zeros = lambda: np.zeros(theta.shape)
+    m, v, m_abs, v_abs, t, scale = zeros(), zeros(), zeros(), zeros(), 0, zeros()
     for g in grads:
         if g is None: continue
         g, t = g.astype(np.float64), t + 1
         scale += np.abs(theta)
+        g_abs = np.abs(g)  # size of the roundings in g, per unit eps
         if decoupled: theta = theta - lr * weight_decay * theta
-        elif weight_decay != 0: g = g + weight_decay * theta
+        elif weight_decay != 0: g, g_abs = g + weight_decay * theta, g_abs + weight_decay * np.abs(theta)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        m_abs = b1 * m_abs + (1 - b1) * np.abs(g)
+        m_abs = b1 * m_abs + (1 - b1) * g_abs
+        v_abs = b2 * v_abs + (1 - b2) * 2 * np.abs(g) * g_abs  # first-order error of v, per unit eps
         m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        scale += lr * m_abs / (1 - b1 ** t) / (np.sqrt(v_hat) + eps)
-        theta = theta - lr * m_hat / (np.sqrt(v_hat) + eps)
+        d = np.sqrt(v_hat) + eps
+        # error of sqrt(v_hat) to first order: a g that nearly cancels its weight decay makes it large
+        d_abs = v_abs / (1 - b2 ** t) / (2 * np.sqrt(v_hat) + eps) + np.sqrt(v_hat)
+        scale += lr * m_abs / (1 - b1 ** t) / d + lr * np.abs(m_hat) * d_abs / d ** 2
+        theta = theta - lr * m_hat / d
     return theta, scale
 
 
