@@ -268,6 +268,9 @@ def _matmul_grad(g, out, a, b):
         ### BEGIN SOLUTION
         return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
+    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:               # (..., n, k) @ (k, m), as in Linear
+        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # one GEMM (k, m), no (..., k, m) temporary
+        return (g @ B.T if a.requires_grad else None), gb
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
     g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
@@ -377,8 +380,15 @@ def _gelu_grad(g, out, a, approximate):
     x = a.data
     if approximate == 'tanh':
         k = math.sqrt(2 / math.pi)
-        t = np.tanh(k * (x + 0.044715 * x**3))
-        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715, in three
+        # arrays updated in place: each temporary of an expression costs a pass over memory and fresh pages
+        x2 = x * x                                                   # x*x: float32 x**3 is far slower
+        t = x2 * 0.044715; t += 1; t *= x; t *= k; np.tanh(t, out=t)
+        x2 *= 3 * 0.044715; x2 += 1; x2 *= x; x2 *= 0.5 * k          # k x (1 + 3c x^2) / 2
+        d = t * t; np.subtract(1, d, out=d); d *= x2                 # k x (1 - t^2)(1 + 3c x^2) / 2
+        t += 1; t *= 0.5; d += t
+        d *= g
+        return (d.astype(x.dtype, copy=False),)
     else: d = 0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     return ((g * d).astype(x.dtype, copy=False),)
 
