@@ -270,7 +270,8 @@ def _matmul_grad(g, out, a, b):
         ### END SOLUTION
     if A.ndim > 2 and B.ndim == 2 and b.requires_grad:               # (..., n, k) @ (k, m), as in Linear
         gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # one GEMM (k, m), no (..., k, m) temporary
-        return (g @ B.T if a.requires_grad else None), gb
+        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None   # one GEMM too
+        return ga, gb
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
     g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
