@@ -59,7 +59,7 @@ def batch_norm(input: Tensor,           # (N, C, ...)
         m = N * P                                                      # values per channel
         mean = _channel_sum(x2, C) / m                                 # (C,)
         xc = x2 - np.repeat(mean, P)                                   # (N, C*P)
-        var = _channel_sum(xc * xc, C) / m                             # (C,), biased
+        var = np.einsum('ij,ij->j', xc, xc).reshape(C, P).sum(axis=1) / m   # (C,), biased; squares not stored
         if running_mean is not None:
             running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
             running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (m / (m - 1))
@@ -67,9 +67,11 @@ def batch_norm(input: Tensor,           # (N, C, ...)
         var = running_var.data.astype(x2.dtype, copy=False)            # (C,)
         xc = x2 - np.repeat(running_mean.data.astype(x2.dtype, copy=False), P)
     inv_std = 1 / np.sqrt(var + eps)                                   # (C,)
-    xhat = xc * np.repeat(inv_std, P)                                  # (N, C*P)
+    xhat = xc; xhat *= np.repeat(inv_std, P)                           # (N, C*P), in place: xc is ours
     out = xhat if weight is None else xhat * np.repeat(weight.data, P)
-    if bias is not None: out = out + np.repeat(bias.data, P)
+    if bias is not None:
+        if out is xhat: out = out + np.repeat(bias.data, P)            # xhat is kept for the gradient
+        else: out += np.repeat(bias.data, P)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
     return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params),
@@ -191,11 +193,13 @@ def layer_norm(input: Tensor,       # (..., *normalized_shape)
     ### BEGIN SOLUTION
     mean = x2.mean(axis=1, keepdims=True)                              # (R, 1)
     xc = x2 - mean                                                     # (R, D)
-    var = (xc * xc).mean(axis=1, keepdims=True)                        # (R, 1), biased
+    var = np.einsum('ij,ij->i', xc, xc)[:, None] / D                   # (R, 1), biased; squares not stored
     inv_std = 1 / np.sqrt(var + eps)                                   # (R, 1)
-    xhat = xc * inv_std                                                # (R, D)
+    xhat = xc; xhat *= inv_std                                         # (R, D), in place: xc is ours
     out = xhat if weight is None else xhat * weight.data.reshape(D)
-    if bias is not None: out = out + bias.data.reshape(D)
+    if bias is not None:
+        if out is xhat: out = out + bias.data.reshape(D)               # xhat is kept for the gradient
+        else: out += bias.data.reshape(D)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
     return Tensor._from_op(out.reshape(input.shape), 'layer_norm', (input, *params), xhat=xhat, inv_std=inv_std,
