@@ -13,9 +13,10 @@ Candidates:
               head), `torch.optim.AdamW`, started from the tinytorch model's weights.
 
 Protocol: one BLAS / OpenMP thread on both sides (set before NumPy and PyTorch are imported); both models are checked
-to give the same loss on the same batch first; the candidates alternate within each round; timing is `tinytorch.utils.timing.compare`: each
-figure is the median over rounds of the mean time of S steps after a warm-up step, and the ratio is the median over
-rounds of the ratio of the two candidates' times within a round.
+to give the same loss on the same batch first. Timing is `tinytorch.utils.timing.compare`: the candidates
+alternate within each round; each figure is the median over rounds of the mean time of S steps after a
+warm-up step, and the ratio is the median over rounds of the ratio of the two candidates' times within a
+round. Target: tinytorch at most 1.5x PyTorch's time per step.
 """
 import os
 
@@ -123,11 +124,12 @@ def main():
     res = compare(cands, rounds=args.rounds, warmup=1, number=args.steps)
     for k in cands:
         t = res[k].median
-        print(f"{k:>10}: {t * 1e3:8.1f} ms per step (IQR {res[k].iqr * 1e3:.1f} ms), {B * T / t:9,.0f} tokens/s, "
-              f"{B * T * g.flops_per_token() / t / 1e9:6.2f} GFLOP/s")
+        print(f"{k:>10}: {t * 1e3:8.1f} ms per step (IQR {res[k].iqr * 1e3:.1f} ms), "
+              f"{B * T / t:9,.0f} tokens/s, {B * T * g.flops_per_token() / t / 1e9:6.2f} GFLOP/s")
     if "torch" in cands:
-        print(f"tinytorch / torch time per step: {res.ratio('tinytorch', 'torch'):.2f}x "
-              f"(median over rounds of the ratio within a round)")
+        r = res.ratio("tinytorch", "torch")
+        print(f"tinytorch / torch time per step: {r:.2f}x (median over rounds of the ratio "
+              f"within a round); target at most 1.50x: {'met' if r <= 1.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":
