@@ -55,7 +55,7 @@ from fastcore.test import test_eq, test_fail, test_close
 from tinytorch.core.tensor import Tensor, manual_seed
 from tinytorch.core.spatial import conv2d
 from tinytorch.core.activations import gelu, Activation, ReLU
-from tinytorch.core.autograd import grad_rule, unbroadcast, _grad_rules
+from tinytorch.core.autograd import grad_rule, unbroadcast, _grad_rules, keep_freed_memory
 from tinytorch.core.optimizers import Adam, AdamW
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import cross_entropy
@@ -165,8 +165,9 @@ test_fail(lambda: matmul_broadcast(A, A), contains="matmul_broadcast: expected")
 #
 # The size is chosen so the three loops take under a second: $n = k = m = 64$, float32, one BLAS
 # thread. The slow steps get few samples (the loops one call per sample, three samples); each rate
-# is $2nkm$ divided by the median time. The peak is the rate of a large GEMM, $(512, 512) @ (512,
-# 512)$, from its fastest sample: the best this core did with NumPy's BLAS during the run.
+# is $2nkm$ divided by the median time. The peak is the rate of a large GEMM,
+# $(512, 512) @ (512, 512)$, from its fastest sample: the best this core did with NumPy's BLAS
+# during the run.
 
 # %%
 N_LADDER = 64
@@ -313,8 +314,10 @@ print(f"conv (2, 4, 12, 12) -> 8 filters 3x3, padding 1: {conv_flops:,} FLOPs; s
 # - **peak memory**: several temporaries are alive at once;
 # - **fresh pages**: when the allocator returns a large freed block to the operating system, the
 #   next allocation of that size gets new pages, and the first write to each 4 KiB page is a page
-#   fault that the kernel must serve (and zero). On this machine a page fault is expensive, as
-#   measured below.
+#   fault that the kernel must serve (and zero). The framework now asks glibc's malloc to keep freed
+#   memory for reuse (`keep_freed_memory`, called when `tinytorch.core.autograd` is imported); the
+#   cell below switches back to glibc's initial settings for a moment to measure what a fault
+#   costs.
 #
 # A *fused* form computes the same values in one buffer with `out=` arguments and in-place
 # operators, so it allocates once. (NumPy already does a little of this by itself: when an operand
@@ -357,24 +360,26 @@ def page_faults(fn, calls=10) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / calls
 
 # %% [markdown]
-# What a page fault costs here: three new 4 MiB arrays alive at once, each written once, against
-# writing into three arrays that already exist. Twelve MiB freed at once is more than glibc keeps by
-# default, so it returns the memory to the operating system and the next call faults fresh pages in
-# again.
+# What a page fault costs here: three new 4 MiB arrays alive at once, each written once, with
+# glibc's initial thresholds (128 KiB: freed memory goes back to the operating system) and with
+# the memory kept, against writing into three arrays that already exist.
 
 # %%
 def fresh_3x4mib():
     a = np.ones(2**20, np.float32); b = np.ones(2**20, np.float32); c = np.ones(2**20, np.float32)
-kept = [np.empty(2**20, np.float32) for _ in range(3)]
-def reuse_3x4mib():
-    for k in kept: k.fill(1.0)
-c_pf = compare({'new arrays': fresh_3x4mib, 'existing arrays': reuse_3x4mib}, rounds=5)
-pf_new, pf_old = page_faults(fresh_3x4mib), page_faults(reuse_3x4mib)
+def fresh_returned(): keep_freed_memory(128 * 2**10); fresh_3x4mib()
+def fresh_kept(): keep_freed_memory(); fresh_3x4mib()
+kept_arrays = [np.empty(2**20, np.float32) for _ in range(3)]
+def existing_arrays():
+    for k in kept_arrays: k.fill(1.0)
+c_pf = compare({'new, memory returned': fresh_returned, 'new, memory kept': fresh_kept,
+                'existing arrays': existing_arrays}, rounds=5)
+pf_ret, pf_kept = page_faults(fresh_returned), page_faults(fresh_kept)
+test_eq(keep_freed_memory(), True)                              # the framework's setting again
 print(c_pf.table())
-extra = c_pf['new arrays'].median - c_pf['existing arrays'].median                 # seconds
-print(f"page faults per call: new {pf_new:.0f}, existing {pf_old:.0f}"
-      + (f"; about {extra / pf_new * 1e6:.1f} us per fault" if pf_new >= 1
-         else "; the allocator kept its memory during this run"))
+extra = c_pf['new, memory returned'].median - c_pf['existing arrays'].median   # seconds
+print(f"page faults per call: memory returned {pf_ret:.0f}, kept {pf_kept:.0f}"
+      + (f"; about {extra / pf_ret * 1e6:.1f} us per fault" if pf_ret >= 1 else ""))
 
 # %% [markdown]
 # ### GELU
@@ -418,8 +423,7 @@ print(f"GELU (tanh) on {xg.shape} float32 ({xg.nbytes / 2**20:.0f} MiB):")
 for k, f in gelu_forms.items():
     print(f"  {k:>24}: {fmt_seconds(c_gelu[k].median):>9}  "
           f"{c_gelu.ratio(k, 'fused (copy + in place)'):5.1f}x fused  "
-          f"peak alloc {peak_alloc(f) / xg.nbytes:4.1f}x the array  "
-          f"page faults per call {page_faults(f):5.0f}")
+          f"peak alloc {peak_alloc(f) / xg.nbytes:4.1f}x the array")
 
 # %% [markdown]
 # ### A bias and activation epilogue
@@ -477,9 +481,10 @@ test_eq(bias_gelu_(np.array([[-1., 0.]]), np.array([1., 0.])), [[0., 0.]])   # G
 # without materialising the squares.
 #
 # Softmax followed by cross-entropy composed computes the probabilities $p = e^{z} / \sum e^{z}$ and
-# then $-\log p_t$. Fused, the probabilities are never formed: $-\log p_t = \log \sum_j e^{z_j - m}
-# + m - z_t$ with $m = \max_j z_j$, the one temporary holding $e^{z - m}$. It is also the stable
-# form: $\log p_t$ of a tiny probability underflows to $-\infty$ in the composed form.
+# then $-\log p_t$. Fused, the probabilities are never formed:
+# $-\log p_t = \log \sum_j e^{z_j - m} + m - z_t$ with $m = \max_j z_j$, the one temporary holding
+# $e^{z - m}$. It is also the stable form: $\log p_t$ of a tiny probability underflows to $-\infty$
+# in the composed form.
 
 # %%
 #| export
@@ -557,33 +562,29 @@ with blas_threads(1):
         c = compare({'composed': composed, 'fused': fused}, rounds=5)
         fusion[name] = dict(t_c=c['composed'].median, t_f=c['fused'].median,
                             ratio=c.ratio('composed', 'fused'),
-                            m_c=peak_alloc(composed), m_f=peak_alloc(fused),
-                            pf_c=page_faults(composed, 5), pf_f=page_faults(fused, 5))
-print(f"{'':38} {'composed':>9} {'fused':>9} {'speedup':>7}  {'peak alloc (MiB)':>17}  "
-      f"{'page faults':>13}")
+                            m_c=peak_alloc(composed), m_f=peak_alloc(fused))
+print(f"{'':38} {'composed':>9} {'fused':>9} {'speedup':>7}  {'peak alloc (MiB)':>17}")
 for name, r in fusion.items():
     print(f"{name:38} {fmt_seconds(r['t_c']):>9} {fmt_seconds(r['t_f']):>9} {r['ratio']:6.2f}x  "
-          f"{r['m_c'] / 2**20:7.2f} -> {r['m_f'] / 2**20:5.2f}  "
-          f"{r['pf_c']:6.0f} -> {r['pf_f']:4.0f}")
+          f"{r['m_c'] / 2**20:7.2f} -> {r['m_f'] / 2**20:5.2f}")
 
 # %% [markdown]
 # Reading the table: the peak-allocation column is exact (tracemalloc counts every buffer NumPy
 # allocates), the times carry the machine's noise. Where the composed form allocates several arrays
-# of the full size, the fused one allocates one (or one plus the copy of its input). The page-fault
-# column shows when the C library handed freed memory back to the operating system and had to fault
-# fresh pages in on the next call; when it is zero for both, the allocator reused its blocks and the
-# remaining difference is memory traffic.
+# of the full size, the fused one allocates one (or one plus the copy of its input). With freed
+# memory kept by the allocator, what remains of the difference in time is memory traffic.
 
 # %% [markdown]
 # ## Layout and precision
 #
 # BLAS wants each matrix with one axis of unit stride. A transposed view (`b.T`) qualifies: BLAS
-# reads it as the transpose of a contiguous matrix, for free. A view that skips elements (`big[:,
-# ::2]`) does not: NumPy must copy it into a contiguous buffer first (or fall back to a loop without
-# BLAS). Float64 moves twice the bytes and its vector instructions hold half as many numbers as
-# float32's. Float16 has no BLAS kernel in NumPy at all: a float16 product runs NumPy's own loop.
-# Each row below is a (256, 256) @ (256, 256) product (float16 at 128 so the notebook stays short,
-# normalised by its own FLOPs), one BLAS thread.
+# reads it as the transpose of a contiguous matrix, for free. A view that skips elements
+# (`wide[:, ::2]`) does not: NumPy copies it into a contiguous buffer first, one extra pass over
+# the operand, which is small next to the $n^3$ work of the product once $n$ is in the hundreds.
+# Float64 moves twice the bytes and its vector instructions hold half as many numbers as float32's.
+# Float16 has no BLAS kernel in NumPy at all: a float16 product runs NumPy's own loop. Each row
+# below is a (256, 256) @ (256, 256) product (float16 at 128 so the notebook stays short, its rate
+# from its own FLOPs), one BLAS thread.
 
 # %%
 rng = np.random.default_rng(4)
@@ -602,6 +603,9 @@ with blas_threads(1):
 for k, (f, n) in layout.items():
     print(f"{k:>28}: {fmt_seconds(c_lay[k].median):>9}  "
           f"{2 * n**3 / c_lay[k].median / 1e9:7.2f} GFLOP/s")
+r64 = c_lay.ratio('float64 contiguous', 'float32 contiguous')
+print(f"float64 takes {r64:.2f}x the time of float32; the strided operand "
+      f"{c_lay.ratio('float32 @ strided view', 'float32 contiguous'):.2f}x")
 test_eq(strided.flags.c_contiguous, False)
 a16_as32 = a16.astype(np.float32) @ b16.astype(np.float32)
 test_close((a16 @ b16).astype(np.float32), a16_as32, eps=0.5)    # float16 rounding, 128 terms
@@ -739,36 +743,46 @@ print(f"measured: step {fmt_seconds(c_step['old'].median)} -> {fmt_seconds(c_ste
 # %% [markdown]
 # The bound uses the share measured under the profiler, and the profiler's own bookkeeping per op
 # makes the rest of the step (many small ops) look slower than it is, so $p$ comes out low and the
-# bound tight; the share computed from the two timings without a profiler, $p = 2\,t_\text{GELU} /
-# t_\text{step}$ (two blocks, one GELU each), is printed for comparison. Either way the lesson
-# holds: the gain is bounded by how much of the step the GELU was, and the bound with $s = \infty$
-# says that nothing done to the GELU alone could give more.
+# bound tight; the share computed from the two timings without a profiler,
+# $p = 2\,t_\text{GELU} / t_\text{step}$ (two blocks, one GELU each), is printed for comparison.
+# Both bounds assume that the rest of the step is unchanged by the GELU's speedup; the cell checks
+# the measured gain against that assumption.
 
 # %%
 p_timed = 2 * c_part['old'].median / c_step['old'].median
 bound, gained = amdahl_speedup(min(p_timed, 1.0), s_gelu), c_step.ratio('old', 'new')
 print(f"p from timings: {p_timed:.1%}; bound with it {bound:.2f}x; measured {gained:.2f}x: "
       + ("within the bound" if gained <= bound * 1.05
-         else "above the bound, so the rest of the step got faster too"))
+         else "above the bound: either the rest of the step changed too, or noise; see below"))
 
 # %% [markdown]
-# Amdahl's law assumes the rest of the program does not change. When a gain comes out above the
-# bound, that assumption failed: here the old GELU left large freed temporaries behind, which the
-# allocator returned to the operating system, so the next ops of the step (outside the GELU) paid
-# page faults for fresh memory as well. Removing the GELU's temporaries removed that cost from its
-# neighbours too. A profile attributes time to the op that spends it, not to the op that caused it.
+# Amdahl's law assumes the rest of the program does not change. The cell below checks that
+# assumption: the profiled time per step outside the GELU, and the page faults per step, with the
+# old GELU and with the new. A GELU that leaves large freed temporaries behind can make its
+# neighbours slower: the allocator hands the memory back to the operating system, and the next ops
+# fault fresh pages in. A profile attributes that time to the op that spends it, not to the op that
+# caused it.
+
+# %%
+with blas_threads(1):
+    with Profiler() as prof_gpt:
+        for _ in range(3): step_new()
+rows_new = aggregate(prof_gpt.events)
+rest_old = prof.seconds - rows['gelu_x3'].seconds - rows['gelu_x3 (backward)'].seconds
+rest_new = prof_gpt.seconds - rows_new['gelu'].seconds - rows_new['gelu (backward)'].seconds
+print(f"per step, outside the GELU: old {fmt_seconds(rest_old / 3)}, "
+      f"new {fmt_seconds(rest_new / 3)}")
+print(f"page faults per step: old {page_faults(step_old, 3):.0f}, "
+      f"new {page_faults(step_new, 3):.0f}")
 
 # %% [markdown]
 # ## The framework's training steps
 #
 # The same method applied to the two training steps the course's milestones run: profile, find the
 # largest costs that are not the arithmetic itself, remove them where they are made, and measure
-# again. The profile of the small GPT's step as the framework now stands:
+# again. The profile of the small GPT's step as the framework now stands (taken above):
 
 # %%
-with blas_threads(1):
-    with Profiler() as prof_gpt:
-        for _ in range(3): step_new()
 print(prof_gpt.table(top=10))
 
 # %% [markdown]
@@ -782,11 +796,16 @@ print(prof_gpt.table(top=10))
 #    input: the weight's gradient was a batch of B products $(k, n) @ (n, m)$ into a $(B, k, m)$
 #    temporary, then summed over B. Now it is one GEMM, $A^T G$ with $A$ viewed as $(Bn, k)$, and
 #    the input's gradient is one GEMM as well.
-# 3. **`batch_norm` and `layer_norm`** (`tinytorch.core.normalization`), on the paths of both the
+# 3. **Freed memory is kept** (`keep_freed_memory` in `tinytorch.core.autograd`, called on import).
+#    With glibc's default settings freed arrays went back to the operating system and every step
+#    faulted fresh pages in; PyTorch's step, measured the same way, takes almost none. The count and
+#    the cost for the small step are printed below.
+# 4. **`batch_norm` and `layer_norm`** (`tinytorch.core.normalization`), on the paths of both the
 #    TinyGPT and the LeNet steps: the forward pass made five arrays of the input's size (centred
 #    values, their squares, the normalised values, the scaled ones, the shifted ones). Now the
 #    variance comes from `np.einsum`, which sums the squares without storing them, and the
-#    normalisation and the scale and shift run in place: two arrays.
+#    normalisation and the scale and shift run in place: two arrays. Their gradient rules likewise
+#    make one array where they made five.
 #
 # The second change, before and after, on the MLP's first layer of the TinyGPT step:
 
@@ -813,7 +832,22 @@ print(f"gradient of (32, 64, 128) @ (128, 512): "
       f"{peak_alloc(matmul_rule, gm, None, ta, tb) / 2**20:.1f} MiB")
 
 # %% [markdown]
-# The third change, on the LeNet's first `BatchNorm2d` in training mode, (32, 16, 28, 28): the old
+# The third change: the small GPT's training step with freed memory returned to the operating
+# system (glibc's initial thresholds) and kept, the two alternating, and the page faults per step.
+
+# %%
+def gpt_step_returned(): keep_freed_memory(128 * 2**10); step_new()
+def gpt_step_kept(): keep_freed_memory(); step_new()
+with blas_threads(1):
+    c_mem = compare({'memory returned': gpt_step_returned, 'memory kept': gpt_step_kept}, rounds=5)
+pf_step = page_faults(gpt_step_returned, 3), page_faults(gpt_step_kept, 3)
+test_eq(keep_freed_memory(), True)
+print(c_mem.table())
+print(f"page faults per step: returned {pf_step[0]:,.0f}, kept {pf_step[1]:,.0f}; the step is "
+      f"{c_mem.ratio('memory returned', 'memory kept'):.2f}x faster with the memory kept")
+
+# %% [markdown]
+# The fourth change, on the LeNet's first `BatchNorm2d` in training mode, (32, 16, 28, 28): the old
 # forward pass written out again on arrays, against `batch_norm` as it now is.
 
 # %%

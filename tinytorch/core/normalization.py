@@ -152,13 +152,16 @@ def _batch_norm_grad(g, out, x, *params, xhat, inv_std, training, has):
     ### BEGIN SOLUTION
     need_sums = x.requires_grad and training
     dbeta = _channel_sum(g2, C) if need_sums or (bias is not None and bias.requires_grad) else None          # (C,)
-    dgamma = _channel_sum(g2 * xhat, C) if need_sums or (weight is not None and weight.requires_grad) else None  # (C,)
+    need_dgamma = need_sums or (weight is not None and weight.requires_grad)
+    dgamma = np.einsum('ij,ij->j', g2, xhat).reshape(C, P).sum(axis=1) if need_dgamma else None  # (C,)
     dx = None
     if x.requires_grad:
         scale = inv_std if weight is None else weight.data * inv_std                       # gamma * s, (C,)
         if training:
             m = g2.shape[0] * P
-            dx = np.repeat(scale / m, P) * (m * g2 - np.repeat(dbeta, P) - xhat * np.repeat(dgamma, P))  # (N, C*P)
+            # scale (g - (dbeta + xhat dgamma) / m), in one array
+            dx = xhat * np.repeat(dgamma / m, P); dx += np.repeat(dbeta / m, P)         # (N, C*P)
+            np.subtract(g2, dx, out=dx); dx *= np.repeat(scale, P)
         else: dx = g2 * np.repeat(scale, P)
         dx = dx.reshape(g.shape)
     ### END SOLUTION
@@ -215,10 +218,14 @@ def _layer_norm_grad(g, out, x, *params, xhat, inv_std, has):
     dx = None
     if x.requires_grad:
         gh = g2 if weight is None else g2 * weight.data.reshape(D)     # dL/dxhat, (R, D)
-        dx = inv_std * (gh - gh.mean(axis=1, keepdims=True) - xhat * (gh * xhat).mean(axis=1, keepdims=True))
+        # inv_std (gh - mean(gh) - xhat mean(gh xhat)), in one array: einsum sums gh xhat unstored
+        dx = xhat * (np.einsum('ij,ij->i', gh, xhat)[:, None] / D)     # (R, D)
+        dx += gh.mean(axis=1, keepdims=True)
+        np.subtract(gh, dx, out=dx); dx *= inv_std
         dx = dx.reshape(g.shape)
     grads = (dx,)
-    if weight is not None: grads += ((g2 * xhat).sum(axis=0).reshape(weight.shape) if weight.requires_grad else None,)
+    if weight is not None:
+        grads += (np.einsum('ij,ij->j', g2, xhat).reshape(weight.shape) if weight.requires_grad else None,)
     if bias is not None: grads += (g2.sum(axis=0).reshape(bias.shape) if bias.requires_grad else None,)
     return grads
 
