@@ -798,14 +798,13 @@ print(prof_gpt.table(top=10))
 #    the input's gradient is one GEMM as well.
 # 3. **Freed memory is kept** (`keep_freed_memory` in `tinytorch.core.autograd`, called on import).
 #    With glibc's default settings freed arrays went back to the operating system and every step
-#    faulted fresh pages in; PyTorch's step, measured the same way, takes almost none. The count and
-#    the cost for the small step are printed below.
+#    faulted fresh pages in. The count and the cost for the small step are printed below.
 # 4. **`batch_norm` and `layer_norm`** (`tinytorch.core.normalization`), on the paths of both the
 #    TinyGPT and the LeNet steps: the forward pass made five arrays of the input's size (centred
 #    values, their squares, the normalised values, the scaled ones, the shifted ones). Now the
 #    variance comes from `np.einsum`, which sums the squares without storing them, and the
 #    normalisation and the scale and shift run in place: two arrays. Their gradient rules likewise
-#    make one array where they made five.
+#    make one or two arrays of that size where they made five or six.
 #
 # The second change, before and after, on the MLP's first layer of the TinyGPT step:
 
