@@ -13,8 +13,10 @@ Candidates:
               head), `torch.optim.AdamW`, started from the tinytorch model's weights.
 
 Protocol: one BLAS / OpenMP thread on both sides (set before NumPy and PyTorch are imported); both models are checked
-to give the same loss on the same batch first; the candidates alternate within each round; each figure is the median
-over rounds of the mean time of S steps after a warm-up step. The ratio is between medians of this same run.
+to give the same loss on the same batch first. Timing is `tinytorch.utils.timing.compare`: the candidates
+alternate within each round; each figure is the median over rounds of the mean time of S steps after a
+warm-up step, and the ratio is the median over rounds of the ratio of the two candidates' times within a
+round. Target: tinytorch at most 1.5x PyTorch's time per step.
 """
 import os
 
@@ -23,7 +25,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import platform
-import time
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from tinytorch.core.optimizers import AdamW
 from tinytorch.core.tensor import manual_seed
 from tinytorch.models.transformer import GPT
 from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
+from tinytorch.utils.timing import compare
 
 try:
     import torch
@@ -84,13 +86,6 @@ def torch_gpt(g: GPT):
     return m
 
 
-def timed(fn, number: int) -> float:
-    "Mean seconds per call over `number` calls."
-    start = time.perf_counter()
-    for _ in range(number): fn()
-    return (time.perf_counter() - start) / number
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
@@ -126,15 +121,15 @@ def main():
           f"parameters, {g.flops_per_token():,} FLOPs per token (6N + 12LHQT); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, 1 thread per side, load average {os.getloadavg()[0]:.2f}; torch "
           f"{torch.__version__ if torch else 'not installed'}")
-    for fn in cands.values(): fn()                                                   # warm-up
-    times = {k: [] for k in cands}
-    for _ in range(args.rounds):
-        for k, fn in cands.items(): times[k].append(timed(fn, args.steps))
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    for k, t in med.items():
-        print(f"{k:>10}: {t * 1e3:8.1f} ms per step, {B * T / t:9,.0f} tokens/s, "
-              f"{B * T * g.flops_per_token() / t / 1e9:6.2f} GFLOP/s")
-    if "torch" in med: print(f"tinytorch / torch time per step: {med['tinytorch'] / med['torch']:.2f}x")
+    res = compare(cands, rounds=args.rounds, warmup=1, number=args.steps)
+    for k in cands:
+        t = res[k].median
+        print(f"{k:>10}: {t * 1e3:8.1f} ms per step (IQR {res[k].iqr * 1e3:.1f} ms), "
+              f"{B * T / t:9,.0f} tokens/s, {B * T * g.flops_per_token() / t / 1e9:6.2f} GFLOP/s")
+    if "torch" in cands:
+        r = res.ratio("tinytorch", "torch")
+        print(f"tinytorch / torch time per step: {r:.2f}x (median over rounds of the ratio "
+              f"within a round); target at most 1.50x: {'met' if r <= 1.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@
 # %%
 #| export
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import math
 
 import numpy as np
@@ -37,6 +40,7 @@ from tinytorch.core.activations import erf
 # %%
 #| hide
 import gc
+import resource
 import tracemalloc
 import weakref
 from timeit import repeat
@@ -268,6 +272,10 @@ def _matmul_grad(g, out, a, b):
         ### BEGIN SOLUTION
         return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
+    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:               # (..., n, k) @ (k, m), as in Linear
+        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # one GEMM (k, m), no (..., k, m) temporary
+        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None   # one GEMM too
+        return ga, gb
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
     g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
@@ -377,8 +385,15 @@ def _gelu_grad(g, out, a, approximate):
     x = a.data
     if approximate == 'tanh':
         k = math.sqrt(2 / math.pi)
-        t = np.tanh(k * (x + 0.044715 * x**3))
-        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715, in three
+        # arrays updated in place: each temporary of an expression costs a pass over memory and fresh pages
+        x2 = x * x                                                   # x*x: float32 x**3 is far slower
+        t = x2 * 0.044715; t += 1; t *= x; t *= k; np.tanh(t, out=t)
+        x2 *= 3 * 0.044715; x2 += 1; x2 *= x; x2 *= 0.5 * k          # k x (1 + 3c x^2) / 2
+        d = t * t; np.subtract(1, d, out=d); d *= x2                 # k x (1 - t^2)(1 + 3c x^2) / 2
+        t += 1; t *= 0.5; d += t
+        d *= g
+        return (d.astype(x.dtype, copy=False),)
     else: d = 0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     return ((g * d).astype(x.dtype, copy=False),)
 
@@ -726,6 +741,59 @@ for _ in range(100): closure_add(u, u)
 leaked = gc.collect(); gc.enable()
 print(f"closure design: the cycle collector freed {leaked} objects after 100 dropped results")
 assert leaked >= 100
+
+# %% [markdown]
+# ## Memory: freed arrays are kept for reuse
+#
+# A training step allocates and frees the same large arrays every time: activations, gradients,
+# temporaries. With its default settings glibc's `malloc` serves blocks above 128 KiB (a threshold
+# it raises as it goes) straight from the operating system and hands freed memory at the top of the
+# heap back to it, so the next step gets fresh pages, and the first write to each 4 KiB page is a
+# page fault the kernel must serve and zero (the acceleration module measures what that costs a
+# training step). `keep_freed_memory` sets two `mallopt` parameters so that freed memory up to `nbytes`
+# stays in the process for reuse, and blocks up to 32 MiB are served from it; importing this module
+# calls it. The price is memory: up to `nbytes` of freed memory is kept rather than returned.
+
+# %%
+#| export
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # mallopt parameter numbers, from glibc's malloc.h
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+    "The C library, or None where ctypes cannot find one."
+    name = ctypes.util.find_library('c')
+    return ctypes.CDLL(name) if name else None
+
+def keep_freed_memory(nbytes: int = 256 * 2**20,  # freed memory to keep for reuse
+                     ) -> bool:
+    "Ask glibc's malloc to keep freed memory for reuse, not return it; False without glibc."
+    libc = _libc()
+    if libc is None or not hasattr(libc, 'mallopt'): return False
+    ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, min(nbytes, 32 * 2**20))   # 32 MiB: glibc's largest
+    return bool(ok_mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, nbytes))
+
+keep_freed_memory()
+
+# %% [markdown]
+# Three 4 MiB arrays alive at once, made and dropped ten times: the page faults per round with
+# glibc's initial thresholds (128 KiB) and with the memory kept.
+
+# %%
+def three_arrays():
+    a, b, c = np.ones(2**20, np.float32), np.ones(2**20, np.float32), np.ones(2**20, np.float32)
+
+def faults_per_round(fn, rounds=10) -> float:
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds): fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / rounds
+
+if keep_freed_memory(128 * 2**10):
+    returned = faults_per_round(three_arrays)
+    test_eq(keep_freed_memory(), True)
+    three_arrays(); kept = faults_per_round(three_arrays)
+    print(f"page faults per round: {returned:,.0f} with memory returned, {kept:,.0f} with it kept")
+    assert kept < returned / 10
+else: print("no glibc malloc here: keep_freed_memory does nothing")
 
 # %% [markdown]
 # ## What recording costs

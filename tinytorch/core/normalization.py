@@ -59,7 +59,7 @@ def batch_norm(input: Tensor,           # (N, C, ...)
         m = N * P                                                      # values per channel
         mean = _channel_sum(x2, C) / m                                 # (C,)
         xc = x2 - np.repeat(mean, P)                                   # (N, C*P)
-        var = _channel_sum(xc * xc, C) / m                             # (C,), biased
+        var = np.einsum('ij,ij->j', xc, xc).reshape(C, P).sum(axis=1) / m   # (C,), biased; squares not stored
         if running_mean is not None:
             running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
             running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (m / (m - 1))
@@ -67,9 +67,11 @@ def batch_norm(input: Tensor,           # (N, C, ...)
         var = running_var.data.astype(x2.dtype, copy=False)            # (C,)
         xc = x2 - np.repeat(running_mean.data.astype(x2.dtype, copy=False), P)
     inv_std = 1 / np.sqrt(var + eps)                                   # (C,)
-    xhat = xc * np.repeat(inv_std, P)                                  # (N, C*P)
+    xhat = xc; xhat *= np.repeat(inv_std, P)                           # (N, C*P), in place: xc is ours
     out = xhat if weight is None else xhat * np.repeat(weight.data, P)
-    if bias is not None: out = out + np.repeat(bias.data, P)
+    if bias is not None:
+        if out is xhat: out = out + np.repeat(bias.data, P)            # xhat is kept for the gradient
+        else: out += np.repeat(bias.data, P)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
     return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params),
@@ -150,13 +152,16 @@ def _batch_norm_grad(g, out, x, *params, xhat, inv_std, training, has):
     ### BEGIN SOLUTION
     need_sums = x.requires_grad and training
     dbeta = _channel_sum(g2, C) if need_sums or (bias is not None and bias.requires_grad) else None          # (C,)
-    dgamma = _channel_sum(g2 * xhat, C) if need_sums or (weight is not None and weight.requires_grad) else None  # (C,)
+    need_dgamma = need_sums or (weight is not None and weight.requires_grad)
+    dgamma = np.einsum('ij,ij->j', g2, xhat).reshape(C, P).sum(axis=1) if need_dgamma else None  # (C,)
     dx = None
     if x.requires_grad:
         scale = inv_std if weight is None else weight.data * inv_std                       # gamma * s, (C,)
         if training:
             m = g2.shape[0] * P
-            dx = np.repeat(scale / m, P) * (m * g2 - np.repeat(dbeta, P) - xhat * np.repeat(dgamma, P))  # (N, C*P)
+            # scale (g - (dbeta + xhat dgamma) / m), in one array
+            dx = xhat * np.repeat(dgamma / m, P); dx += np.repeat(dbeta / m, P)         # (N, C*P)
+            np.subtract(g2, dx, out=dx); dx *= np.repeat(scale, P)
         else: dx = g2 * np.repeat(scale, P)
         dx = dx.reshape(g.shape)
     ### END SOLUTION
@@ -191,11 +196,13 @@ def layer_norm(input: Tensor,       # (..., *normalized_shape)
     ### BEGIN SOLUTION
     mean = x2.mean(axis=1, keepdims=True)                              # (R, 1)
     xc = x2 - mean                                                     # (R, D)
-    var = (xc * xc).mean(axis=1, keepdims=True)                        # (R, 1), biased
+    var = np.einsum('ij,ij->i', xc, xc)[:, None] / D                   # (R, 1), biased; squares not stored
     inv_std = 1 / np.sqrt(var + eps)                                   # (R, 1)
-    xhat = xc * inv_std                                                # (R, D)
+    xhat = xc; xhat *= inv_std                                         # (R, D), in place: xc is ours
     out = xhat if weight is None else xhat * weight.data.reshape(D)
-    if bias is not None: out = out + bias.data.reshape(D)
+    if bias is not None:
+        if out is xhat: out = out + bias.data.reshape(D)               # xhat is kept for the gradient
+        else: out += bias.data.reshape(D)
     ### END SOLUTION
     params = tuple(p for p in (weight, bias) if p is not None)
     return Tensor._from_op(out.reshape(input.shape), 'layer_norm', (input, *params), xhat=xhat, inv_std=inv_std,
@@ -211,10 +218,14 @@ def _layer_norm_grad(g, out, x, *params, xhat, inv_std, has):
     dx = None
     if x.requires_grad:
         gh = g2 if weight is None else g2 * weight.data.reshape(D)     # dL/dxhat, (R, D)
-        dx = inv_std * (gh - gh.mean(axis=1, keepdims=True) - xhat * (gh * xhat).mean(axis=1, keepdims=True))
+        # inv_std (gh - mean(gh) - xhat mean(gh xhat)), in one array: einsum sums gh xhat unstored
+        dx = xhat * (np.einsum('ij,ij->i', gh, xhat)[:, None] / D)     # (R, D)
+        dx += gh.mean(axis=1, keepdims=True)
+        np.subtract(gh, dx, out=dx); dx *= inv_std
         dx = dx.reshape(g.shape)
     grads = (dx,)
-    if weight is not None: grads += ((g2 * xhat).sum(axis=0).reshape(weight.shape) if weight.requires_grad else None,)
+    if weight is not None:
+        grads += (np.einsum('ij,ij->j', g2, xhat).reshape(weight.shape) if weight.requires_grad else None,)
     if bias is not None: grads += (g2.sum(axis=0).reshape(bias.shape) if bias.requires_grad else None,)
     return grads
 
