@@ -177,10 +177,8 @@ def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
     ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
-    elif approximate == 'tanh':                       # in place in one array: no temporaries, and d*d, not d**3
-        out = np.multiply(d, d, dtype=d.dtype if d.dtype.kind == 'f' else np.float64)
-        out *= 0.044715; out += 1; out *= d; out *= _SQRT_2_OVER_PI   # sqrt(2/pi) (d + 0.044715 d^3)
-        np.tanh(out, out=out); out += 1; out *= d; out *= 0.5         # d/2 (1 + tanh(...))
+    elif approximate == 'tanh':   # d*d*d: NumPy computes float32 d**3 with the slow general power
+        out = 0.5 * d * (1 + np.tanh(_SQRT_2_OVER_PI * (d + 0.044715 * (d * d * d))))
     else: raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     out = out.astype(d.dtype, copy=False)
     ### END SOLUTION

@@ -1019,7 +1019,7 @@ for name, model in models.items():
 
 # %% [markdown]
 # What dominates each step, read from the tables above (the figures are those printed in this run of
-# the notebook, on a shared machine):
+# the notebook, on a shared machine). The cell under this text lists each step's three largest rows.
 #
 # - **MLP**: a step lasts well under a millisecond, and the matrix products are a minority of it.
 #   The optimizer step (Adam's update, in Python over 6 parameters), the loss, the transposes of the
@@ -1029,14 +1029,20 @@ for name, model in models.items():
 #   FLOP rate is far below the matmuls' in the MLP: each convolution's GEMM has an inner dimension
 #   of only $C K_H K_W$ (9 for the first layer), and the copies of im2col and col2im come with it.
 #   The element-wise ops (BatchNorm, ReLU, pooling) share most of the rest.
-# - **TinyGPT**: the largest rows are GELU, forward and backward, ahead of every matrix product, at
-#   a FLOP rate hundreds of times below the matmuls'. The cell below finds out why.
+# - **TinyGPT**: the matrix products and attention share the step with GELU and LayerNorm. GELU once
+#   had the largest row of all, ahead of every matrix product, at a FLOP rate hundreds of times
+#   below theirs; this profiler is how it was found.
 #
 # GPT-2's GELU is the tanh form $\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))$, and the
-# activation module computes $x^3$ as `x**3`. NumPy has fast paths for a few exponents (such as 2,
-# 0.5 and -1) but computes `x**3` with the general power function, element by element; `x * x * x`
-# is two multiplications. The two, on the shape of TinyGPT's hidden activations, alternated by
-# `compare`:
+# activation module used to compute $x^3$ as `x**3`. NumPy has fast paths for a few exponents (such as
+# 2, 0.5 and -1) but computes `x**3` with the general power function, element by element;
+# `x * x * x` is two multiplications. The two, on the shape of TinyGPT's hidden activations,
+# alternated by `compare`:
+
+# %%
+for name, prof in profiles.items():
+    top = sorted(prof.rows('min').items(), key=lambda kv: -kv[1].seconds)[:3]
+    print(f"{name:8} largest rows: " + ", ".join(f"{k} {v.seconds * 1e3:.2f} ms" for k, v in top))
 
 # %%
 h = np.random.default_rng(0).standard_normal((8, 64, 256)).astype(np.float32)   # (B, T, 4C)
@@ -1046,8 +1052,8 @@ print(c.table(baseline='x*x*x'))
 
 # %% [markdown]
 # A profiler finds such a thing in one run; reading the code would not have suggested that the
-# activation function costs more than the matrix products. The fix belongs in the activation module,
-# and the acceleration module measures fixes of this kind.
+# activation function costs more than the matrix products. The fix, `x * x * x`, is now in the
+# activation module, and the acceleration module measures the step before and after.
 #
 # The trace of TinyGPT's step can be opened in Perfetto (ui.perfetto.dev: "Open trace file"): module
 # calls nest as they ran, with the ops inside them.
