@@ -306,26 +306,33 @@ def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
 # %% ../../nbs/14_transformers.ipynb #1043a44c
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     "`ln` on an array (..., C), in the steps of `layer_norm`."
+    w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # the registry itself: no __getattr__
     xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
     out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))
-    if ln.weight is not None: out = out * ln.weight.data
-    return out if ln.bias is None else out + ln.bias.data
+    if w is not None: out = out * w.data
+    return out if b is None else out + b.data
 
 def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
     "`lin` on an array (..., in) -> (..., out)."
-    y = x @ lin.weight.data.T
-    return y if lin.bias is None else y + lin.bias.data
+    p = lin._parameters                                               # the registry itself: no __getattr__
+    b, y = p.get('bias'), x @ p['weight'].data.T                      # (..., out)
+    return y if b is None else y + b.data
+
+def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
+    "`g` on an array; the tanh form cubes by two products, as NumPy's float32 `x**3` is a slow `pow` call."
+    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 # %% ../../nbs/14_transformers.ipynb #580a4f8d
 def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -> np.ndarray:
     "Causal self-attention of the new positions h (B, T, C) over the cached ones and themselves; writes the cache."
     B, T, C = h.shape; nh, hs = attn.num_heads, attn.head_dim
-    q, k, v = _lin(h, attn.qkv).reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
+    q, k, v = _lin(h, attn._modules['qkv']).reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
     k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
     s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
     if T > 1: s += _causal_bias(T, k.shape[2], s.dtype)               # bottom-right aligned
     y = _softmax_(s) @ v                                              # (B, nh, T, hs)
-    return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn.proj)  # (B, T, C)
+    return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn._modules['proj'])   # (B, T, C)
 
 # %% ../../nbs/14_transformers.ipynb #fc632175
 @patch
@@ -337,9 +344,10 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
     cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head, tr.wte.weight.dtype)
     x = (tr.wte(ids) + tr.wpe(T, start=start)).data                   # (B, T, C)
     for i, blk in enumerate(tr.h.children()):
-        x = x + _attend_cached(blk.attn, _ln(x, blk.ln_1), i, cache)  # (B, T, C)
-        h = gelu(_wrap(_lin(_ln(x, blk.ln_2), blk.mlp.fc)), blk.mlp.gelu.approximate).data   # (B, T, 4C)
-        x = x + _lin(h, blk.mlp.proj)                                 # (B, T, C)
+        b, mlp = blk._modules, blk._modules['mlp']._modules          # submodules by name, as blk.ln_1 finds them
+        x = x + _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C)
+        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B, T, 4C)
+        x = x + _lin(h, mlp['proj'])                                  # (B, T, C)
     cache.advance(T)
     logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head))               # (B, T, V)
     loss = None
