@@ -458,6 +458,9 @@ test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
 # decoding then continues one token at a time. The model always sees between `block_size // 2` and
 # `block_size` tokens of context, and the cost per token stays $O(\text{block\_size})$ on average, one prefill per
 # `block_size - block_size // 2` tokens.
+#
+# With `cache`, a preallocated cache (below), `generate` decodes into it instead of concatenating: it resets it,
+# prefills, and crops at the smaller of `block_size` and the cache's `max_len`.
 
 # %%
 #| export
@@ -715,7 +718,7 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))     # identica
 # %%
 #| export
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
-    "`ln` on an array (..., C), in the steps of `layer_norm`."
+    "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # the registry itself: no __getattr__
     xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
     out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))

@@ -305,7 +305,7 @@ def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
 
 # %% ../../nbs/14_transformers.ipynb #1043a44c
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
-    "`ln` on an array (..., C), in the steps of `layer_norm`."
+    "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # the registry itself: no __getattr__
     xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
     out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))
