@@ -351,3 +351,855 @@ test_fail(lambda: quantize_per_channel(w, s_c[:3], z_c[:3], axis=0), contains="o
 err_t, err_c = [np.abs(q.dequantize() - w)[1:].mean() for q in (qt, qc)]
 print(f"mean error on the three small channels: per tensor {err_t:.4f}, per channel {err_c:.4f} "
       f"({err_t / err_c:.1f}x smaller); bytes: per tensor {qt.nbytes}, per channel {qc.nbytes} (float32: {w.nbytes})")
+
+# %% [markdown]
+# ## Integer matrix products
+#
+# A `Linear` layer computes $y_{no} = b_o + \sum_k x_{nk} W_{ok}$. Substitute $x = S_x (q_x - Z_x)$ and
+# $W_{o\cdot} = S_w[o]\, q_w$ (symmetric, $Z_w = 0$):
+#
+# $$y_{no} = S_x S_w[o] \Big( \underbrace{\textstyle\sum_k (q_{x,nk} - Z_x)\, q_{w,ok}}_{\text{int32 accumulator}}
+#   + \underbrace{b_o / (S_x S_w[o])}_{\text{int32 bias}} \Big).$$
+#
+# All the work is in the sum, and it is integer arithmetic: int8 operands (the difference $q_x - Z_x$ needs 9
+# bits, which is why gemmlowp stores activations as uint8 and why fbgemm widens to 16 bits), products summed in
+# int32. Quantizing the output is one multiply per element by $M = S_x S_w[o] / S_{out}$, a rounding, adding
+# $Z_{out}$ and a clamp. A ReLU that follows is that clamp with the lower bound raised to $Z_{out}$.
+#
+# **NumPy has no int8 matrix product.** `np.matmul` on integer arrays runs a plain loop, about 100 times slower
+# than BLAS. But float32 represents every integer up to $2^{24}$ exactly, so a float32 BLAS product of integer
+# operands is exact while every partial sum stays below $2^{24}$, whatever order BLAS adds in. With
+# $|q_x - Z_x| \le 255$ and $|q_w| \le 127$ each product is at most $255 \cdot 127 = 32385$, so $K$ terms are safe
+# while $K \cdot 32385 < 2^{24}$:
+
+# %%
+#| export
+ACC_K_MAX = (2**24 - 1) // (255 * 127)   # longest sum of (q_x - Z_x) * q_w that float32 adds exactly
+
+# %%
+print(f"K <= {ACC_K_MAX}: {ACC_K_MAX} * 255 * 127 = {ACC_K_MAX * 255 * 127:,} < 2^24 = {2**24:,} "
+      f"< {(ACC_K_MAX + 1) * 255 * 127:,}")
+test_eq(ACC_K_MAX, 518)
+
+# %% [markdown]
+# Longer sums are split into chunks of at most 518 terms; each chunk's exact result is converted to int32 and the
+# int32 partials are added, which is what an int32 accumulator does. The operands are held as float32 only for
+# BLAS: the layer stores int8 and widens a copy for each product.
+
+# %%
+#| export
+def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
+                 b: np.ndarray,  # (K, N) integers with |b| <= 127, any dtype
+                ) -> np.ndarray:
+    "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of at most `ACC_K_MAX` terms."
+    ### BEGIN SOLUTION
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    K = a.shape[1]
+    acc = (a[:, :ACC_K_MAX] @ b[:ACC_K_MAX]).astype(np.int32)            # (M, N), exact
+    for k in range(ACC_K_MAX, K, ACC_K_MAX):
+        acc += (a[:, k:k + ACC_K_MAX] @ b[k:k + ACC_K_MAX]).astype(np.int32)
+    return acc
+    ### END SOLUTION
+
+# %% [markdown]
+# The test uses operands near the ends of their ranges, where one float32 product over $K = 1000$ terms has
+# partial sums beyond $2^{24}$ and may round, while the chunked one is exact; then random operands, checked
+# against NumPy's int64 product.
+
+# %%
+K = 1000
+a, b = rng.integers(250, 256, (20, K)), rng.integers(120, 128, (K, 20))
+exact, one = a @ b, (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+test_eq(int32_matmul(a, b), exact)
+print(f"K = {K}, sums near {int(exact.mean()):,} > 2^24: one float32 product gets {(one != exact).sum()} of "
+      f"{exact.size} entries wrong (largest error {np.abs(one - exact).max()}); chunked: "
+      f"{(int32_matmul(a, b) != exact).sum()} wrong")
+a = rng.integers(-255, 256, (7, 1200)); b = rng.integers(-127, 128, (1200, 5))
+test_eq(int32_matmul(a, b), a @ b)
+test_eq(int32_matmul(a, b).dtype, np.int32)
+
+# %% [markdown]
+# ## Requantization
+#
+# The int32 accumulator must become an int8 at the output's scale: $q_{out} = Z_{out} + \mathrm{round}(M \cdot
+# acc)$ with $M = S_x S_w / S_{out}$, a real number, in practice in $(0, 1)$. In float it is one multiply.
+# Hardware without floating point (and gemmlowp and TensorFlow Lite, for bit-exact results on every device)
+# writes $M = 2^{-n} M_0$ with $M_0 \in [1/2, 1)$ held as a 31-bit fixed-point integer
+# $m_0 = \mathrm{round}(2^{31} M_0)$, then computes
+#
+# - `SaturatingRoundingDoublingHighMul(acc, m0)`: the high 32 bits of the 64-bit product $2\,acc\,m_0$, rounded,
+#   which is $acc \cdot M_0$ rounded;
+# - `RoundingDivideByPOT(., n)`: a right shift by $n$ that rounds half away from zero.
+#
+# `quantize_multiplier` finds $(m_0, n)$; all the arithmetic is int64 NumPy, vectorised over the channels.
+
+# %%
+#| export
+def quantize_multiplier(M) -> tuple:
+    "`(m0, shift)` with `M = m0 * 2**(shift - 31)`, m0 an int in [2**30, 2**31): TFLite's `QuantizeMultiplier`."
+    M = np.asarray(M, np.float64)
+    if not (np.isfinite(M).all() and (M > 0).all()):
+        raise ValueError(f"quantize_multiplier: M must be positive and finite, got {M}")
+    frac, shift = np.frexp(M)                                # M = frac * 2**shift, frac in [1/2, 1)
+    m0 = np.rint(frac * 2.**31).astype(np.int64)
+    carry = m0 == 2**31                                      # frac rounded up to 1: halve it, one more shift
+    return np.where(carry, 2**30, m0), (shift + carry).astype(np.int64)
+
+# %%
+m0, sh = quantize_multiplier(0.0123)
+test_eq((2**30 <= m0 < 2**31), True)
+test_close(m0 * 2.**(sh - 31), 0.0123, eps=0.0123 * 2.**-30)   # m0 has 31 bits
+test_fail(lambda: quantize_multiplier(0.), contains="quantize_multiplier: M must be positive and finite, got 0.0")
+
+# %% [markdown]
+# The two primitives, as gemmlowp defines them on int32, here on int64 arrays holding int32 values.
+# `SaturatingRoundingDoublingHighMul` adds a nudge ($2^{30}$, or $1 - 2^{30}$ for a negative product), then
+# divides by $2^{31}$ truncating toward zero, as C's division does, so halves round up; the one
+# overflowing input, $(-2^{31})(-2^{31})$, saturates. `RoundingDivideByPOT` adds 1 when the bits shifted out
+# exceed half (or reach half, for negative values).
+
+# %%
+#| export
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
+
+def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
+    "`round(a * b / 2**31)` for int32 values `a`, `b` (as int64), saturating the one overflow: gemmlowp's SRDHM."
+    ### BEGIN SOLUTION
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a * b                                               # fits int64: |a b| <= 2**62
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    s = ab + nudge
+    high = np.where(s >= 0, s >> 31, -((-s) >> 31))         # divide by 2**31, truncating toward zero
+    return np.where((a == _INT32_MIN) & (b == _INT32_MIN), _INT32_MAX, high)
+    ### END SOLUTION
+
+def rounding_divide_by_pot(x, exponent) -> np.ndarray:
+    "`x / 2**exponent` rounded half away from zero, for int32 values `x` (as int64): gemmlowp's RoundingDivideByPOT."
+    x, exponent = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+# %%
+test_eq(saturating_rounding_doubling_high_mul(_INT32_MIN, _INT32_MIN), _INT32_MAX)
+test_eq(saturating_rounding_doubling_high_mul(3, 2**30), 2)         # 3 * 2**30 / 2**31 = 1.5 -> 2
+test_eq(saturating_rounding_doubling_high_mul(-3, 2**30), -1)       # -1.5 -> -1: halves round up
+test_eq(rounding_divide_by_pot(np.array([5, -5, 6, -6, 7]), 1), [3, -3, 3, -3, 4])   # 2.5 -> 3, -2.5 -> -3
+
+# %% [markdown]
+# `multiply_by_quantized_multiplier` chains them as TensorFlow Lite does (a left shift for $M \ge 1$, a rounding
+# right shift for $M < 1$). `requantize` applies either path and the rest of the output stage: add $Z_{out}$,
+# clamp, store int8.
+
+# %%
+#| export
+def multiply_by_quantized_multiplier(acc, m0, shift) -> np.ndarray:
+    "`round(acc * m0 * 2**(shift - 31))` in integer arithmetic only: TFLite's `MultiplyByQuantizedMultiplier`."
+    acc, shift = np.asarray(acc, np.int64), np.asarray(shift, np.int64)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    x = np.clip(acc << left, _INT32_MIN, _INT32_MAX)                   # int32 as the hardware holds it
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, m0), right)
+
+def requantize(acc: np.ndarray,     # int32 accumulators
+               multiplier,          # M: a float, or an array broadcasting against acc (one per channel)
+               zero_point: int,     # Z_out
+               qmin: int = -128,    # clamp: the dtype's smallest value, or Z_out for a fused ReLU
+               qmax: int = 127,
+               integer: bool = False, # fixed point (m0, shift) instead of a float multiply?
+              ) -> np.ndarray:
+    "int8 `clamp(Z_out + round(M * acc), qmin, qmax)`, with M applied in float32 or in fixed point."
+    if integer:
+        m0, shift = quantize_multiplier(multiplier)
+        y = multiply_by_quantized_multiplier(acc, m0, shift) + zero_point
+        return np.clip(y, qmin, qmax).astype(np.int8)
+    y = np.multiply(acc, np.asarray(multiplier, np.float32), dtype=np.float32)
+    np.rint(y, out=y)
+    y += zero_point
+    np.clip(y, qmin, qmax, out=y)
+    return y.astype(np.int8)
+
+# %% [markdown]
+# On a million random accumulators the two paths differ by at most one level, and only rarely: at the
+# half-way points (half to even against half away from zero) and where $M$ in float32 and $m_0$ round differently.
+
+# %%
+acc = rng.integers(-2**22, 2**22, (1000, 1000), dtype=np.int32)
+M = rng.uniform(1e-6, 1e-4, 1000)                                      # one multiplier per channel (last axis)
+yf, yi = requantize(acc, M, -3), requantize(acc, M, -3, integer=True)
+diff = np.abs(yf.astype(int) - yi)
+test_eq(diff.max() <= 1, True)
+print(f"float against fixed-point requantization on {acc.size:,} accumulators: max difference {diff.max()} level, "
+      f"{(diff > 0).mean():.4%} of outputs differ")
+
+# %% [markdown]
+# ## Quantized layers
+#
+# `QuantizedLinear` and `QuantizedConv2d` hold everything as buffers, so `state_dict` and the checkpoint see it:
+# the int8 weight, its per-channel float32 scales and int8 zero points, the float bias, and the scales and zero
+# points of the input they expect and the output they produce. `.weight` is the `QuantizedTensor` (per channel,
+# axis 0), `.scale` and `.zero_point` the output's, as in `torch.ao.nn.quantized`. A layer takes a
+# `QuantizedTensor` and returns one; an input at another scale than the one it was built for is an error, not a
+# silent rescaling. `from_float` builds one from a float layer and the calibrated input and output parameters.
+
+# %%
+#| export
+def _scalar(value, dtype) -> Tensor:
+    "A 0-d buffer."
+    return Tensor(np.array(value, dtype))
+
+class _QuantizedLayer(Module):
+    "What `QuantizedLinear` and `QuantizedConv2d` share: buffers, `from_float`, the int32 bias and the output stage."
+    def _init_buffers(self, qweight: QuantizedTensor, bias, in_qparams: tuple, out_qparams: tuple,
+                      relu: bool, integer_requant: bool):
+        self.per_channel, self.relu, self.integer_requant = qweight.per_channel, relu, integer_requant
+        O = qweight.shape[0]
+        self.register_buffer('weight_int8', Tensor(qweight.int_repr()))
+        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qweight.scale, (O,)).astype(np.float32)))
+        self.register_buffer('weight_zero_point', Tensor(np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)))
+        self.register_buffer('bias', None if bias is None else Tensor(np.array(bias, np.float32)))
+        for name, (s, z) in (('input', in_qparams), ('output', out_qparams)):
+            s, z = _check_qparams(f"{type(self).__name__}.from_float", s, z, np.int8)
+            self.register_buffer(f'{name}_scale', _scalar(s, np.float32))
+            self.register_buffer(f'{name}_zero_point', _scalar(z, np.int8))
+
+    @property
+    def weight(self) -> QuantizedTensor:
+        "The int8 weight with its scales, per channel (axis 0) or per tensor."
+        q, s, z = self.weight_int8.data, self.weight_scale.data, self.weight_zero_point.data.astype(np.int64)
+        return QuantizedTensor(q, s, z, axis=0) if self.per_channel else QuantizedTensor(q, s[0], z[0])
+    scale = property(lambda self: float(self.output_scale.data), doc="The output's scale.")
+    zero_point = property(lambda self: int(self.output_zero_point.data), doc="The output's zero point.")
+
+# %% [markdown]
+# `_quantize_weight` is the weight half of `from_float`: symmetric, per output channel or per tensor, with an
+# optional narrower range (`bits=4` keeps the integers in $[-7, 7]$, still stored in int8).
+
+# %%
+#| export
+def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> QuantizedTensor:
+    "Symmetric quantization of a weight (O, ...) into [-(2**(bits-1) - 1), 2**(bits-1) - 1], per channel on axis 0."
+    if not 2 <= bits <= 8: raise ValueError(f"quantize weight: bits must be in 2..8, got {bits}")
+    _check_finite('quantize weight', w)
+    qmax = 2**(bits - 1) - 1
+    if per_channel:
+        flat = w.reshape(w.shape[0], -1)
+        s, z = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True, qmin=-qmax, qmax=qmax)
+        return quantize_per_channel(w, s, z, axis=0)
+    s, z = choose_qparams(w.min(), w.max(), symmetric=True, qmin=-qmax, qmax=qmax)
+    return quantize_per_tensor(w, s, z)
+
+@patch(cls_method=True)
+def from_float(cls: _QuantizedLayer,
+               mod: Module,                 # a float Linear or Conv2d (BatchNorm already folded)
+               input_scale: float, input_zero_point: int,    # the input's quantization, from calibration
+               output_scale: float, output_zero_point: int,  # the output's
+               per_channel: bool = True,    # a weight scale per output channel, or one per tensor
+               relu: bool = False,          # fuse a following ReLU into the output clamp?
+               weight_bits: int = 8,        # 8, or fewer for narrower weights stored in int8
+               integer_requant: bool = False, # requantize in fixed point instead of float32
+              ):
+    "A quantized copy of `mod` for inputs at (input_scale, input_zero_point) and outputs at the output's."
+    if not isinstance(mod, cls._float_type):
+        raise TypeError(f"{cls.__name__}.from_float: expected a {cls._float_type.__name__}, got {type(mod).__name__}")
+    q = cls.__new__(cls)
+    Module.__init__(q)
+    q._copy_config(mod)
+    bias = None if mod.bias is None else mod.bias.data
+    q._init_buffers(_quantize_weight(mod.weight.data, per_channel, weight_bits), bias,
+                    (input_scale, input_zero_point), (output_scale, output_zero_point), relu, integer_requant)
+    return q
+
+# %% [markdown]
+# The shared output stage: check the input's parameters, compute $M$ per channel and the int32 bias
+# $\mathrm{round}(b / (S_x S_w))$, add it to the accumulator, requantize with the ReLU's raised lower bound.
+
+# %%
+#| export
+@patch
+def _check_input(self: _QuantizedLayer, x) -> np.ndarray:
+    "`x`'s int8 data, after checking it is a `QuantizedTensor` at the scale and zero point this layer expects."
+    name = type(self).__name__
+    if not isinstance(x, QuantizedTensor):
+        raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the input first")
+    s, z = float(self.input_scale.data), int(self.input_zero_point.data)
+    if x.per_channel or x.dtype != np.int8 or not (np.float32(x.scale) == np.float32(s) and x.zero_point == z):
+        raise ValueError(f"{name}: input quantized with scale={np.float32(x.scale)}, zero_point={x.zero_point} "
+                         f"({x.dtype}), but this layer expects int8 with scale={s}, zero_point={z}")
+    return x.int_repr()
+
+@patch
+def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarray:
+    "int32 accumulators with output channels on `axis` -> int8 outputs: bias added, requantized, ReLU clamped."
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    sxsw = float(self.input_scale.data) * self.weight_scale.data.astype(np.float64)   # (O,) S_x S_w[o]
+    if self.bias is not None:
+        acc += np.rint(self.bias.data / sxsw).astype(np.int32).reshape(shape)        # bias at scale S_x S_w
+    M = (sxsw / float(self.output_scale.data)).reshape(shape)
+    z = self.zero_point
+    return requantize(acc, M, z, max(z, -128) if self.relu else -128, 127, integer=self.integer_requant)
+
+# %% [markdown]
+# `QuantizedLinear`: the activations' zero point is subtracted while widening to float32, the product is
+# `int32_matmul`, and the output stage does the rest.
+
+# %%
+#| export
+class QuantizedLinear(_QuantizedLayer):
+    "`Linear` on int8: int8 weight (per-channel scales), int32 accumulation, requantized int8 output."
+    _float_type = Linear
+    def _copy_config(self, mod): self.in_features, self.out_features = mod.in_features, mod.out_features
+
+    def forward(self, x: QuantizedTensor) -> QuantizedTensor:
+        "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale and zero point."
+        q = self._check_input(x)
+        if q.shape[-1] != self.in_features:
+            raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in in_features={self.in_features}")
+        ### BEGIN SOLUTION
+        xs = np.subtract(q.reshape(-1, self.in_features), self.input_zero_point.data, dtype=np.float32)  # (N, K)
+        acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
+        y = self._output_stage(acc, axis=1)                                    # (N, O) int8
+        ### END SOLUTION
+        return QuantizedTensor(y.reshape(*q.shape[:-1], self.out_features), self.scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:.4g}, "
+                f"zero_point={self.zero_point}, per_channel={self.per_channel}, relu={self.relu}")
+
+# %% [markdown]
+# A check by hand on a 1-by-2 example, then against the float layer: each output is off by at most its own
+# rounding ($S_{out}/2$) plus what the rounding of the inputs and weights contributes.
+
+# %%
+lin = Linear(2, 1)
+lin.weight.data[...] = [[0.5, -1.0]]; lin.bias.data[...] = [0.25]
+ql = QuantizedLinear.from_float(lin, 0.1, 0, 0.05, -10)                 # S_w = 1/127
+x = quantize_per_tensor(np.array([[1.0, 0.3]], np.float32), 0.1, 0)     # q_x = [10, 3]
+# acc = 10 * 64 + 3 * -127 = 259 (0.5 -> 63.5 -> 64 by half to even); bias 0.25 / (0.1/127) = 317.5 -> 318
+# y = -10 + rint((259 + 318) * (0.1 / 127) / 0.05) = -10 + rint(9.087) = -1
+test_eq(ql.weight.int_repr(), [[64, -127]])
+test_eq(ql(x).int_repr(), [[-1]])
+test_close(ql(x).dequantize(), lin(Tensor([[1.0, 0.3]])).data, eps=0.05)
+test_fail(lambda: ql(quantize_per_tensor(np.ones((1, 2)), 0.2, 0)), contains="expects int8 with scale=0.1")
+test_fail(lambda: ql(np.ones((1, 2))), contains="expected a QuantizedTensor, got ndarray")
+
+# %% [markdown]
+# `QuantizedConv2d` reuses `im2col` from the spatial module. The columns are built from $q_x - Z_x$, not $q_x$:
+# im2col pads with zeros, and padding must be the real $0.0$, which is the integer $Z_x$.
+
+# %%
+#| export
+class QuantizedConv2d(_QuantizedLayer):
+    "`Conv2d` on int8 through im2col and `int32_matmul`, with per-channel weight scales."
+    _float_type = Conv2d
+    def _copy_config(self, mod):
+        self.in_channels, self.out_channels = mod.in_channels, mod.out_channels
+        self.kernel_size, self.stride, self.padding = mod.kernel_size, mod.stride, mod.padding
+
+    def forward(self, x: QuantizedTensor) -> QuantizedTensor:
+        "(N, C, H, W) int8 -> (N, out_channels, OH, OW) int8."
+        q = self._check_input(x)
+        if q.ndim != 4 or q.shape[1] != self.in_channels:
+            raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got shape {q.shape}")
+        N, O = q.shape[0], self.out_channels
+        OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride, self.padding)
+        ### BEGIN SOLUTION
+        xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)         # (N, C, H, W), real 0 -> 0
+        cols = im2col(xs, self.kernel_size, self.stride, self.padding)            # (C*KH*KW, N*OH*OW)
+        acc = int32_matmul(self.weight_int8.data.reshape(O, -1), cols)            # (O, N*OH*OW) int32
+        y = self._output_stage(acc, axis=0)                                       # (O, N*OH*OW) int8
+        y = np.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))  # (N, O, OH, OW)
+        ### END SOLUTION
+        return QuantizedTensor(y, self.scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, scale={self.scale:.4g}, zero_point={self.zero_point}, "
+                f"per_channel={self.per_channel}, relu={self.relu}")
+
+# %% [markdown]
+# Against the float convolution, with padding, so that the border checks the zero point: the difference is
+# within the output's rounding plus the propagated input and weight rounding, bounded here as
+# $S_{out}/2 + \sum |W| S_x/2 + \sum |x| S_w/2$ (the last two over one receptive field).
+
+# %%
+manual_seed(0)
+conv = Conv2d(3, 4, 3, padding=1)
+xf = rng.uniform(-1, 3, (2, 3, 6, 6)).astype(np.float32)
+yf = conv(Tensor(xf)).data
+sx, zx = choose_qparams(xf.min(), xf.max()); so, zo = choose_qparams(yf.min(), yf.max())
+qc = QuantizedConv2d.from_float(conv, sx, zx, so, zo)
+yq = qc(quantize_per_tensor(xf, sx, zx)).dequantize()
+bound = so / 2 + np.abs(conv.weight.data).sum((1, 2, 3)).max() * sx / 2 \
+    + 27 * np.abs(xf).max() * qc.weight.q_per_channel_scales().max() / 2
+test_eq(np.abs(yq - yf).max() <= bound, True)
+print(f"QuantizedConv2d against Conv2d: largest difference {np.abs(yq - yf).max():.4f}, output step S_out = {so:.4f}, "
+      f"bound {bound:.4f}")
+
+# %% [markdown]
+# ## The layers between
+#
+# Between the integer layers the activations stay int8. `QuantizedMaxPool2d` runs `max_pool2d` directly on the
+# integers: with $S > 0$ the map $q \mapsto S(q - Z)$ is increasing, so the largest integer is the largest real,
+# and the output keeps the input's scale and zero point. `QuantizedFlatten` reshapes. `Quantize` and `DeQuantize`
+# (PyTorch's names) convert at the model's two ends.
+
+# %%
+#| export
+class Quantize(Module):
+    "float -> int8 `QuantizedTensor` at a fixed scale and zero point: the entry of a quantized model."
+    def __init__(self, scale: float, zero_point: int, dtype=np.int8):
+        super().__init__()
+        scale, zero_point = _check_qparams('Quantize', scale, zero_point, dtype)
+        self.register_buffer('scale', _scalar(scale, np.float32))
+        self.register_buffer('zero_point', _scalar(zero_point, np.int8))
+    def forward(self, x) -> QuantizedTensor:
+        return quantize_per_tensor(x, float(self.scale.data), int(self.zero_point.data))
+    def extra_repr(self) -> str: return f"scale={float(self.scale.data):.4g}, zero_point={int(self.zero_point.data)}"
+
+class DeQuantize(Module):
+    "`QuantizedTensor` -> float32 `Tensor`: the exit of a quantized model."
+    def forward(self, x: QuantizedTensor) -> Tensor: return Tensor(x.dequantize())
+
+class QuantizedMaxPool2d(Module):
+    "`MaxPool2d` on the integers of a per-tensor `QuantizedTensor`; scale and zero point pass through."
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+    def forward(self, x: QuantizedTensor) -> QuantizedTensor:
+        with no_grad(): y = max_pool2d(Tensor(x.int_repr()), self.kernel_size, self.stride).data
+        return QuantizedTensor(y, x.scale, x.zero_point)
+    def extra_repr(self) -> str: return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+class QuantizedFlatten(Module):
+    "`Flatten` on a per-tensor `QuantizedTensor`."
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+    def forward(self, x: QuantizedTensor) -> QuantizedTensor:
+        y = Tensor(x.int_repr()).flatten(self.start_dim, self.end_dim).data
+        return QuantizedTensor(y, x.scale, x.zero_point)
+
+# %%
+qx = quantize_per_tensor(xf, sx, zx)
+pooled = QuantizedMaxPool2d(2)(qx)
+test_eq(pooled.int_repr().dtype, np.int8)
+test_eq(pooled.dequantize(), max_pool2d(Tensor(qx.dequantize()), 2).data)   # pooling commutes with dequantizing
+test_eq(QuantizedFlatten()(qx).shape, (2, 108))
+
+# %% [markdown]
+# ## Folding BatchNorm
+#
+# In evaluation a `BatchNorm2d` after a convolution is a fixed affine map per channel,
+# $\gamma (y - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta$, so it merges into the convolution before quantizing:
+# with $a = \gamma / \sqrt{\sigma^2 + \epsilon}$, $W'_o = a_o W_o$ and $b'_o = a_o (b_o - \mu_o) + \beta_o$. The
+# folded layer is one integer convolution instead of a convolution and a float normalisation, and its weight
+# scales see the weights the model really applies.
+
+# %%
+#| export
+def fold_batchnorm(layer: Module,  # a Conv2d (or Linear) in evaluation mode
+                   bn: Module,     # the BatchNorm2d (or BatchNorm1d) that follows it, with running statistics
+                  ) -> Module:
+    "A new `Conv2d`/`Linear` computing `bn(layer(x))` as `bn` does in evaluation mode; the inputs are untouched."
+    if not (isinstance(layer, (Conv2d, Linear)) and isinstance(bn, (BatchNorm1d, BatchNorm2d))):
+        raise TypeError(f"fold_batchnorm: expected a Conv2d or Linear and a BatchNorm, got "
+                        f"{type(layer).__name__} and {type(bn).__name__}")
+    C = layer.weight.shape[0]
+    if bn.num_features != C or bn.running_mean is None:
+        raise ValueError(f"fold_batchnorm: {type(bn).__name__}({bn.num_features}) with running statistics "
+                         f"must follow a layer of {C} output channels")
+    ### BEGIN SOLUTION
+    a = 1 / np.sqrt(bn.running_var.data.astype(np.float64) + bn.eps)            # (C,)
+    if bn.weight is not None: a = a * bn.weight.data
+    b = np.zeros(C) if layer.bias is None else layer.bias.data.astype(np.float64)
+    new_b = a * (b - bn.running_mean.data) + (0 if bn.bias is None else bn.bias.data)
+    new_w = layer.weight.data * a.reshape(-1, *[1] * (layer.weight.ndim - 1))     # scale each output channel
+    ### END SOLUTION
+    folded = copy.deepcopy(layer)
+    dt = layer.weight.dtype
+    folded.weight = Parameter(Tensor(new_w, dtype=dt))
+    folded.bias = Parameter(Tensor(new_b, dtype=dt))
+    return folded
+
+# %%
+manual_seed(1)
+conv, bn = Conv2d(3, 4, 3, padding=1, bias=False), BatchNorm2d(4)
+bn.train()
+for _ in range(3): bn(conv(Tensor(rng.standard_normal((8, 3, 6, 6)).astype(np.float32))))   # running statistics
+bn.weight.data[...] = rng.uniform(0.5, 2, 4); bn.bias.data[...] = rng.uniform(-1, 1, 4)
+bn.eval()
+folded = fold_batchnorm(conv, bn)
+ref = bn(conv(Tensor(xf))).data
+test_close(folded(Tensor(xf)).data, ref, eps=1e-5 * np.abs(ref).max())
+test_eq(conv.bias is None, True)                                       # the original is untouched
+test_fail(lambda: fold_batchnorm(conv, BatchNorm2d(5)), contains="BatchNorm2d(5)")
+
+# %% [markdown]
+# ## Observers and calibration
+#
+# An activation's range is not in the model: it has to be measured on data. An **observer** watches the values
+# flowing through one point of the network during **calibration** (a few batches of training data run through the
+# float model) and then proposes a scale and zero point. PyTorch's names:
+#
+# - `MinMaxObserver`: the smallest and largest value seen; one outlier stretches the range for everyone;
+# - `MovingAverageMinMaxObserver`: an exponential average of each batch's min and max, less hostage to one batch;
+# - `PerChannelMinMaxObserver`: one min and max per channel, for weights;
+# - `PercentileObserver`: clip at the 0.01st and 99.99th percentiles of a seeded sample of the values;
+# - `MSEObserver`: search the clipping range that minimises the mean squared error of quantize-then-dequantize
+#   on that sample, trading clipping error on the few large values against rounding error on all the others.
+
+# %%
+#| export
+class MinMaxObserver(Module):
+    "Track the smallest and largest value seen; propose the qparams covering exactly that range."
+    def __init__(self, dtype=np.int8, symmetric: bool = False):
+        super().__init__()
+        self.dtype, self.symmetric = np.dtype(dtype), symmetric
+        self.min_val, self.max_val, self.batches = math.inf, -math.inf, 0
+
+    def forward(self, x):
+        "Record `x` (a Tensor or array); return it unchanged."
+        a = _array(x)
+        _check_finite(type(self).__name__, a)
+        if a.size: self._update(a)
+        self.batches += 1
+        return x
+
+    def _update(self, a: np.ndarray):
+        self.min_val, self.max_val = min(self.min_val, float(a.min())), max(self.max_val, float(a.max()))
+
+    def _range(self) -> tuple: return self.min_val, self.max_val
+
+    def calculate_qparams(self) -> tuple:
+        "`(scale, zero_point)` for the range observed so far."
+        if self.batches == 0 or self.min_val > self.max_val:
+            raise ValueError(f"{type(self).__name__}.calculate_qparams: no values observed yet")
+        return choose_qparams(*self._range(), dtype=self.dtype, symmetric=self.symmetric)
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    "Exponential moving average of each batch's min and max (weight `averaging_constant` on the new batch)."
+    def __init__(self, averaging_constant: float = 0.01, dtype=np.int8, symmetric: bool = False):
+        super().__init__(dtype, symmetric)
+        self.averaging_constant = averaging_constant
+    def _update(self, a: np.ndarray):
+        lo, hi, c = float(a.min()), float(a.max()), self.averaging_constant
+        if self.batches == 0: self.min_val, self.max_val = lo, hi
+        else: self.min_val, self.max_val = self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)
+
+# %%
+#| export
+class PerChannelMinMaxObserver(MinMaxObserver):
+    "Min and max of each slice along `ch_axis`; qparams are arrays, one per channel."
+    def __init__(self, ch_axis: int = 0, dtype=np.int8, symmetric: bool = True):
+        super().__init__(dtype, symmetric)
+        self.ch_axis = ch_axis
+    def _update(self, a: np.ndarray):
+        flat = np.moveaxis(a, self.ch_axis, 0).reshape(a.shape[self.ch_axis], -1)
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        self.min_val = lo if self.batches == 0 else np.minimum(self.min_val, lo)
+        self.max_val = hi if self.batches == 0 else np.maximum(self.max_val, hi)
+    def calculate_qparams(self) -> tuple:
+        if self.batches == 0: raise ValueError("PerChannelMinMaxObserver.calculate_qparams: no values observed yet")
+        return choose_qparams(self.min_val, self.max_val, dtype=self.dtype, symmetric=self.symmetric)
+
+# %% [markdown]
+# The percentile and MSE observers need the distribution, not just its ends. They keep a uniform random sample of
+# at most `max_samples` values (a seeded draw from every batch, so the same data give the same result), and the
+# exact min and max beside it.
+
+# %%
+#| export
+class _SampleObserver(MinMaxObserver):
+    "Keeps a seeded uniform sample of the values seen (at most `max_samples`), besides the exact min and max."
+    def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8, symmetric: bool = False):
+        super().__init__(dtype, symmetric)
+        self.max_samples, self._rng, self._samples = max_samples, np.random.default_rng(seed), []
+    def _update(self, a: np.ndarray):
+        super()._update(a)
+        flat = a.ravel()
+        take = min(flat.size, self.max_samples)
+        self._samples.append(flat[self._rng.choice(flat.size, take, replace=False)] if take < flat.size else flat.copy())
+        allv = np.concatenate(self._samples)
+        if allv.size > self.max_samples: allv = self._rng.choice(allv, self.max_samples, replace=False)
+        self._samples = [allv]
+    @property
+    def samples(self) -> np.ndarray: return np.concatenate(self._samples)
+
+class PercentileObserver(_SampleObserver):
+    "Clip to the [100 - percentile, percentile] percentiles of the sampled values."
+    def __init__(self, percentile: float = 99.99, **kwargs):
+        super().__init__(**kwargs)
+        if not 50 < percentile <= 100: raise ValueError(f"PercentileObserver: percentile must be in (50, 100], got {percentile}")
+        self.percentile = percentile
+    def _range(self) -> tuple:
+        lo, hi = np.percentile(self.samples, [100 - self.percentile, self.percentile])
+        return float(lo), float(hi)
+
+# %% [markdown]
+# The MSE search shrinks the observed range by factors $\alpha \in (0, 1]$ (both ends together) and keeps the
+# $\alpha$ whose quantize-dequantize error on the sample is smallest; an exercise.
+
+# %%
+#| export
+def fake_quantize_array(x: np.ndarray, scale, zero_point, qmin: int, qmax: int) -> np.ndarray:
+    "`S * (clamp(rint(x / S) + Z, qmin, qmax) - Z)`: what quantizing and dequantizing does to `x`, in float."
+    return (np.clip(np.rint(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+
+class MSEObserver(_SampleObserver):
+    "The clipping range, a shrunk copy of [min, max], that minimises the quantization MSE on the sampled values."
+    def __init__(self, grid: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.grid = grid
+    def _range(self) -> tuple:
+        "The `(lo, hi)` = alpha * (min, max), alpha among `grid` values in (0, 1], minimising the sample's MSE."
+        ### BEGIN SOLUTION
+        x, best, best_err = self.samples, (self.min_val, self.max_val), math.inf
+        qmin, qmax = dtype_range(self.dtype, self.symmetric)
+        for alpha in np.linspace(1, 1 / self.grid, self.grid):
+            lo, hi = alpha * self.min_val, alpha * self.max_val
+            s, z = choose_qparams(lo, hi, self.dtype, self.symmetric)
+            err = np.mean((fake_quantize_array(x, s, z, qmin, qmax) - x) ** 2)
+            if err < best_err: best, best_err = (lo, hi), err
+        return best
+        ### END SOLUTION
+
+# %% [markdown]
+# A layer's activations with outliers: half-normal values (post-ReLU), of which one in ten thousand is 40 times
+# larger. Min/max spends its 256 levels on a range set by the outliers, and the bulk of the values gets a coarse
+# step; the percentile and MSE observers clip the outliers and resolve the bulk finely. The table gives the
+# quantize-dequantize error on the bulk and on all values, outliers included.
+
+# %%
+acts = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+outlier = np.zeros(acts.size, bool); outlier[rng.choice(acts.size, 20, replace=False)] = True
+acts[outlier] *= 40
+rows = []
+print(f"{'observer':<20} {'range':>18}  {'scale':>8}  {'MSE bulk':>9}  {'MSE all':>9}")
+for name, obs in (('MinMax', MinMaxObserver()), ('MovingAverageMinMax', MovingAverageMinMaxObserver()),
+                  ('Percentile 99.99', PercentileObserver()), ('MSE', MSEObserver())):
+    for batch in acts.reshape(10, -1): obs(batch)
+    s, z = obs.calculate_qparams()
+    sq = (quantize_per_tensor(acts, s, z).dequantize() - acts) ** 2
+    rows.append((name, *obs._range(), s, sq[~outlier].mean(), sq.mean()))
+    print(f"{name:<20} [{rows[-1][1]:6.3f}, {rows[-1][2]:7.3f}]  {s:8.5f}  {rows[-1][4]:9.2e}  {rows[-1][5]:9.2e}")
+# %% [markdown]
+# Min/max gives the bulk a coarse step (the scale column); the percentile observer a much finer one, and the
+# bulk's error falls accordingly, but it saturates every outlier, which then dominates its total error. The MSE
+# search lands between. On its own sample the MSE observer can never do worse than min/max, since $\alpha = 1$ is one of
+# its candidates (checked below); on all the values it can, by the sampling noise in the rare outliers. Which
+# error matters is the model's to say: the observer table on the CNN below measures accuracy.
+
+# %%
+obs = MSEObserver()
+for batch in acts.reshape(10, -1): obs(batch)
+x_s, qmin_, qmax_ = obs.samples, -128, 127
+err_mse = np.mean((fake_quantize_array(x_s, *obs.calculate_qparams(), qmin_, qmax_) - x_s) ** 2)
+err_mm = np.mean((fake_quantize_array(x_s, *choose_qparams(obs.min_val, obs.max_val), qmin_, qmax_) - x_s) ** 2)
+test_eq(err_mse <= err_mm, True)
+test_fail(lambda: MinMaxObserver().calculate_qparams(), contains="no values observed")
+
+# %% [markdown]
+# ## Static post-training quantization
+#
+# `quantize_model` turns a trained float `Sequential` into an integer one, leaving the original untouched:
+#
+# 1. copy the model, fold each BatchNorm into the convolution (or linear layer) before it, drop `Dropout`
+#    (the identity at inference);
+# 2. group each `Conv2d`/`Linear` with the `ReLU` that follows it (fused: the ReLU becomes the output clamp);
+# 3. **calibrate**: run the calibration batches through the folded float model, with an observer on the model's
+#    input and on the output of every group;
+# 4. build `Quantize`, then `QuantizedConv2d`/`QuantizedLinear` from each group with the observed input and output
+#    parameters, `QuantizedMaxPool2d` and `QuantizedFlatten` (which keep their input's parameters), then
+#    `DeQuantize`. The result takes and returns float tensors.
+#
+# The first step is a list of `(name, layer)` with nested `Sequential`s flattened and every layer type checked.
+
+# %%
+#| export
+_SUPPORTED = (Linear, Conv2d, BatchNorm1d, BatchNorm2d, ReLU, MaxPool2d, Flatten, Dropout)
+
+def _layers(model: Module, prefix: str = '') -> list:
+    "`(dotted name, layer)` of a Sequential, nested Sequentials flattened; unsupported layers are an error."
+    if not isinstance(model, Sequential):
+        raise TypeError(f"quantize_model: expected a Sequential model, got {type(model).__name__}")
+    out = []
+    for name, m in model._modules.items():
+        full = f"{prefix}{name}"
+        if isinstance(m, Sequential): out += _layers(m, full + '.')
+        elif type(m) in _SUPPORTED: out.append((full, m))
+        else: raise TypeError(f"quantize_model: layer {full!r} is a {type(m).__name__}, which is not supported "
+                              f"(supported: {', '.join(t.__name__ for t in _SUPPORTED)})")
+    return out
+
+def _fold_and_group(layers: list) -> list:
+    "Fold BatchNorms, drop Dropouts, fuse ReLUs: a list of `(kind, module, relu)`, kind 'compute' or 'pass'."
+    groups = []
+    for name, m in layers:
+        if isinstance(m, Dropout): continue
+        prev = groups[-1] if groups else None
+        if isinstance(m, (BatchNorm1d, BatchNorm2d)):
+            if prev is None or prev[0] != 'compute' or prev[2]:
+                raise TypeError(f"quantize_model: BatchNorm {name!r} must directly follow a Conv2d or Linear to fold")
+            groups[-1] = ('compute', fold_batchnorm(prev[1], m), False)
+        elif isinstance(m, ReLU) and prev is not None and prev[0] == 'compute' and not prev[2]:
+            groups[-1] = ('compute', prev[1], True)
+        else: groups.append(('compute' if isinstance(m, (Conv2d, Linear)) else 'pass', m, False))
+    return groups
+
+# %% [markdown]
+# Calibration runs the float groups with an observer after each, and collects the observed parameters. A batch
+# can be a `Tensor`, an array, or an `(inputs, targets)` pair from a `DataLoader`.
+
+# %%
+#| export
+def _batch_input(batch):
+    "The input of a calibration batch: the batch itself, or the first element of an (inputs, targets) pair."
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+def _calibrate(groups: list, calibration_data, observer) -> tuple:
+    "Run the batches through the float groups; `(input qparams, [output qparams of each group])`."
+    obs_in, obs_out = observer(), [observer() for _ in groups]
+    n = 0
+    with no_grad():
+        for batch in calibration_data:
+            x = _batch_input(batch)
+            x = obs_in(x if isinstance(x, Tensor) else Tensor(_array(x)))
+            for (kind, m, relu), obs in zip(groups, obs_out):
+                x = m(x)
+                if relu: x = x.clip(min=0)
+                obs(x)
+            n += 1
+    if n == 0: raise ValueError("quantize_model: calibration_data is empty; pass at least one batch of inputs")
+    return obs_in.calculate_qparams(), [o.calculate_qparams() for o in obs_out]
+
+# %% [markdown]
+# The assembly. `ReLU` on its own (not after a compute layer) would need a quantized ReLU; it is rare enough in a
+# `Sequential` that it is left as an error naming the layer.
+
+# %%
+#| export
+def quantize_model(model: Sequential,        # a trained float Sequential; left untouched
+                   calibration_data,         # an iterable of input batches (Tensors, arrays or (x, y) pairs)
+                   per_channel: bool = True, # a weight scale per output channel, or per tensor
+                   observer=MinMaxObserver,  # a class (or function) making the activations' observers
+                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], stored as int8
+                   integer_requant: bool = False, # fixed-point requantization (as hardware) instead of float32
+                  ) -> Sequential:
+    "A new integer model: BatchNorm folded, ReLU fused, calibrated int8 activations; float tensors in and out."
+    groups = _fold_and_group(_layers(copy.deepcopy(model).eval()))
+    for kind, m, relu in groups:
+        if isinstance(m, ReLU): raise TypeError("quantize_model: a ReLU must follow a Conv2d or Linear to be fused")
+    (s, z), outs = _calibrate(groups, calibration_data, observer)
+    layers = [Quantize(s, z)]
+    for (kind, m, relu), (so, zo) in zip(groups, outs):
+        if isinstance(m, Conv2d): layers.append(QuantizedConv2d.from_float(m, s, z, so, zo, per_channel, relu,
+                                                                           weight_bits, integer_requant))
+        elif isinstance(m, Linear): layers.append(QuantizedLinear.from_float(m, s, z, so, zo, per_channel, relu,
+                                                                             weight_bits, integer_requant))
+        elif isinstance(m, MaxPool2d): layers.append(QuantizedMaxPool2d(m.kernel_size, m.stride))
+        else: layers.append(QuantizedFlatten(m.start_dim, m.end_dim))
+        if kind == 'compute': s, z = so, zo                                    # the next layer's input
+    return Sequential(*layers, DeQuantize())
+
+# %% [markdown]
+# ## A CNN on the digits, quantized
+#
+# `BaselineCNN` is a small network of the framework's own layers, two convolution blocks (convolution,
+# BatchNorm, ReLU, max-pooling) and two linear layers, sized for square images of any side divisible by 4: the
+# 8x8 digits here, 28x28 Fashion-MNIST and 32x32 CIFAR-10 elsewhere.
+
+# %%
+#| export
+class BaselineCNN(Sequential):
+    "Conv-BN-ReLU-MaxPool twice, then Linear-ReLU-Dropout-Linear: a small CNN for square images (side divisible by 4)."
+    def __init__(self,
+                 input_channels: int = 3,  # 1 for grey images, 3 for colour
+                 num_classes: int = 10,
+                 image_size: int = 32,     # the side of the square input; must be divisible by 4
+                 channels: tuple = (16, 32), # output channels of the two convolutions
+                 hidden: int = 64,         # width of the first linear layer
+                 dropout: float = 0.25,
+                ):
+        if image_size % 4: raise ValueError(f"BaselineCNN: image_size must be divisible by 4, got {image_size}")
+        c1, c2 = channels
+        side = image_size // 4
+        super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
+                         Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),  # (N, c2, side, side)
+                         Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
+                         Linear(hidden, num_classes))                                        # (N, num_classes)
+
+# %% [markdown]
+# Trained for a few epochs on the 1,437 training digits (a few seconds), in float32:
+
+# %%
+from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_checkpoint
+from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.optimizers import Adam
+from tinytorch.data.loader import load_digits
+
+X_train, y_train, X_test, y_test = load_digits()                          # (N, 1, 8, 8) in [0, 1]
+
+def accuracy(model, X, y) -> float:
+    "Test accuracy of a float or quantized model, in evaluation mode, in batches of 512."
+    model.eval()
+    with no_grad(): pred = np.concatenate([model(Tensor(X[i:i + 512])).data.argmax(1) for i in range(0, len(X), 512)])
+    return float((pred == y).mean())
+
+manual_seed(0)
+cnn = BaselineCNN(1, 10, image_size=8)
+t0 = time.perf_counter()
+Trainer(cnn, CrossEntropyLoss(), Adam(cnn.parameters(), lr=3e-3), progress=False).fit(
+    Batches(X_train, y_train, 32, shuffle=True, seed=0), epochs=8)
+fp32_acc = accuracy(cnn, X_test, y_test)
+print(f"BaselineCNN on digits: {sum(p.size for p in cnn.parameters()):,} parameters, test accuracy {fp32_acc:.2%} "
+      f"after {time.perf_counter() - t0:.1f} s of training")
+
+# %% [markdown]
+# Calibration uses 512 images of the training set, never the test set. The quantized model is a new
+# `Sequential`; the original keeps its weights and its BatchNorm layers.
+
+# %%
+calib = [X_train[i:i + 128] for i in range(0, 512, 128)]
+before = {k: v.copy() for k, v in cnn.state_dict().items()}
+qcnn = quantize_model(cnn, calib)
+test_eq(all(np.array_equal(before[k], v) for k, v in cnn.state_dict().items()), True)   # original untouched
+test_eq(len(cnn), 13)
+int8_acc = accuracy(qcnn, X_test, y_test)
+print(qcnn)
+print(f"test accuracy: float32 {fp32_acc:.2%}, int8 {int8_acc:.2%} ({(int8_acc - fp32_acc) * 100:+.2f} points, "
+      f"{len(y_test)} test images: one image is {100 / len(y_test):.2f} points)")
+test_eq(int8_acc >= fp32_acc - 0.015, True)
+
+# %% [markdown]
+# Inside, everything between `Quantize` and `DeQuantize` is int8: each layer's output is a `QuantizedTensor` of
+# `np.int8`, and the weights are int8 buffers.
+
+# %%
+h = qcnn[0](Tensor(X_test[:4]))
+for i, m in enumerate(list(qcnn)[1:-1], 1):
+    h = m(h)
+    test_eq(h.int_repr().dtype, np.int8)
+print(f"the last integer layer's output: {h}; its first row {h.int_repr()[0]}")
+test_eq([b.dtype for n, b in qcnn.named_buffers() if n.endswith('weight_int8')], [np.dtype(np.int8)] * 4)
+
+# %% [markdown]
+# ### Per-tensor against per-channel weights, and the observers
+#
+# One table, each row a fresh `quantize_model` on the same calibration batches:
+
+# %%
+observers = {'MinMax': MinMaxObserver, 'MovingAverageMinMax': lambda: MovingAverageMinMaxObserver(0.1),
+             'Percentile 99.99': PercentileObserver, 'MSE': MSEObserver}
+with no_grad(): ref_logits = cnn.eval()(Tensor(X_test)).data
+print(f"float32: {fp32_acc:.2%}; the error is the RMS difference of the logits from the float model's")
+print(f"{'observer':<20} {'per tensor':>11} {'error':>7} {'per channel':>12} {'error':>7}")
+table = {}
+for name, obs in observers.items():
+    row = []
+    for pc in (False, True):
+        qm = quantize_model(cnn, calib, per_channel=pc, observer=obs)
+        row += [accuracy(qm, X_test, y_test), np.sqrt(np.mean((qm(Tensor(X_test)).data - ref_logits) ** 2))]
+    table[name] = row
+    print(f"{name:<20} {row[0]:>11.2%} {row[1]:>7.4f} {row[2]:>12.2%} {row[3]:>7.4f}")
