@@ -40,7 +40,7 @@ from tinytorch.core.autograd import grad_rule, no_grad
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Module, Linear, Sequential, Parameter
 from tinytorch.core.normalization import BatchNorm1d, BatchNorm2d, Dropout
-from tinytorch.core.spatial import Conv2d, MaxPool2d, Flatten, im2col, conv_output_size, max_pool2d
+from tinytorch.core.spatial import Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size, max_pool2d
 
 # %%
 #| hide
@@ -1131,7 +1131,17 @@ class BaselineCNN(Sequential):
                          Linear(hidden, num_classes))                                        # (N, num_classes)
 
 # %% [markdown]
-# Trained for a few epochs on the 1,437 training digits (a few seconds), in float32:
+# Trained for a few epochs on the 1,437 training digits (a few seconds), in float32. `_accuracy` evaluates a float
+# or quantized model alike.
+
+# %%
+#| export
+def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    "Classification accuracy of `model` on (X, y), in evaluation mode and batches."
+    model.eval()
+    with no_grad():
+        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1) for i in range(0, len(X), batch)])
+    return float((pred == np.asarray(y)).mean())
 
 # %%
 from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_checkpoint
@@ -1141,12 +1151,7 @@ from tinytorch.data.loader import load_digits
 
 X_train, y_train, X_test, y_test = load_digits()                          # (N, 1, 8, 8) in [0, 1]
 
-def accuracy(model, X, y) -> float:
-    "Test accuracy of a float or quantized model, in evaluation mode, in batches of 512."
-    model.eval()
-    with no_grad(): pred = np.concatenate([model(Tensor(X[i:i + 512])).data.argmax(1) for i in range(0, len(X), 512)])
-    return float((pred == y).mean())
-
+accuracy = _accuracy
 manual_seed(0)
 cnn = BaselineCNN(1, 10, image_size=8)
 t0 = time.perf_counter()
@@ -1203,3 +1208,582 @@ for name, obs in observers.items():
         row += [accuracy(qm, X_test, y_test), np.sqrt(np.mean((qm(Tensor(X_test)).data - ref_logits) ** 2))]
     table[name] = row
     print(f"{name:<20} {row[0]:>11.2%} {row[1]:>7.4f} {row[2]:>12.2%} {row[3]:>7.4f}")
+
+# %% [markdown]
+# ### Bytes, in memory and on disk
+#
+# `QuantizationMemoryProfiler` counts, per layer, the bytes of the weights (for the quantized model: the int8
+# integers plus one float32 scale and one int8 zero point per channel), the other state (biases, BatchNorm
+# statistics, the activations' scales and zero points), and the totals.
+
+# %%
+#| export
+def _state_bytes(m: Module) -> int:
+    "Bytes of a module's own parameters and buffers (not its children's)."
+    return sum(t.data.nbytes for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
+
+class QuantizationMemoryProfiler:
+    "Measured bytes per layer of a float model and its quantized version, scales and zero points included."
+    def profile_memory_usage(self, baseline: Module, quantized: Module) -> dict:
+        "Rows `(model, layer name, type, weight bytes, other bytes)`, and the weight and total ratios."
+        rows = []
+        for tag, model in (('baseline', baseline), ('quantized', quantized)):
+            for name, m in model.named_modules():
+                total = _state_bytes(m)
+                if not total: continue
+                if isinstance(m, _QuantizedLayer):
+                    w = m.weight_int8.data.nbytes + m.weight_scale.data.nbytes + m.weight_zero_point.data.nbytes
+                else: w = m.weight.data.nbytes if isinstance(m, (Linear, Conv2d)) else 0
+                rows.append((tag, name, type(m).__name__, w, total - w))
+        sums = {tag: (sum(r[3] for r in rows if r[0] == tag), sum(r[3] + r[4] for r in rows if r[0] == tag))
+                for tag in ('baseline', 'quantized')}
+        return {'rows': rows, 'weight_bytes': {t: s[0] for t, s in sums.items()},
+                'total_bytes': {t: s[1] for t, s in sums.items()},
+                'weight_ratio': sums['baseline'][0] / sums['quantized'][0],
+                'total_ratio': sums['baseline'][1] / sums['quantized'][1]}
+
+# %%
+prof = QuantizationMemoryProfiler().profile_memory_usage(cnn, qcnn)
+for tag, name, kind, w, other in prof['rows']: print(f"{tag:<9} {name:>3} {kind:<16} weights {w:>7,} B  other {other:>5,} B")
+print(f"weights: {prof['weight_bytes']['baseline']:,} B float32 -> {prof['weight_bytes']['quantized']:,} B int8 with "
+      f"scales and zero points: {prof['weight_ratio']:.2f}x smaller; all state {prof['total_ratio']:.2f}x")
+test_eq(prof['weight_ratio'] > 3.8, True)
+
+# %% [markdown]
+# The checkpoint is the framework's pickle-free `.npz` (`save_checkpoint`). `np.savez` writes each array in its
+# own dtype, so the int8 weights take one byte each on disk; each array also carries a header of about a hundred
+# bytes, which matters for this tiny model. Loading into a freshly built quantized model of the same layout
+# (here one quantized from an untrained `BaselineCNN`) gives bit-identical outputs.
+
+# %%
+import os, tempfile, zipfile
+from pathlib import Path
+
+tmp = Path(tempfile.mkdtemp())
+f_path, q_path = save_checkpoint(tmp / "fp32.npz", cnn), save_checkpoint(tmp / "int8.npz", qcnn)
+with zipfile.ZipFile(q_path) as z: int8_members = {i.filename: i.file_size for i in z.infolist() if 'weight_int8' in i.filename}
+f_size, q_size = os.path.getsize(f_path), os.path.getsize(q_path)
+print(f"checkpoint on disk: float32 {f_size:,} B, int8 {q_size:,} B: {f_size / q_size:.2f}x smaller")
+print(f"int8 weight arrays in the file: {sum(int8_members.values()):,} B for "
+      f"{sum(b.data.size for n, b in qcnn.named_buffers() if n.endswith('weight_int8')):,} weights (with .npy headers)")
+fresh = quantize_model(BaselineCNN(1, 10, image_size=8), calib[:1])
+load_checkpoint(q_path, fresh)
+test_eq(fresh(Tensor(X_test)).data, qcnn(Tensor(X_test)).data)             # bit-identical
+
+# %% [markdown]
+# ## Dynamic quantization
+#
+# Static quantization needs calibration and a fixed activation range per layer. A language model's activations
+# vary much more from input to input, and its cost is in the linear layers. **Dynamic** quantization
+# (`torch.ao.quantization.quantize_dynamic`) quantizes the weights ahead of time (int8, per channel) and each
+# batch of activations when it arrives, from that batch's own min and max; the int32 accumulator is turned back
+# into float with $S_x S_w[o]$, the bias added in float. Nothing to calibrate, and every `Linear` in any model
+# can be swapped, here inside `GPT`.
+
+# %%
+#| export
+class DynamicQuantizedLinear(Module):
+    "`Linear` with int8 per-channel weights; each input batch is quantized (per tensor) at run time. Float in, float out."
+    def __init__(self, linear: Linear, per_channel: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel = linear.in_features, linear.out_features, per_channel
+        qw = _quantize_weight(linear.weight.data, per_channel)
+        self.register_buffer('weight_int8', Tensor(qw.int_repr()))
+        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)))
+        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        "(..., in_features) float -> (..., out_features) float32, through int8 operands and int32 sums."
+        a = _array(x).reshape(-1, self.in_features)                              # (N, K)
+        _check_finite('DynamicQuantizedLinear', a)
+        s, z = choose_qparams(a.min(), a.max()) if a.size else (np.float32(1), 0)
+        q = quantize_per_tensor(a, s, z).int_repr()                              # (N, K) int8, this batch's range
+        acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)   # (N, O) int32
+        y = np.multiply(acc, s * self.weight_scale.data, dtype=np.float32)       # back to reals
+        if self.bias is not None: y += self.bias.data
+        return Tensor(y.reshape(*x.shape[:-1], self.out_features))
+
+    def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
+
+# %% [markdown]
+# `_swap_linears` replaces every `Linear` in a module tree (a copy) by what `make` builds from it.
+
+# %%
+#| export
+def _swap_linears(model: Module, make) -> Module:
+    "A deep copy of `model` in which every `Linear` (exactly that type) is replaced by `make(linear)`."
+    model = copy.deepcopy(model)
+    for _, m in list(model.named_modules()):
+        for name, child in list(m._modules.items()):
+            if type(child) is Linear: setattr(m, name, make(child))
+    return model.eval()
+
+def quantize_dynamic(model: Module, per_channel: bool = True) -> Module:
+    "A copy of `model` with every `Linear` a `DynamicQuantizedLinear`: int8 weights, activations quantized per batch."
+    return _swap_linears(model, lambda lin: DynamicQuantizedLinear(lin, per_channel))
+
+# %% [markdown]
+# ## Weight-only 4-bit
+#
+# For a language model generating one token at a time, every weight is read once per token: the step is bound
+# by memory, and fewer bits per weight is fewer bytes to read. The Q4_0 layout of llama.cpp's GGML format keeps
+# blocks of 32 weights along the input dimension, each as 4-bit integers (two to a byte) with one float16 scale:
+# $32 \cdot 4 + 16 = 144$ bits per 32 weights, 4.5 bits per weight. This is *weight-only* quantization: the
+# weights are unpacked to float for the product; nothing else is quantized. The integers are $[-7, 7]$ with
+# $S = \max|w| / 7$ per block (a symmetric variant of Q4_0, which uses $[-8, 7]$).
+
+# %%
+#| export
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    "Integers in [-8, 7], last axis even, -> uint8 with two per byte: element 2i in the low nibble, 2i+1 high."
+    if q.shape[-1] % 2: raise ValueError(f"pack_int4: the last axis must be even, got shape {q.shape}")
+    if q.size and (q.min() < -8 or q.max() > 7):
+        raise ValueError(f"pack_int4: values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
+    ### BEGIN SOLUTION
+    u = (q.astype(np.int16) + 8).astype(np.uint8)                     # 0..15
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+    ### END SOLUTION
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    "The inverse of `pack_int4`: uint8 (..., n) -> int8 (..., 2n) in [-8, 7]."
+    ### BEGIN SOLUTION
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), np.int8)
+    out[..., 0::2] = (packed & 0xF).astype(np.int8) - 8
+    out[..., 1::2] = (packed >> 4).astype(np.int8) - 8
+    return out
+    ### END SOLUTION
+
+# %%
+q4 = rng.integers(-8, 8, (3, 10)).astype(np.int8)
+test_eq(unpack_int4(pack_int4(q4)), q4)
+test_eq(pack_int4(np.array([[-8, 7]])), [[0xF0]])                    # low nibble 0 (-8), high nibble 15 (7)
+test_eq(pack_int4(q4).nbytes, q4.size // 2)
+test_fail(lambda: pack_int4(np.array([[9, 0]])), contains="[-8, 7], got [0, 9]")
+
+# %%
+#| export
+class Int4WeightOnlyLinear(Module):
+    "`Linear` whose weight is stored as packed 4-bit integers with a float16 scale per block of `group_size` inputs."
+    def __init__(self, linear: Linear, group_size: int = 32):
+        super().__init__()
+        if group_size < 2 or group_size % 2: raise ValueError(f"Int4WeightOnlyLinear: group_size must be even, got {group_size}")
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        w = linear.weight.data.astype(np.float32)
+        _check_finite('Int4WeightOnlyLinear', w)
+        pad = -self.in_features % group_size                            # the last block padded with zeros
+        blocks = np.pad(w, ((0, 0), (0, pad))).reshape(self.out_features, -1, group_size)   # (O, G, g)
+        scale = (np.abs(blocks).max(axis=2) / 7).astype(np.float16)                         # (O, G)
+        scale[scale == 0] = 1
+        q = np.clip(np.rint(blocks / scale[..., None].astype(np.float32)), -7, 7).astype(np.int8)
+        self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))  # (O, Kp/2)
+        self.register_buffer('weight_scale', Tensor(scale, dtype=np.float16))
+        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+
+    def dequantized_weight(self) -> np.ndarray:
+        "The float32 weight (out_features, in_features) that the packed integers and scales stand for."
+        q = unpack_int4(self.weight_packed.data).reshape(self.out_features, -1, self.group_size)
+        return (q * self.weight_scale.data[..., None].astype(np.float32)).reshape(self.out_features, -1)[:, :self.in_features]
+
+    def forward(self, x: Tensor) -> Tensor:
+        "(..., in_features) -> (..., out_features), the weight unpacked to float32 for the product."
+        y = _array(x) @ self.dequantized_weight().T
+        return Tensor(y if self.bias is None else y + self.bias.data)
+
+    @property
+    def weight_nbytes(self) -> int: return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
+
+def quantize_weight_only_int4(model: Module, group_size: int = 32) -> Module:
+    "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear` (4.5 bits per weight for group_size 32)."
+    return _swap_linears(model, lambda lin: Int4WeightOnlyLinear(lin, group_size))
+
+# %%
+lin = Linear(128, 64)
+q4l = Int4WeightOnlyLinear(lin)
+err = np.abs(q4l.dequantized_weight() - lin.weight.data)
+step = np.repeat(q4l.weight_scale.data.astype(np.float32), 32, axis=1)
+test_eq((err <= step / 2 * (1 + 1e-3)).all(), True)                  # rounding error <= half a step per block
+print(f"Linear(128, 64): float32 weight {lin.weight.data.nbytes:,} B, 4-bit {q4l.weight_nbytes:,} B "
+      f"({8 * q4l.weight_nbytes / lin.weight.data.size:.2f} bits per weight, "
+      f"{lin.weight.data.nbytes / q4l.weight_nbytes:.2f}x smaller)")
+
+# %% [markdown]
+# ### On a small GPT
+#
+# A two-layer character GPT trained for 60 steps (a few seconds), then its validation loss on 64 fixed windows of
+# held-out Shakespeare in float32, with dynamic int8 linear layers, and with 4-bit weights. The figures for the
+# 15-minute TinyGPT come from `milestones/quantize_fashion.py --gpt`.
+
+# %%
+from tinytorch.models.transformer import GPT
+from tinytorch.core.optimizers import AdamW
+from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
+
+text, val_text = load_shakespeare('train'), load_shakespeare('val')
+tok = CharTokenizer(text + val_text)
+ids, val_ids = np.array(tok.encode(text)), np.array(tok.encode(val_text))
+g = np.random.default_rng(0)
+def gpt_windows(data, n, T=32):
+    "n random windows of T + 1 ids: inputs (n, T) and next-id targets (n, T)."
+    rows = data[g.integers(0, len(data) - T - 1, n)[:, None] + np.arange(T + 1)]
+    return rows[:, :-1], rows[:, 1:]
+manual_seed(0)
+gpt = GPT(tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=64)
+opt = AdamW(gpt.parameters(), lr=3e-3)
+t0 = time.perf_counter()
+for step in range(60):
+    _, loss = gpt(*gpt_windows(ids, 16)); opt.zero_grad(); loss.backward(); opt.step()
+Xv, Yv = gpt_windows(val_ids, 64)
+def val_loss(model) -> float:
+    model.eval()
+    with no_grad(): return model(Xv, Yv)[1].item()
+gpt_dyn, gpt_q4 = quantize_dynamic(gpt), quantize_weight_only_int4(gpt)
+losses = {name: val_loss(m) for name, m in (('float32', gpt), ('dynamic int8', gpt_dyn), ('4-bit weights', gpt_q4))}
+print(f"GPT trained 60 steps in {time.perf_counter() - t0:.1f} s; validation loss (nats per character):")
+for name, v in losses.items(): print(f"  {name:<14} {v:.4f} ({v - losses['float32']:+.4f})")
+test_eq(sum(isinstance(m, DynamicQuantizedLinear) for m in gpt_dyn.modules()), 2 * 4 + 1)   # qkv, proj, fc, proj; head
+test_eq(abs(losses['dynamic int8'] - losses['float32']) < 0.02, True)
+
+# %% [markdown]
+# ## Quantization-aware training
+#
+# When post-training quantization loses too much (few bits, or a model whose weights sit badly on the grid),
+# train with the rounding in the loop: **fake quantization** rounds values to the grid in the forward pass but
+# keeps them float, $\hat x = S\,(\mathrm{clamp}(\mathrm{round}(x/S) + Z) - Z)$. Rounding has zero derivative
+# almost everywhere, so the backward pass uses the **straight-through estimator**: the gradient passes unchanged
+# where $x$ is inside the representable range and is zero where it was clamped (Bengio et al. 2013; Jacob et al.
+# 2018). The op is registered with autograd's `grad_rule` like every other.
+
+# %%
+#| export
+def fake_quantize(x: Tensor,      # float input
+                  scale,          # S: a float, or an array broadcasting against x (per channel)
+                  zero_point,     # Z, same shape as scale
+                  qmin: int, qmax: int,  # the integer range
+                 ) -> Tensor:
+    "Quantize then dequantize `x` in float; the gradient passes straight through where `x` was not clamped."
+    ### BEGIN SOLUTION
+    q = np.rint(x.data / scale) + zero_point
+    inside = (q >= qmin) & (q <= qmax)                                   # where the gradient passes
+    out = ((np.clip(q, qmin, qmax) - zero_point) * scale).astype(x.dtype)
+    ### END SOLUTION
+    return Tensor._from_op(out, 'fake_quantize', (x,), mask=inside)
+
+@grad_rule('fake_quantize')
+def _fake_quantize_grad(g, out, x, mask):
+    "Straight-through estimator: the incoming gradient where the input was inside the range, zero where clamped."
+    return (g * mask,)
+
+# %%
+x = Tensor([-3., -0.26, 0.1, 0.74, 5.], requires_grad=True)
+y = fake_quantize(x, 0.5, 0, -4, 4)                                  # grid step 0.5, range [-2, 2]
+test_eq(y.data, [-2., -0.5, 0., 0.5, 2.])
+y.sum().backward()
+test_eq(x.grad, [0., 1., 1., 1., 0.])                                # clamped ends get no gradient
+
+# %% [markdown]
+# `FakeQuantize` is the module for activations: in training it observes its input (a moving average of min and
+# max, as PyTorch's default) and fake-quantizes with the current parameters; in evaluation it only
+# fake-quantizes. `QATLinear` and `QATConv2d` fake-quantize their own weight on every forward pass, symmetric
+# and per channel, with the scale from the weight's current range, so the gradient reaches the float weight.
+
+# %%
+#| export
+class FakeQuantize(Module):
+    "Observe (in training) and fake-quantize activations to int8 (asymmetric, per tensor)."
+    def __init__(self, observer=lambda: MovingAverageMinMaxObserver(0.01)):
+        super().__init__()
+        self.observer = observer()
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training: self.observer(x)
+        s, z = self.observer.calculate_qparams()
+        return fake_quantize(x, s, z, *dtype_range(np.int8))
+
+def _fake_quantize_weight(w: Tensor, bits: int) -> Tensor:
+    "Symmetric per-output-channel fake quantization of a weight (O, ...) to `bits`."
+    qmax = 2**(bits - 1) - 1
+    flat = w.data.reshape(w.shape[0], -1)
+    s, _ = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True, qmin=-qmax, qmax=qmax)
+    return fake_quantize(w, s.reshape(-1, *[1] * (w.ndim - 1)), 0, -qmax, qmax)
+
+class QATLinear(Linear):
+    "`Linear` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ _fake_quantize_weight(self.weight, self.bits).T
+        return y if self.bias is None else y + self.bias
+
+class QATConv2d(Conv2d):
+    "`Conv2d` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
+    def forward(self, x: Tensor) -> Tensor:
+        return conv2d(x, _fake_quantize_weight(self.weight, self.bits), self.bias, self.stride, self.padding)
+
+# %% [markdown]
+# `prepare_qat` folds the BatchNorms (with their running statistics, so training continues without them: fine
+# for the short fine-tuning QAT is), swaps in the QAT layers and puts a `FakeQuantize` at the input and after
+# every compute group. `convert` turns the trained QAT model back into plain float layers and quantizes it for
+# real with `quantize_model`, using the same weight bit width.
+
+# %%
+#| export
+def _as_qat(m: Module, bits: int) -> Module:
+    "A QAT copy of a (folded) Conv2d or Linear sharing nothing with it."
+    q = copy.deepcopy(m)
+    q.__class__ = QATConv2d if isinstance(m, Conv2d) else QATLinear
+    q.bits = bits
+    return q
+
+def prepare_qat(model: Sequential, weight_bits: int = 8) -> Sequential:
+    "A new trainable Sequential: BatchNorm folded, weights fake-quantized to `weight_bits`, activations to int8."
+    if not 2 <= weight_bits <= 8: raise ValueError(f"prepare_qat: weight_bits must be in 2..8, got {weight_bits}")
+    layers = [FakeQuantize()]
+    for kind, m, relu in _fold_and_group(_layers(copy.deepcopy(model).eval())):
+        if kind == 'pass': layers.append(m); continue
+        layers += [_as_qat(m, weight_bits)] + ([ReLU()] if relu else []) + [FakeQuantize()]
+    return Sequential(*layers).train()
+
+def convert(qat_model: Sequential, calibration_data, weight_bits: int = 8, **kwargs) -> Sequential:
+    "The integer model of a trained QAT model: plain float layers again, then `quantize_model`."
+    plain = []
+    for m in qat_model:
+        if isinstance(m, FakeQuantize): continue
+        if isinstance(m, (QATLinear, QATConv2d)):
+            m = copy.deepcopy(m)
+            m.__class__ = Conv2d if isinstance(m, QATConv2d) else Linear
+            del m.bits
+        plain.append(m)
+    return quantize_model(Sequential(*plain), calibration_data, weight_bits=weight_bits, **kwargs)
+
+# %% [markdown]
+# On the digits CNN, weights survive post-training quantization down to a few bits; at 2 bits (the integers
+# $-1, 0, 1$) they do not. Two epochs of QAT from the trained float model, then `convert` to the integer model:
+
+# %%
+rows = []
+for bits in (4, 2):
+    ptq = accuracy(quantize_model(cnn, calib, weight_bits=bits), X_test, y_test)
+    manual_seed(1)
+    qat = prepare_qat(cnn, weight_bits=bits)
+    Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=1e-3), progress=False).fit(
+        Batches(X_train, y_train, 32, shuffle=True, seed=1), epochs=2)
+    rows.append((bits, ptq, accuracy(convert(qat, calib, weight_bits=bits), X_test, y_test)))
+    print(f"{bits}-bit weights, int8 activations: float32 {fp32_acc:.2%}, PTQ {ptq:.2%}, QAT then convert {rows[-1][2]:.2%}")
+test_eq(rows[1][2] > rows[1][1] + 0.2, True)                          # QAT recovers most of the 2-bit loss
+
+# %% [markdown]
+# ## Per-layer sensitivity
+#
+# Which layer loses the accuracy? `layer_sensitivity` quantizes one compute layer at a time (the rest stay float,
+# with BatchNorm folded), using the activation ranges of one calibration, and scores each variant with the
+# caller's `evaluate(model) -> float`. At 8 bits every layer is harmless on the digits; the table below uses 2-bit
+# weights, where the layers differ.
+
+# %%
+#| export
+def layer_sensitivity(model: Sequential, calibration_data, evaluate, per_channel: bool = True,
+                      weight_bits: int = 8, observer=MinMaxObserver) -> list:
+    "`(layer name, layer type, evaluate(model with only that layer quantized))` for every Conv2d and Linear."
+    layers = _layers(copy.deepcopy(model).eval())
+    names = iter([n for n, m in layers if isinstance(m, (Conv2d, Linear))])
+    groups = _fold_and_group(layers)
+    (s0, z0), outs = _calibrate(groups, calibration_data, observer)
+    ins = [(s0, z0)]
+    for (kind, _, _), o in zip(groups, outs): ins.append(o if kind == 'compute' else ins[-1])
+    result = []
+    for i, (kind, m, relu) in enumerate(groups):
+        if kind != 'compute': continue
+        layers = []
+        for j, (_, mj, rj) in enumerate(groups):
+            if j == i:
+                q = (QuantizedConv2d if isinstance(m, Conv2d) else QuantizedLinear).from_float(
+                    m, *ins[i], *outs[i], per_channel, relu, weight_bits)
+                layers += [Quantize(*ins[i]), q, DeQuantize()]
+            else: layers += [mj] + ([ReLU()] if rj else [])
+        result.append((next(names), type(m).__name__, evaluate(Sequential(*layers).eval())))
+    return result
+
+
+# %%
+sens = layer_sensitivity(cnn, calib, lambda m: accuracy(m, X_test, y_test), weight_bits=2)
+for name, kind, a in sens: print(f"only layer {name:>2} ({kind}) with 2-bit weights: test accuracy {a:.2%}")
+test_eq(len(sens), 4)
+
+# %% [markdown]
+# ## The original course's interface
+#
+# The course this module replaces had classes with the names below, whose numbers were typed in. Here they are
+# thin layers over the code above, and everything they report is measured when they are called.
+
+# %%
+#| export
+class INT8Quantizer:
+    "Per-tensor int8 quantization of tensors and per-channel quantization of a model's weights."
+    def compute_quantization_params(self, tensor, symmetric: bool = True) -> tuple:
+        "`(scale, zero_point)` covering the tensor's min and max (symmetric: zero point 0, range [-127, 127])."
+        a = _array(tensor)
+        _check_finite('INT8Quantizer.compute_quantization_params', a)
+        return choose_qparams(a.min(), a.max(), symmetric=symmetric)
+    def quantize_tensor(self, tensor, scale: float, zero_point: int) -> QuantizedTensor:
+        return quantize_per_tensor(tensor, scale, zero_point)
+    def dequantize_tensor(self, qtensor: QuantizedTensor) -> Tensor:
+        return Tensor(qtensor.dequantize())
+    def quantize_weights(self, model: Module, per_channel: bool = True) -> dict:
+        "Name -> `QuantizedTensor` of every Conv2d and Linear weight of `model` (symmetric, per output channel)."
+        return {f"{n}.weight" if n else 'weight': _quantize_weight(m.weight.data, per_channel)
+                for n, m in model.named_modules() if isinstance(m, (Conv2d, Linear))}
+
+class QuantizedCNN:
+    "A float CNN and, after `calibrate_and_quantize`, its integer version made by `quantize_model`."
+    def __init__(self, base_model: Sequential):
+        self.base_model, self.model = base_model, None
+    def calibrate_and_quantize(self, calibration_data, **kwargs) -> 'QuantizedCNN':
+        "Calibrate on `calibration_data` (training batches) and build the integer model; returns self."
+        self.model = quantize_model(self.base_model, calibration_data, **kwargs)
+        return self
+    def forward(self, x) -> Tensor:
+        if self.model is None: raise RuntimeError("QuantizedCNN.forward: call calibrate_and_quantize first")
+        return self.model(x if isinstance(x, Tensor) else Tensor(_array(x)))
+    __call__ = forward
+    def predict(self, x) -> np.ndarray:
+        "Predicted class of each input."
+        return self.forward(x).data.argmax(axis=-1)
+
+# %%
+#| export
+class QuantizationPerformanceAnalyzer:
+    "Measured accuracy, weight bytes and inference time of a float model and its quantized version."
+    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5, timing_batch: int = 256) -> dict:
+        "`test_data` is (X, y); time is the median over `num_runs` alternating rounds on the first `timing_batch` inputs."
+        from tinytorch.utils.timing import compare
+        X, y = test_data
+        xb = Tensor(np.asarray(X[:timing_batch], np.float32))
+        with no_grad():
+            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)}, rounds=num_runs)
+        mem = QuantizationMemoryProfiler().profile_memory_usage(baseline, quantized)
+        return {'accuracy': {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)},
+                'weight_bytes': mem['weight_bytes'], 'weight_ratio': mem['weight_ratio'],
+                'seconds': {'baseline': c['baseline'].median, 'quantized': c['quantized'].median},
+                'time_ratio': c.ratio('quantized', 'baseline'), 'timing_batch': len(xb)}
+
+class QuantizationSystemsAnalyzer:
+    "Weight error and accuracy of a model at several weight bit widths, each measured."
+    def __init__(self, model: Sequential, calibration_data, test_data: tuple):
+        self.model, self.calibration_data, self.test_data = model, list(calibration_data), test_data
+
+    def analyze_precision_tradeoffs(self, bit_widths=(32, 16, 8, 4)) -> list:
+        "Per width: relative RMS error of the (folded) weights, and test accuracy. 16 is float16 weights; <= 8 integer."
+        folded = [m for k, m, _ in _fold_and_group(_layers(copy.deepcopy(self.model).eval())) if k == 'compute']
+        ref = np.concatenate([m.weight.data.ravel() for m in folded])
+        rows = []
+        for bits in bit_widths:
+            if bits == 32: model, w = self.model, ref
+            elif bits == 16:
+                model = copy.deepcopy(self.model)
+                for p in model.parameters(): p.data[...] = p.data.astype(np.float16)
+                w = ref.astype(np.float16).astype(np.float32)
+            elif 2 <= bits <= 8:
+                model = quantize_model(self.model, self.calibration_data, weight_bits=bits)
+                w = np.concatenate([m.weight.dequantize().ravel() for m in model if isinstance(m, _QuantizedLayer)])
+            else: raise ValueError(f"analyze_precision_tradeoffs: bit widths must be 32, 16 or 2..8, got {bits}")
+            rows.append({'bits': bits, 'weight_error': float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2))),
+                         'accuracy': _accuracy(model, *self.test_data)})
+        return rows
+
+# %% [markdown]
+# Used on the digits CNN: the quantizer on one weight, the wrapper, and the analyzers. The timing runs with one
+# BLAS thread on a machine shared with other work, so it is noisy; `benchmarks/bench_quant.py` measures properly.
+
+# %%
+qz = INT8Quantizer()
+w0 = cnn[0].weight
+s0, z0 = qz.compute_quantization_params(w0)
+test_close(qz.dequantize_tensor(qz.quantize_tensor(w0, s0, z0)).data, w0.data, eps=s0 / 2 * (1 + 1e-6))
+test_eq(sorted(qz.quantize_weights(cnn)), ['0.weight', '12.weight', '4.weight', '9.weight'])
+wrapped = QuantizedCNN(cnn).calibrate_and_quantize(calib)
+test_eq(wrapped.predict(X_test[:50]), qcnn(Tensor(X_test[:50])).data.argmax(1))
+with blas_threads(1):
+    bench = QuantizationPerformanceAnalyzer().benchmark_models(cnn, qcnn, (X_test, y_test), num_runs=5)
+print(f"accuracy {bench['accuracy']}; weight bytes {bench['weight_bytes']} ({bench['weight_ratio']:.2f}x); "
+      f"time per batch of {bench['timing_batch']}: float32 {fmt_seconds(bench['seconds']['baseline'])}, "
+      f"int8 {fmt_seconds(bench['seconds']['quantized'])} ({bench['time_ratio']:.2f}x the float time)")
+
+# %% [markdown]
+# ### Accuracy against bit width
+#
+# `analyze_precision_tradeoffs` quantizes the weights to each width (activations stay int8 for the integer
+# widths; 16 means float16 weights) and measures the weights' relative RMS error and the test accuracy.
+
+# %%
+tradeoffs = QuantizationSystemsAnalyzer(cnn, calib, (X_test, y_test)).analyze_precision_tradeoffs([32, 16, 8, 6, 4, 3, 2])
+for r in tradeoffs: print(f"{r['bits']:>2} bits: weight error {r['weight_error']:.2e}, test accuracy {r['accuracy']:.2%}")
+test_eq([r['bits'] for r in tradeoffs], [32, 16, 8, 6, 4, 3, 2])
+test_eq(tradeoffs[0]['accuracy'], fp32_acc)
+
+# %%
+import matplotlib.pyplot as plt
+fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.2))
+bits = [r['bits'] for r in tradeoffs][1:]
+ax1.plot(bits, [r['accuracy'] for r in tradeoffs][1:], 'o-', label='PTQ')
+ax1.axhline(fp32_acc, color='gray', ls=':', label='float32')
+ax1.plot([b for b, _, _ in rows], [q for _, _, q in rows], 's', label='QAT')
+ax1.set(xlabel='weight bits (16: float16)', ylabel='test accuracy', xscale='log', title='digits CNN')
+ax1.set_xticks(bits, [str(b) for b in bits]); ax1.legend()
+folded_w = fold_batchnorm(cnn[4], cnn[5]).weight.data
+sw = qcnn[3].weight.q_per_channel_scales()
+ax2.hist(folded_w.ravel(), bins=100)
+for c in (0, int(np.argmax(sw))):
+    for sign in (-1, 1): ax2.axvline(sign * 127 * sw[c], color='C1' if c == 0 else 'C3', ls='--')
+ax2.set(title='second conv weights (folded); channel clip ranges', xlabel='weight', yscale='log')
+obs_h = MinMaxObserver(); obs_p = PercentileObserver(); obs_m = MSEObserver()
+with no_grad(): act = Sequential(*[m for m in cnn][:10])(Tensor(X_train[:512])).data   # first Linear's output
+act = np.maximum(act, 0)
+for o in (obs_h, obs_p, obs_m): o(act)
+ax3.hist(act.ravel(), bins=100)
+for o, c in ((obs_h, 'C1'), (obs_p, 'C2'), (obs_m, 'C3')):
+    lo, hi = o._range(); ax3.axvline(hi, color=c, ls='--', label=type(o).__name__)
+ax3.set(title='first Linear + ReLU outputs; clip ranges', xlabel='activation', yscale='log'); ax3.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Optional: why int8 is not faster here, and when it is
+#
+# The int8 model above runs at about the float model's speed (its time ratio is printed above), not faster. NumPy
+# has no int8 matrix product, so the integer kernels widen their operands to float32 and call the same float32
+# BLAS the float model uses, to get sums that are exact; they then spend extra passes on the output stage. What
+# they save is memory: the weights are read as one byte each and widened in cache.
+#
+# Where int8 wins on real hardware is visible in the arithmetic intensity, FLOPs per byte moved. A layer whose
+# intensity is below the machine's balance point (peak FLOP/s over memory bandwidth, tens of FLOPs per byte on
+# a CPU) is memory-bound, and moving four times fewer bytes makes it up to four times faster; above it, the gain
+# comes only from integer instructions that do more multiply-adds per cycle (VNNI: four int8 products into an
+# int32 per lane per instruction). The count for the layers of the digits CNN, at batch 1 and batch 256,
+# counting weights and input/output activations once each (2 FLOPs per multiply-add):
+
+# %%
+def layer_cost(m, x_shape, batch, elem_bytes):
+    "FLOPs, bytes moved (weights + input + output, each once) for one Conv2d/Linear at `batch`."
+    if isinstance(m, Conv2d):
+        C, H, W = x_shape
+        OH, OW = conv_output_size('cost', (H, W), m.kernel_size, m.stride, m.padding)
+        macs, out = m.weight.size * OH * OW, (m.out_channels, OH, OW)
+    else: macs, out = m.weight.size, (m.out_features,)
+    return 2 * macs * batch, elem_bytes * (m.weight.size + batch * (np.prod(x_shape) + np.prod(out))), out
+
+for batch in (1, 256):
+    shape = (1, 8, 8)
+    for i, m in enumerate(cnn):
+        if isinstance(m, MaxPool2d): shape = (shape[0], shape[1] // 2, shape[2] // 2)
+        if isinstance(m, Flatten): shape = (int(np.prod(shape)),)
+        if not isinstance(m, (Conv2d, Linear)): continue
+        f, b32, out = layer_cost(m, shape, batch, 4)
+        _, b8, _ = layer_cost(m, shape, batch, 1)
+        print(f"batch {batch:>3}, layer {i:>2} {type(m).__name__:<7} {f:>12,} FLOPs, float32 {f / b32:6.1f} FLOP/B, "
+              f"int8 {f / b8:6.1f} FLOP/B")
+        shape = out
+
+# %% [markdown]
+# At batch 1 every layer sits at a few FLOPs per byte or less, far below a CPU's balance point: memory-bound, the
+# case where int8 storage and int8 arithmetic pay in full (and the case of a language model generating one token
+# at a time, whose weights are read once per token). At batch 256 the second convolution's intensity is high
+# enough to be compute-bound, and int8 helps only through instructions that multiply more per cycle, which
+# NumPy cannot reach. `benchmarks/bench_quant.py` measures this module's kernels against float32 and, where
+# installed, against PyTorch's fbgemm int8 kernels, which do use such instructions.

@@ -8,7 +8,10 @@ __all__ = ['ACC_K_MAX', 'dtype_range', 'choose_qparams', 'QuantizedTensor', 'qua
            'multiply_by_quantized_multiplier', 'requantize', 'QuantizedLinear', 'QuantizedConv2d', 'Quantize',
            'DeQuantize', 'QuantizedMaxPool2d', 'QuantizedFlatten', 'fold_batchnorm', 'MinMaxObserver',
            'MovingAverageMinMaxObserver', 'PerChannelMinMaxObserver', 'PercentileObserver', 'fake_quantize_array',
-           'MSEObserver', 'quantize_model', 'BaselineCNN']
+           'MSEObserver', 'quantize_model', 'BaselineCNN', 'QuantizationMemoryProfiler', 'DynamicQuantizedLinear',
+           'quantize_dynamic', 'pack_int4', 'unpack_int4', 'Int4WeightOnlyLinear', 'quantize_weight_only_int4',
+           'fake_quantize', 'FakeQuantize', 'QATLinear', 'QATConv2d', 'prepare_qat', 'convert', 'layer_sensitivity',
+           'INT8Quantizer', 'QuantizedCNN', 'QuantizationPerformanceAnalyzer', 'QuantizationSystemsAnalyzer']
 
 # %% ../../nbs/17_quantization.ipynb #07c20e52
 import copy
@@ -22,7 +25,7 @@ from ..core.autograd import grad_rule, no_grad
 from ..core.activations import ReLU
 from ..core.layers import Module, Linear, Sequential, Parameter
 from ..core.normalization import BatchNorm1d, BatchNorm2d, Dropout
-from ..core.spatial import Conv2d, MaxPool2d, Flatten, im2col, conv_output_size, max_pool2d
+from ..core.spatial import Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size, max_pool2d
 
 # %% ../../nbs/17_quantization.ipynb #556f0b54
 def dtype_range(dtype, symmetric: bool = False) -> tuple:
@@ -662,3 +665,301 @@ class BaselineCNN(Sequential):
                          Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),  # (N, c2, side, side)
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
                          Linear(hidden, num_classes))                                        # (N, num_classes)
+
+# %% ../../nbs/17_quantization.ipynb #60524827
+def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    "Classification accuracy of `model` on (X, y), in evaluation mode and batches."
+    model.eval()
+    with no_grad():
+        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1) for i in range(0, len(X), batch)])
+    return float((pred == np.asarray(y)).mean())
+
+# %% ../../nbs/17_quantization.ipynb #335ca4b7
+def _state_bytes(m: Module) -> int:
+    "Bytes of a module's own parameters and buffers (not its children's)."
+    return sum(t.data.nbytes for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
+
+class QuantizationMemoryProfiler:
+    "Measured bytes per layer of a float model and its quantized version, scales and zero points included."
+    def profile_memory_usage(self, baseline: Module, quantized: Module) -> dict:
+        "Rows `(model, layer name, type, weight bytes, other bytes)`, and the weight and total ratios."
+        rows = []
+        for tag, model in (('baseline', baseline), ('quantized', quantized)):
+            for name, m in model.named_modules():
+                total = _state_bytes(m)
+                if not total: continue
+                if isinstance(m, _QuantizedLayer):
+                    w = m.weight_int8.data.nbytes + m.weight_scale.data.nbytes + m.weight_zero_point.data.nbytes
+                else: w = m.weight.data.nbytes if isinstance(m, (Linear, Conv2d)) else 0
+                rows.append((tag, name, type(m).__name__, w, total - w))
+        sums = {tag: (sum(r[3] for r in rows if r[0] == tag), sum(r[3] + r[4] for r in rows if r[0] == tag))
+                for tag in ('baseline', 'quantized')}
+        return {'rows': rows, 'weight_bytes': {t: s[0] for t, s in sums.items()},
+                'total_bytes': {t: s[1] for t, s in sums.items()},
+                'weight_ratio': sums['baseline'][0] / sums['quantized'][0],
+                'total_ratio': sums['baseline'][1] / sums['quantized'][1]}
+
+# %% ../../nbs/17_quantization.ipynb #476d8d03
+class DynamicQuantizedLinear(Module):
+    "`Linear` with int8 per-channel weights; each input batch is quantized (per tensor) at run time. Float in, float out."
+    def __init__(self, linear: Linear, per_channel: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel = linear.in_features, linear.out_features, per_channel
+        qw = _quantize_weight(linear.weight.data, per_channel)
+        self.register_buffer('weight_int8', Tensor(qw.int_repr()))
+        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)))
+        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        "(..., in_features) float -> (..., out_features) float32, through int8 operands and int32 sums."
+        a = _array(x).reshape(-1, self.in_features)                              # (N, K)
+        _check_finite('DynamicQuantizedLinear', a)
+        s, z = choose_qparams(a.min(), a.max()) if a.size else (np.float32(1), 0)
+        q = quantize_per_tensor(a, s, z).int_repr()                              # (N, K) int8, this batch's range
+        acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)   # (N, O) int32
+        y = np.multiply(acc, s * self.weight_scale.data, dtype=np.float32)       # back to reals
+        if self.bias is not None: y += self.bias.data
+        return Tensor(y.reshape(*x.shape[:-1], self.out_features))
+
+    def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
+
+# %% ../../nbs/17_quantization.ipynb #b1f1871a
+def _swap_linears(model: Module, make) -> Module:
+    "A deep copy of `model` in which every `Linear` (exactly that type) is replaced by `make(linear)`."
+    model = copy.deepcopy(model)
+    for _, m in list(model.named_modules()):
+        for name, child in list(m._modules.items()):
+            if type(child) is Linear: setattr(m, name, make(child))
+    return model.eval()
+
+def quantize_dynamic(model: Module, per_channel: bool = True) -> Module:
+    "A copy of `model` with every `Linear` a `DynamicQuantizedLinear`: int8 weights, activations quantized per batch."
+    return _swap_linears(model, lambda lin: DynamicQuantizedLinear(lin, per_channel))
+
+# %% ../../nbs/17_quantization.ipynb #6dd949a6
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    "Integers in [-8, 7], last axis even, -> uint8 with two per byte: element 2i in the low nibble, 2i+1 high."
+    if q.shape[-1] % 2: raise ValueError(f"pack_int4: the last axis must be even, got shape {q.shape}")
+    if q.size and (q.min() < -8 or q.max() > 7):
+        raise ValueError(f"pack_int4: values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
+    ### BEGIN SOLUTION
+    u = (q.astype(np.int16) + 8).astype(np.uint8)                     # 0..15
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+    ### END SOLUTION
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    "The inverse of `pack_int4`: uint8 (..., n) -> int8 (..., 2n) in [-8, 7]."
+    ### BEGIN SOLUTION
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), np.int8)
+    out[..., 0::2] = (packed & 0xF).astype(np.int8) - 8
+    out[..., 1::2] = (packed >> 4).astype(np.int8) - 8
+    return out
+    ### END SOLUTION
+
+# %% ../../nbs/17_quantization.ipynb #1064622a
+class Int4WeightOnlyLinear(Module):
+    "`Linear` whose weight is stored as packed 4-bit integers with a float16 scale per block of `group_size` inputs."
+    def __init__(self, linear: Linear, group_size: int = 32):
+        super().__init__()
+        if group_size < 2 or group_size % 2: raise ValueError(f"Int4WeightOnlyLinear: group_size must be even, got {group_size}")
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        w = linear.weight.data.astype(np.float32)
+        _check_finite('Int4WeightOnlyLinear', w)
+        pad = -self.in_features % group_size                            # the last block padded with zeros
+        blocks = np.pad(w, ((0, 0), (0, pad))).reshape(self.out_features, -1, group_size)   # (O, G, g)
+        scale = (np.abs(blocks).max(axis=2) / 7).astype(np.float16)                         # (O, G)
+        scale[scale == 0] = 1
+        q = np.clip(np.rint(blocks / scale[..., None].astype(np.float32)), -7, 7).astype(np.int8)
+        self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))  # (O, Kp/2)
+        self.register_buffer('weight_scale', Tensor(scale, dtype=np.float16))
+        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+
+    def dequantized_weight(self) -> np.ndarray:
+        "The float32 weight (out_features, in_features) that the packed integers and scales stand for."
+        q = unpack_int4(self.weight_packed.data).reshape(self.out_features, -1, self.group_size)
+        return (q * self.weight_scale.data[..., None].astype(np.float32)).reshape(self.out_features, -1)[:, :self.in_features]
+
+    def forward(self, x: Tensor) -> Tensor:
+        "(..., in_features) -> (..., out_features), the weight unpacked to float32 for the product."
+        y = _array(x) @ self.dequantized_weight().T
+        return Tensor(y if self.bias is None else y + self.bias.data)
+
+    @property
+    def weight_nbytes(self) -> int: return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
+
+def quantize_weight_only_int4(model: Module, group_size: int = 32) -> Module:
+    "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear` (4.5 bits per weight for group_size 32)."
+    return _swap_linears(model, lambda lin: Int4WeightOnlyLinear(lin, group_size))
+
+# %% ../../nbs/17_quantization.ipynb #43eefc78
+def fake_quantize(x: Tensor,      # float input
+                  scale,          # S: a float, or an array broadcasting against x (per channel)
+                  zero_point,     # Z, same shape as scale
+                  qmin: int, qmax: int,  # the integer range
+                 ) -> Tensor:
+    "Quantize then dequantize `x` in float; the gradient passes straight through where `x` was not clamped."
+    ### BEGIN SOLUTION
+    q = np.rint(x.data / scale) + zero_point
+    inside = (q >= qmin) & (q <= qmax)                                   # where the gradient passes
+    out = ((np.clip(q, qmin, qmax) - zero_point) * scale).astype(x.dtype)
+    ### END SOLUTION
+    return Tensor._from_op(out, 'fake_quantize', (x,), mask=inside)
+
+@grad_rule('fake_quantize')
+def _fake_quantize_grad(g, out, x, mask):
+    "Straight-through estimator: the incoming gradient where the input was inside the range, zero where clamped."
+    return (g * mask,)
+
+# %% ../../nbs/17_quantization.ipynb #0ee4786b
+class FakeQuantize(Module):
+    "Observe (in training) and fake-quantize activations to int8 (asymmetric, per tensor)."
+    def __init__(self, observer=lambda: MovingAverageMinMaxObserver(0.01)):
+        super().__init__()
+        self.observer = observer()
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training: self.observer(x)
+        s, z = self.observer.calculate_qparams()
+        return fake_quantize(x, s, z, *dtype_range(np.int8))
+
+def _fake_quantize_weight(w: Tensor, bits: int) -> Tensor:
+    "Symmetric per-output-channel fake quantization of a weight (O, ...) to `bits`."
+    qmax = 2**(bits - 1) - 1
+    flat = w.data.reshape(w.shape[0], -1)
+    s, _ = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True, qmin=-qmax, qmax=qmax)
+    return fake_quantize(w, s.reshape(-1, *[1] * (w.ndim - 1)), 0, -qmax, qmax)
+
+class QATLinear(Linear):
+    "`Linear` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ _fake_quantize_weight(self.weight, self.bits).T
+        return y if self.bias is None else y + self.bias
+
+class QATConv2d(Conv2d):
+    "`Conv2d` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
+    def forward(self, x: Tensor) -> Tensor:
+        return conv2d(x, _fake_quantize_weight(self.weight, self.bits), self.bias, self.stride, self.padding)
+
+# %% ../../nbs/17_quantization.ipynb #8aaec283
+def _as_qat(m: Module, bits: int) -> Module:
+    "A QAT copy of a (folded) Conv2d or Linear sharing nothing with it."
+    q = copy.deepcopy(m)
+    q.__class__ = QATConv2d if isinstance(m, Conv2d) else QATLinear
+    q.bits = bits
+    return q
+
+def prepare_qat(model: Sequential, weight_bits: int = 8) -> Sequential:
+    "A new trainable Sequential: BatchNorm folded, weights fake-quantized to `weight_bits`, activations to int8."
+    if not 2 <= weight_bits <= 8: raise ValueError(f"prepare_qat: weight_bits must be in 2..8, got {weight_bits}")
+    layers = [FakeQuantize()]
+    for kind, m, relu in _fold_and_group(_layers(copy.deepcopy(model).eval())):
+        if kind == 'pass': layers.append(m); continue
+        layers += [_as_qat(m, weight_bits)] + ([ReLU()] if relu else []) + [FakeQuantize()]
+    return Sequential(*layers).train()
+
+def convert(qat_model: Sequential, calibration_data, weight_bits: int = 8, **kwargs) -> Sequential:
+    "The integer model of a trained QAT model: plain float layers again, then `quantize_model`."
+    plain = []
+    for m in qat_model:
+        if isinstance(m, FakeQuantize): continue
+        if isinstance(m, (QATLinear, QATConv2d)):
+            m = copy.deepcopy(m)
+            m.__class__ = Conv2d if isinstance(m, QATConv2d) else Linear
+            del m.bits
+        plain.append(m)
+    return quantize_model(Sequential(*plain), calibration_data, weight_bits=weight_bits, **kwargs)
+
+# %% ../../nbs/17_quantization.ipynb #823a10d2
+def layer_sensitivity(model: Sequential, calibration_data, evaluate, per_channel: bool = True,
+                      weight_bits: int = 8, observer=MinMaxObserver) -> list:
+    "`(layer name, layer type, evaluate(model with only that layer quantized))` for every Conv2d and Linear."
+    layers = _layers(copy.deepcopy(model).eval())
+    names = iter([n for n, m in layers if isinstance(m, (Conv2d, Linear))])
+    groups = _fold_and_group(layers)
+    (s0, z0), outs = _calibrate(groups, calibration_data, observer)
+    ins = [(s0, z0)]
+    for (kind, _, _), o in zip(groups, outs): ins.append(o if kind == 'compute' else ins[-1])
+    result = []
+    for i, (kind, m, relu) in enumerate(groups):
+        if kind != 'compute': continue
+        layers = []
+        for j, (_, mj, rj) in enumerate(groups):
+            if j == i:
+                q = (QuantizedConv2d if isinstance(m, Conv2d) else QuantizedLinear).from_float(
+                    m, *ins[i], *outs[i], per_channel, relu, weight_bits)
+                layers += [Quantize(*ins[i]), q, DeQuantize()]
+            else: layers += [mj] + ([ReLU()] if rj else [])
+        result.append((next(names), type(m).__name__, evaluate(Sequential(*layers).eval())))
+    return result
+
+# %% ../../nbs/17_quantization.ipynb #42636b05
+class INT8Quantizer:
+    "Per-tensor int8 quantization of tensors and per-channel quantization of a model's weights."
+    def compute_quantization_params(self, tensor, symmetric: bool = True) -> tuple:
+        "`(scale, zero_point)` covering the tensor's min and max (symmetric: zero point 0, range [-127, 127])."
+        a = _array(tensor)
+        _check_finite('INT8Quantizer.compute_quantization_params', a)
+        return choose_qparams(a.min(), a.max(), symmetric=symmetric)
+    def quantize_tensor(self, tensor, scale: float, zero_point: int) -> QuantizedTensor:
+        return quantize_per_tensor(tensor, scale, zero_point)
+    def dequantize_tensor(self, qtensor: QuantizedTensor) -> Tensor:
+        return Tensor(qtensor.dequantize())
+    def quantize_weights(self, model: Module, per_channel: bool = True) -> dict:
+        "Name -> `QuantizedTensor` of every Conv2d and Linear weight of `model` (symmetric, per output channel)."
+        return {f"{n}.weight" if n else 'weight': _quantize_weight(m.weight.data, per_channel)
+                for n, m in model.named_modules() if isinstance(m, (Conv2d, Linear))}
+
+class QuantizedCNN:
+    "A float CNN and, after `calibrate_and_quantize`, its integer version made by `quantize_model`."
+    def __init__(self, base_model: Sequential):
+        self.base_model, self.model = base_model, None
+    def calibrate_and_quantize(self, calibration_data, **kwargs) -> 'QuantizedCNN':
+        "Calibrate on `calibration_data` (training batches) and build the integer model; returns self."
+        self.model = quantize_model(self.base_model, calibration_data, **kwargs)
+        return self
+    def forward(self, x) -> Tensor:
+        if self.model is None: raise RuntimeError("QuantizedCNN.forward: call calibrate_and_quantize first")
+        return self.model(x if isinstance(x, Tensor) else Tensor(_array(x)))
+    __call__ = forward
+    def predict(self, x) -> np.ndarray:
+        "Predicted class of each input."
+        return self.forward(x).data.argmax(axis=-1)
+
+# %% ../../nbs/17_quantization.ipynb #74fb2da9
+class QuantizationPerformanceAnalyzer:
+    "Measured accuracy, weight bytes and inference time of a float model and its quantized version."
+    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5, timing_batch: int = 256) -> dict:
+        "`test_data` is (X, y); time is the median over `num_runs` alternating rounds on the first `timing_batch` inputs."
+        from tinytorch.utils.timing import compare
+        X, y = test_data
+        xb = Tensor(np.asarray(X[:timing_batch], np.float32))
+        with no_grad():
+            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)}, rounds=num_runs)
+        mem = QuantizationMemoryProfiler().profile_memory_usage(baseline, quantized)
+        return {'accuracy': {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)},
+                'weight_bytes': mem['weight_bytes'], 'weight_ratio': mem['weight_ratio'],
+                'seconds': {'baseline': c['baseline'].median, 'quantized': c['quantized'].median},
+                'time_ratio': c.ratio('quantized', 'baseline'), 'timing_batch': len(xb)}
+
+class QuantizationSystemsAnalyzer:
+    "Weight error and accuracy of a model at several weight bit widths, each measured."
+    def __init__(self, model: Sequential, calibration_data, test_data: tuple):
+        self.model, self.calibration_data, self.test_data = model, list(calibration_data), test_data
+
+    def analyze_precision_tradeoffs(self, bit_widths=(32, 16, 8, 4)) -> list:
+        "Per width: relative RMS error of the (folded) weights, and test accuracy. 16 is float16 weights; <= 8 integer."
+        folded = [m for k, m, _ in _fold_and_group(_layers(copy.deepcopy(self.model).eval())) if k == 'compute']
+        ref = np.concatenate([m.weight.data.ravel() for m in folded])
+        rows = []
+        for bits in bit_widths:
+            if bits == 32: model, w = self.model, ref
+            elif bits == 16:
+                model = copy.deepcopy(self.model)
+                for p in model.parameters(): p.data[...] = p.data.astype(np.float16)
+                w = ref.astype(np.float16).astype(np.float32)
+            elif 2 <= bits <= 8:
+                model = quantize_model(self.model, self.calibration_data, weight_bits=bits)
+                w = np.concatenate([m.weight.dequantize().ravel() for m in model if isinstance(m, _QuantizedLayer)])
+            else: raise ValueError(f"analyze_precision_tradeoffs: bit widths must be 32, 16 or 2..8, got {bits}")
+            rows.append({'bits': bits, 'weight_error': float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2))),
+                         'accuracy': _accuracy(model, *self.test_data)})
+        return rows
