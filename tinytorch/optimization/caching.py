@@ -11,6 +11,7 @@ from fastcore.basics import patch
 
 from ..core.autograd import no_grad
 from ..models.transformer import GPT
+from .quantization import QuantizedTensor, choose_qparams, quantize_per_channel
 
 # %% ../../nbs/19_caching.ipynb #5b5a73be
 def cache_nbytes(n_layer: int,     # L, transformer blocks
@@ -140,11 +141,12 @@ def prefill_decode(model: GPT,      # the model, in evaluation mode
 def quantize_kv(x: np.ndarray,  # (..., hs) float keys or values
                ) -> tuple:
     "Symmetric int8 with one scale per vector: q (..., hs) int8 and scale (..., 1) float32, x ~ q * scale."
+    rows = x.reshape(-1, x.shape[-1])                                 # (N, hs): each vector is a channel
     ### BEGIN SOLUTION
-    amax = np.abs(x).max(axis=-1, keepdims=True)                      # (..., 1)
-    scale = np.where(amax > 0, amax / 127, 1).astype(np.float32)      # an all-zero vector: any scale, q = 0
-    q = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)        # (..., hs)
-    return q, scale
+    amax = np.abs(rows).max(axis=1)                                   # (N,)
+    scale, zero_point = choose_qparams(-amax, amax, np.int8, symmetric=True)   # (N,) float32, (N,) zeros
+    q = quantize_per_channel(rows, scale, zero_point, axis=0)         # QuantizedTensor (N, hs) int8
+    return q.int_repr().reshape(x.shape), scale.reshape(x.shape[:-1] + (1,))
     ### END SOLUTION
 
 def dequantize_kv(q: np.ndarray,      # (..., hs) int8
@@ -152,8 +154,10 @@ def dequantize_kv(q: np.ndarray,      # (..., hs) int8
                   dtype=np.float32,
                  ) -> np.ndarray:
     "q * scale as floats (..., hs)."
+    rows = q.reshape(-1, q.shape[-1])                                 # (N, hs)
     ### BEGIN SOLUTION
-    return (q.astype(dtype) * scale).astype(dtype, copy=False)
+    qt = QuantizedTensor(rows, scale.reshape(-1), np.zeros(len(rows), np.int64), axis=0)
+    return qt.dequantize().reshape(q.shape).astype(dtype, copy=False)
     ### END SOLUTION
 
 # %% ../../nbs/19_caching.ipynb #2137a616
