@@ -11,7 +11,8 @@ from fastcore.basics import patch
 
 from ..core.autograd import no_grad
 from ..models.transformer import GPT
-from .quantization import QuantizedTensor, choose_qparams, quantize_per_channel
+from .quantization import (QuantizedTensor, choose_qparams,
+                                                 quantize_per_channel)
 
 # %% ../../nbs/19_caching.ipynb #5b5a73be
 def cache_nbytes(n_layer: int,     # L, transformer blocks
@@ -21,7 +22,7 @@ def cache_nbytes(n_layer: int,     # L, transformer blocks
                  head_dim: int,    # numbers per head
                  dtype=np.float32, # element type of keys and values
                 ) -> int:
-    "Bytes of the keys and values of `n_layer` layers, `batch_size` sequences of `max_len` positions."
+    "Bytes of the keys and values of `n_layer` layers, `batch_size` sequences, `max_len` positions."
     ### BEGIN SOLUTION
     return 2 * n_layer * batch_size * n_head * max_len * head_dim * np.dtype(dtype).itemsize
     ### END SOLUTION
@@ -37,17 +38,21 @@ class KVCache:
                  head_dim: int,     # numbers per head
                  dtype=np.float32,  # float dtype of the model it serves
                 ):
-        sizes = dict(n_layer=n_layer, batch_size=batch_size, n_head=n_head, max_len=max_len, head_dim=head_dim)
+        sizes = dict(n_layer=n_layer, batch_size=batch_size, n_head=n_head, max_len=max_len,
+                     head_dim=head_dim)
         bad = {k: v for k, v in sizes.items() if not (isinstance(v, (int, np.integer)) and v >= 1)}
-        if bad: raise ValueError(f"{type(self).__name__}: sizes must be positive ints, got {bad}")
-        if np.dtype(dtype).kind != 'f': raise TypeError(f"{type(self).__name__}: dtype must be a float type, got {np.dtype(dtype)}")
+        name = type(self).__name__
+        if bad: raise ValueError(f"{name}: sizes must be positive ints, got {bad}")
+        if np.dtype(dtype).kind != 'f':
+            raise TypeError(f"{name}: dtype must be a float type, got {np.dtype(dtype)}")
         self.n_layer, self.batch_size, self.n_head, self.max_len, self.head_dim = sizes.values()
         self.dtype, self.length = np.dtype(dtype), 0
         self._alloc()
 
     def _alloc(self):
         shape = (self.n_layer, self.batch_size, self.n_head, self.max_len, self.head_dim)
-        self.k, self.v = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)   # (L, B, nh, max_len, hs) each
+        self.k = np.zeros(shape, self.dtype)                          # (L, B, nh, max_len, hs)
+        self.v = np.zeros(shape, self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -55,22 +60,23 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
     def __repr__(self):
-        return (f"{type(self).__name__}(n_layer={self.n_layer}, batch_size={self.batch_size}, n_head={self.n_head}, "
-                f"max_len={self.max_len}, head_dim={self.head_dim}, dtype={self.dtype}): length {self.length}, "
-                f"{self.nbytes:,} bytes")
+        return (f"{type(self).__name__}(n_layer={self.n_layer}, batch_size={self.batch_size}, "
+                f"n_head={self.n_head}, max_len={self.max_len}, head_dim={self.head_dim}, "
+                f"dtype={self.dtype}): length {self.length}, {self.nbytes:,} bytes")
 
 # %% ../../nbs/19_caching.ipynb #105a517b
 @patch
 def _check_write(self: KVCache, layer: int, k: np.ndarray, v: np.ndarray):
-    "Raise if `layer` is out of range, k and v are not (B, nh, T, hs) alike, or T new positions do not fit."
+    "Raise if `layer` is out of range, k, v are not (B, nh, T, hs) alike, or T positions overrun."
     if not (isinstance(layer, (int, np.integer)) and 0 <= layer < self.n_layer):
         raise IndexError(f"KVCache.write: layer {layer!r} out of range for n_layer={self.n_layer}")
     want = (self.batch_size, self.n_head, k.shape[2] if k.ndim == 4 else 'T', self.head_dim)
     if k.shape != want or v.shape != want:
-        raise ValueError(f"KVCache.write: keys and values must have shape (B={want[0]}, n_head={want[1]}, T, "
-                         f"head_dim={want[3]}), got {k.shape} and {v.shape}")
+        raise ValueError(f"KVCache.write: keys and values must have shape (B={want[0]}, "
+                         f"n_head={want[1]}, T, head_dim={want[3]}), got {k.shape} and {v.shape}")
     if self.length + k.shape[2] > self.max_len:
-        raise ValueError(f"KVCache.write: {k.shape[2]} new positions after {self.length} exceed max_len={self.max_len}")
+        raise ValueError(f"KVCache.write: {k.shape[2]} new positions after {self.length} "
+                         f"exceed max_len={self.max_len}")
 
 @patch
 def write(self: KVCache,
@@ -78,20 +84,21 @@ def write(self: KVCache,
           k: np.ndarray,   # (B, nh, T, hs) keys of the T new positions
           v: np.ndarray,   # (B, nh, T, hs) their values
          ) -> tuple:
-    "Store k, v at positions length..length+T-1 of `layer`; return views of all length+T keys and values."
+    "Store k, v at positions length..length+T-1 of `layer`; return views of all length+T of them."
     self._check_write(layer, k, v)
     ### BEGIN SOLUTION
     end = self.length + k.shape[2]
-    self.k[layer, :, :, self.length:end] = k                          # in place: only the T new positions move
+    self.k[layer, :, :, self.length:end] = k                       # in place: only T positions move
     self.v[layer, :, :, self.length:end] = v
-    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]       # (B, nh, length + T, hs) views
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]      # (B, nh, length + T, hs) views
     ### END SOLUTION
 
 @patch
 def advance(self: KVCache, T: int):
     "Count the T positions every layer has just written."
     if not 0 <= self.length + T <= self.max_len:
-        raise ValueError(f"KVCache.advance: length {self.length} + {T} is outside 0..max_len={self.max_len}")
+        raise ValueError(f"KVCache.advance: length {self.length} + {T} is outside "
+                         f"0..max_len={self.max_len}")
     self.length += T
 
 # %% ../../nbs/19_caching.ipynb #f53cf80b
@@ -111,16 +118,27 @@ def crop(self: KVCache, n: int):
 
 # %% ../../nbs/19_caching.ipynb #5f18a614
 @patch
-def check(self: KVCache, op: str, B: int, T: int, start: int, n_layer: int, n_head: int, head_dim: int, dtype):
-    "Raise, naming the values, unless T new tokens of a batch of B from `start` fit this cache and the model's sizes."
+def check(self: KVCache,
+          op: str,                            # the caller's name, for the messages
+          B: int, T: int, start: int,         # batch, new tokens, position of the first
+          n_layer: int, n_head: int, head_dim: int, dtype,   # the model's sizes and float dtype
+         ):
+    "Raise, naming the values, unless T tokens of B sequences from `start` fit cache and model."
     model = dict(n_layer=n_layer, n_head=n_head, head_dim=head_dim)
     mine = dict(n_layer=self.n_layer, n_head=self.n_head, head_dim=self.head_dim)
-    if model != mine: raise ValueError(f"{op}: the cache is for another model: cache {mine}, model {model}")
-    if B != self.batch_size: raise ValueError(f"{op}: batch of {B} sequences, but the cache holds batch_size={self.batch_size}")
-    if np.dtype(dtype) != self.dtype: raise TypeError(f"{op}: model dtype {np.dtype(dtype)}, cache dtype {self.dtype}")
-    if start != self.length: raise ValueError(f"{op}: start={start} but the cache holds {self.length} positions; they must agree")
+    if model != mine:
+        raise ValueError(f"{op}: the cache is for another model: cache {mine}, model {model}")
+    if B != self.batch_size:
+        raise ValueError(f"{op}: batch of {B} sequences, but the cache holds "
+                         f"batch_size={self.batch_size}")
+    if np.dtype(dtype) != self.dtype:
+        raise TypeError(f"{op}: model dtype {np.dtype(dtype)}, cache dtype {self.dtype}")
+    if start != self.length:
+        raise ValueError(f"{op}: start={start} but the cache holds {self.length} positions; "
+                         "they must agree")
     if start + T > self.max_len:
-        raise ValueError(f"{op}: {T} tokens from position {start} reach length {start + T}, past the cache's max_len={self.max_len}")
+        raise ValueError(f"{op}: {T} tokens from position {start} reach length {start + T}, "
+                         f"past the cache's max_len={self.max_len}")
 
 # %% ../../nbs/19_caching.ipynb #1f72a16d
 def prefill_decode(model: GPT,      # the model, in evaluation mode
@@ -128,7 +146,7 @@ def prefill_decode(model: GPT,      # the model, in evaluation mode
                    prefill: int,    # prompt length passed at once, 1 <= prefill <= T
                    cache,           # an empty cache for B sequences of at least T positions
                   ) -> np.ndarray:
-    "Logits (B, T, V): a prefill of ids[:, :prefill] into `cache`, then one token at a time; under no_grad."
+    "Logits (B, T, V): a prefill of ids[:, :prefill] into `cache`, then one token per step."
     ### BEGIN SOLUTION
     with no_grad():
         steps = [model(ids[:, :prefill], cache=cache)[0].numpy()]      # (B, prefill, V)
@@ -140,11 +158,11 @@ def prefill_decode(model: GPT,      # the model, in evaluation mode
 # %% ../../nbs/19_caching.ipynb #6513ff59
 def quantize_kv(x: np.ndarray,  # (..., hs) float keys or values
                ) -> tuple:
-    "Symmetric int8 with one scale per vector: q (..., hs) int8 and scale (..., 1) float32, x ~ q * scale."
-    rows = x.reshape(-1, x.shape[-1])                                 # (N, hs): each vector is a channel
+    "Symmetric int8, one scale per vector: q (..., hs) int8, scale (..., 1) float32; x ~ q * scale."
+    rows = x.reshape(-1, x.shape[-1])                            # (N, hs): each vector is a channel
     ### BEGIN SOLUTION
     amax = np.abs(rows).max(axis=1)                                   # (N,)
-    scale, zero_point = choose_qparams(-amax, amax, np.int8, symmetric=True)   # (N,) float32, (N,) zeros
+    scale, zero_point = choose_qparams(-amax, amax, np.int8, symmetric=True)   # (N,), zeros (N,)
     q = quantize_per_channel(rows, scale, zero_point, axis=0)         # QuantizedTensor (N, hs) int8
     return q.int_repr().reshape(x.shape), scale.reshape(x.shape[:-1] + (1,))
     ### END SOLUTION
@@ -165,8 +183,10 @@ class Int8KVCache(KVCache):
     "A `KVCache` that stores keys and values as int8 with one float32 scale per position and head."
     def _alloc(self):
         shape = (self.n_layer, self.batch_size, self.n_head, self.max_len, self.head_dim)
-        self.k, self.v = np.zeros(shape, np.int8), np.zeros(shape, np.int8)          # (L, B, nh, max_len, hs)
-        self.k_scale, self.v_scale = (np.ones(shape[:-1] + (1,), np.float32) for _ in range(2))   # (L, B, nh, max_len, 1)
+        # (L, B, nh, max_len, hs)
+        self.k, self.v = np.zeros(shape, np.int8), np.zeros(shape, np.int8)
+        self.k_scale = np.ones(shape[:-1] + (1,), np.float32)               # (L, B, nh, max_len, 1)
+        self.v_scale = np.ones(shape[:-1] + (1,), np.float32)
 
     @property
     def nbytes(self) -> int:
@@ -175,10 +195,11 @@ class Int8KVCache(KVCache):
 
 @patch
 def write(self: Int8KVCache, layer: int, k: np.ndarray, v: np.ndarray) -> tuple:
-    "Quantize k, v (B, nh, T, hs) into positions length..; return all length+T keys and values, dequantized."
+    "Quantize k, v (B, nh, T, hs) into positions length..; return all length+T of them dequantized."
     self._check_write(layer, k, v)
     end, out = self.length + k.shape[2], []
     for x, q, s in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
         q[layer, :, :, self.length:end], s[layer, :, :, self.length:end] = quantize_kv(x)
-        out.append(dequantize_kv(q[layer, :, :, :end], s[layer, :, :, :end], self.dtype))   # (B, nh, end, hs)
+        # (B,nh,end,hs)
+        out.append(dequantize_kv(q[layer, :, :, :end], s[layer, :, :, :end], self.dtype))
     return tuple(out)
