@@ -1,5 +1,6 @@
-"""Caching: greedy tokens and logits with a preallocated KVCache against recomputation, the nbytes formula, crop and
-reset, errors that name the values and leave the cache unchanged, and the int8 cache's rounding."""
+"""Caching: greedy tokens and logits with a preallocated KVCache against recomputation, the nbytes
+formula, crop and reset, errors that name the values and leave the cache unchanged, and the int8
+cache's rounding."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -7,16 +8,18 @@ from hypothesis import given, settings, strategies as st
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.tensor import manual_seed
 from tinytorch.models.transformer import GPT, cache_bound
-from tinytorch.optimization.caching import Int8KVCache, KVCache, cache_nbytes, dequantize_kv, prefill_decode, quantize_kv
+from tinytorch.optimization.caching import (Int8KVCache, KVCache, cache_nbytes, dequantize_kv,
+                                            prefill_decode, quantize_kv)
 
 settings.register_profile("caching", max_examples=12, deadline=None)
 settings.load_profile("caching")
 
-configs = st.tuples(st.integers(1, 2), st.integers(1, 3), st.sampled_from([(8, 2), (12, 3), (16, 4), (16, 1)]))
+configs = st.tuples(st.integers(1, 2), st.integers(1, 3),                 # B, L
+                    st.sampled_from([(8, 2), (12, 3), (16, 4), (16, 1)]))  # C, n_head
 
 
 def model(seed: int, L: int, nh: int, C: int, T: int = 12, scale: float = 10.0) -> GPT:
-    "A GPT with weights scaled up, so logits are of order 10 and greedy choices are rarely near ties."
+    "A GPT with weights scaled up: logits of order 10, so greedy choices are rarely near ties."
     manual_seed(seed)
     g = GPT(17, block_size=T, n_layer=L, n_head=nh, n_embd=C)
     for p in g.parameters(): p.data *= scale
@@ -33,7 +36,8 @@ def recompute(g: GPT, idx: np.ndarray, n: int) -> np.ndarray:
     out = np.array(idx)
     with no_grad():
         for _ in range(n):
-            out = np.concatenate([out, g(out[:, -g.block_size:])[0].numpy()[:, -1].argmax(-1)[:, None]], 1)
+            nxt = g(out[:, -g.block_size:])[0].numpy()[:, -1].argmax(-1)        # (B,)
+            out = np.concatenate([out, nxt[:, None]], 1)
     return out
 
 
@@ -46,7 +50,7 @@ def test_logits_within_bound_float64_and_float32(cfg, prefill, seed):
     for g, u, dt in ((g64, 2.0 ** -53, np.float64), (g32, 2.0 ** -24, np.float32)):
         with no_grad(): full = g(ids)[0].numpy()
         inc = prefill_decode(g, ids, prefill, cache_for(g, B, dtype=dt))
-        assert (np.abs(inc - full) <= cache_bound(g, ids, u)).all()   # the bound derived in the transformers module
+        assert (np.abs(inc - full) <= cache_bound(g, ids, u)).all()   # derived in module 14
 
 
 @given(configs, st.integers(1, 6), st.integers(1, 20), st.integers(0, 2**16))
@@ -55,9 +59,9 @@ def test_greedy_tokens_identical_to_recomputation(cfg, prompt_len, n, seed):
     g = model(seed, L, nh, C).double()                                 # float64: no near-tie flips
     prompt = np.random.default_rng(seed).integers(0, 17, (B, prompt_len))
     cached = g.generate(prompt, n, top_k=1, cache=cache_for(g, B, dtype=np.float64)).numpy()
-    fits = min(n, 12 - prompt_len)                                     # recomputation slides its window one token
-    np.testing.assert_array_equal(cached[:, :prompt_len + fits], recompute(g, prompt, fits))   # at a time past 12
-    np.testing.assert_array_equal(cached, g.generate(prompt, n, top_k=1).numpy())   # past_kv crops the same way
+    fits = min(n, 12 - prompt_len)             # past 12 tokens recomputation slides its window
+    np.testing.assert_array_equal(cached[:, :prompt_len + fits], recompute(g, prompt, fits))
+    np.testing.assert_array_equal(cached, g.generate(prompt, n, top_k=1).numpy())   # crops alike
 
 
 def test_float32_greedy_and_sampled_tokens_match_concatenating_cache():
@@ -69,7 +73,7 @@ def test_float32_greedy_and_sampled_tokens_match_concatenating_cache():
 
 
 def test_generate_with_a_shorter_cache_crops_at_max_len():
-    "With max_len 6 < block_size 12 the context is cropped to its last 3 tokens whenever it reaches 6."
+    "With max_len 6 < block_size 12 the context is cropped to its last 3 tokens when it reaches 6."
     g = model(1, 1, 2, 8)
     out = [1, 2, 3]
     win = list(out)                                                    # the context the model sees
@@ -79,17 +83,19 @@ def test_generate_with_a_shorter_cache_crops_at_max_len():
             out.append(nxt)
             win = out[-3:] if len(win) == 6 else win + [nxt]
     kv = cache_for(g, 1, max_len=6)
-    np.testing.assert_array_equal(g.generate(np.array([[1, 2, 3]]), 10, top_k=1, cache=kv).numpy()[0], out)
+    got = g.generate(np.array([[1, 2, 3]]), 10, top_k=1, cache=kv).numpy()[0]
+    np.testing.assert_array_equal(got, out)
     assert kv.length == len(win)
 
 
-@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 8),
-       st.sampled_from([np.float16, np.float32, np.float64]))
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9),
+       st.integers(1, 8), st.sampled_from([np.float16, np.float32, np.float64]))
 def test_nbytes_formula(L, B, nh, T, hs, dtype):
     c = KVCache(L, B, nh, T, hs, dtype)
-    assert c.nbytes == cache_nbytes(L, B, nh, T, hs, dtype) == 2 * L * B * nh * T * hs * np.dtype(dtype).itemsize
+    formula = 2 * L * B * nh * T * hs * np.dtype(dtype).itemsize
+    assert c.nbytes == cache_nbytes(L, B, nh, T, hs, dtype) == formula
     q = Int8KVCache(L, B, nh, T, hs)
-    assert q.k.dtype == np.int8 and q.nbytes == 2 * L * B * nh * T * (hs + 4)     # int8 values and float32 scales
+    assert q.k.dtype == np.int8 and q.nbytes == 2 * L * B * nh * T * (hs + 4)   # + float32 scales
 
 
 def test_write_is_in_place_and_returns_views():
@@ -121,7 +127,8 @@ def test_crop_and_reset():
     c.crop(5); c.crop(0)
     assert c.length == 0
     for bad in (-1, 1, 2.0):
-        with pytest.raises(ValueError, match=f"n must be an int in 0..length=0, got {bad!r}"): c.crop(bad)
+        with pytest.raises(ValueError, match=f"n must be an int in 0..length=0, got {bad!r}"):
+            c.crop(bad)
     c.write(0, x, x); c.advance(6); c.reset()
     assert c.length == 0
     np.testing.assert_array_equal(c.write(0, y, -y)[1], -y)
@@ -155,22 +162,29 @@ def test_bad_input_names_values_and_leaves_cache_unchanged(cls):
     with no_grad(): g(ids[:, :5], cache=kv)
     s = snapshot(kv)
     cases = [
-        (lambda: g(ids[:, 5:9], start=5, cache=kv), "4 tokens from position 5 reach length 9, past the cache's max_len=8"),
-        (lambda: g(ids[:1, 5:6], start=5, cache=kv), "batch of 1 sequences, but the cache holds batch_size=2"),
+        (lambda: g(ids[:, 5:9], start=5, cache=kv),
+         "4 tokens from position 5 reach length 9, past the cache's max_len=8"),
+        (lambda: g(ids[:1, 5:6], start=5, cache=kv),
+         "batch of 1 sequences, but the cache holds batch_size=2"),
         (lambda: g(ids[:, 5:6], start=3, cache=kv), "start=3 but the cache holds 5 positions"),
         (lambda: model(3, 3, 4, 16, T=16)(ids[:, 5:6], start=5, cache=kv),
-         "the cache is for another model: cache {'n_layer': 2, 'n_head': 4, 'head_dim': 4}, model {'n_layer': 3, 'n_head': 4, 'head_dim': 4}"),
+         "the cache is for another model: cache {'n_layer': 2, 'n_head': 4, 'head_dim': 4}, "
+         "model {'n_layer': 3, 'n_head': 4, 'head_dim': 4}"),
         (lambda: model(3, 2, 2, 16, T=16)(ids[:, 5:6], start=5, cache=kv),
-         "cache {'n_layer': 2, 'n_head': 4, 'head_dim': 4}, model {'n_layer': 2, 'n_head': 2, 'head_dim': 8}"),
-        (lambda: model(3, 2, 4, 16, T=16).double()(ids[:, 5:6], start=5, cache=kv), "model dtype float64, cache dtype float32"),
+         "cache {'n_layer': 2, 'n_head': 4, 'head_dim': 4}, "
+         "model {'n_layer': 2, 'n_head': 2, 'head_dim': 8}"),
+        (lambda: model(3, 2, 4, 16, T=16).double()(ids[:, 5:6], start=5, cache=kv),
+         "model dtype float64, cache dtype float32"),
         (lambda: g(ids[:, 5:6], start=5, past_kv=[], cache=kv), "give past_kv or cache, not both"),
         (lambda: g(np.array([[17], [0]]), start=5, cache=kv), "out of range"),
     ]
     for fn, msg in cases:
-        with no_grad(), pytest.raises((ValueError, TypeError, IndexError), match=msg.replace("(", r"\(").replace("{", r"\{")):
+        pattern = msg.replace("(", r"\(").replace("{", r"\{")
+        with no_grad(), pytest.raises((ValueError, TypeError, IndexError), match=pattern):
             fn()
         assert same(kv, s), msg
-    with pytest.raises(RuntimeError, match="decode under no_grad"): g(ids[:, 5:6], start=5, cache=kv)
+    with pytest.raises(RuntimeError, match="decode under no_grad"):
+        g(ids[:, 5:6], start=5, cache=kv)
     k = np.zeros((2, 4, 4, 4), np.float32)
     for args, msg in (((2, k, k), "layer 2 out of range for n_layer=2"),
                       ((0, k[:, :3], k[:, :3]), r"got \(2, 3, 4, 4\) and \(2, 3, 4, 4\)"),
@@ -184,9 +198,10 @@ def test_bad_input_names_values_and_leaves_cache_unchanged(cls):
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match=r"sizes must be positive ints, got \{'n_head': 0, 'max_len': -1\}"):
+    with pytest.raises(ValueError, match=r"positive ints, got \{'n_head': 0, 'max_len': -1\}"):
         KVCache(1, 1, 0, -1, 4)
-    with pytest.raises(TypeError, match="dtype must be a float type, got int32"): KVCache(1, 1, 1, 1, 1, np.int32)
+    with pytest.raises(TypeError, match="dtype must be a float type, got int32"):
+        KVCache(1, 1, 1, 1, 1, np.int32)
 
 
 @given(st.integers(0, 2**16), st.floats(1e-3, 1e3))
@@ -219,4 +234,4 @@ def test_int8_cache_logits_close_and_greedy_mostly_agree():
     with no_grad(): full = g(ids)[0].numpy()
     d8 = np.abs(prefill_decode(g, ids, 4, cache_for(g, 2, Int8KVCache)) - full)
     d32 = np.abs(prefill_decode(g, ids, 4, cache_for(g, 2)) - full)
-    assert d32.max() < d8.max() < 0.2 * np.abs(full).max()            # int8 error visible, yet small next to logits
+    assert d32.max() < d8.max() < 0.2 * np.abs(full).max()   # int8 error visible, yet small
