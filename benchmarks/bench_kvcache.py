@@ -112,7 +112,7 @@ def generation(model: GPT, lengths, rounds: int) -> dict:
         kv = new_cache(model)
         a = model.generate(prompt, n, top_k=1, cache=kv).numpy()
         b = generate_recompute(model, prompt, n)
-        assert (a == b).all(), f"{n} tokens: cached, recomputed differ at {np.flatnonzero(a != b)[:5]}"
+        assert (a == b).all(), f"{n} tokens: they differ at {np.flatnonzero(a != b)[:5]}"
         r = compare({"cached": lambda: model.generate(prompt, n, top_k=1, cache=kv),
                      "recomputed": lambda: generate_recompute(model, prompt, n)},
                     rounds=rounds, number=1)

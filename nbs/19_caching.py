@@ -620,6 +620,35 @@ for name, cfg in configs.items():
     del full, int8
 
 # %% [markdown]
+# ## Optional: where a decode step's time goes
+#
+# For one token, the arithmetic of a decode step is small: a few matrix-vector products per layer.
+# Profiling the step (cProfile) showed two costs beside it. First, framework overhead: through the
+# modules, every intermediate result is wrapped in a `Tensor`, checked and recorded, and every
+# parameter is found through `Module.__getattr__`; `GPT.forward` with a cache therefore runs the
+# decode step on the parameters' arrays. Second, the tanh GELU's cube: NumPy computes a float32
+# `x**3` with a general `pow`, which on this machine costs several times `x * x * x`. The cell
+# times one decode step at position 128 of the model above through the modules (`past_kv`) and
+# through the cache, and the two ways of cubing the MLP's hidden vector (512 numbers).
+
+# %%
+with no_grad():
+    _, _, past = m(seq[:, :128], use_cache=True)                      # positions 0..127 both ways
+    kvm.reset(); m(seq[:, :128], cache=kvm)
+    def module_step(): return m(seq[:, 128:129], start=128, past_kv=past, use_cache=True)
+    def cache_step():
+        kvm.crop(128); return m(seq[:, 128:129], start=128, cache=kvm)
+    h512 = np.random.default_rng(3).standard_normal(512).astype(np.float32)
+    with blas_threads(1):
+        r = compare({'modules (past_kv)': module_step, 'arrays (cache)': cache_step}, rounds=5)
+        cube = compare({'x**3': lambda: h512 ** 3, 'x * x * x': lambda: h512 * h512 * h512},
+                       rounds=5)
+print(r.table()); print(cube.table())
+print(f"decode step through the modules / through the cache: "
+      f"{r.ratio('modules (past_kv)', 'arrays (cache)'):.1f}x; "
+      f"x**3 / x * x * x on 512 float32: {cube.ratio('x**3', 'x * x * x'):.0f}x")
+
+# %% [markdown]
 # ## Summary
 #
 # `KVCache` holds the keys and values of every layer in two buffers allocated once,
