@@ -597,24 +597,28 @@ test_eq(bool(d8.mean() < 0.05 * np.abs(ref).mean()), True)        # ... and smal
 # %% [markdown]
 # ## Memory planning
 #
-# The formula tells how much memory a model needs to decode before anything is allocated. For
-# TinyGPT (4 blocks, 4 heads, width 128, 64-token context) the cache is small next to its weights;
-# for a model of GPT-2 small's sizes (12 blocks, 12 heads of 64, a 1,024-token context) it is about
-# 75 MB per sequence in float32, which grows with the batch. The cell prints the formula and checks
-# it against the bytes `KVCache` and `Int8KVCache` allocate (zeroed pages, mapped only when
-# written).
+# The formula tells how much memory a model needs to decode before anything is allocated. The
+# cell prints it for TinyGPT (4 blocks, 4 heads, width 128, 64-token context, 65 characters) and for
+# a model of GPT-2 small's sizes (12 blocks, 12 heads of 64, a 1,024-token context, 50,257 tokens)
+# at full context, next to their float32 weights (the parameter count $VC + T_{max}C + L(12C^2 +
+# 13C) + 2C$ of `GPT`), and checks it against the bytes `KVCache` and `Int8KVCache` allocate
+# (zeroed pages, mapped only when written). The weights are paid once; the cache once per sequence
+# in the batch.
 
 # %%
-configs = {'TinyGPT': dict(n_layer=4, n_head=4, max_len=64, head_dim=32),
-           'GPT-2 small': dict(n_layer=12, n_head=12, max_len=1024, head_dim=64)}
-for name, cfg in configs.items():
+configs = {'TinyGPT': (65, dict(n_layer=4, n_head=4, max_len=64, head_dim=32)),
+           'GPT-2 small': (50257, dict(n_layer=12, n_head=12, max_len=1024, head_dim=64))}
+for name, (V, cfg) in configs.items():
+    Lc, C, Tc = cfg['n_layer'], cfg['n_head'] * cfg['head_dim'], cfg['max_len']
+    weights = 4 * (V * C + Tc * C + Lc * (12 * C * C + 13 * C) + 2 * C)   # float32 parameters
     f = cache_nbytes(batch_size=1, **cfg)
     full, int8 = KVCache(batch_size=1, **cfg), Int8KVCache(batch_size=1, **cfg)
     per_tok = f // cfg['max_len']
     print(f"{name}: {f:,} bytes ({f / 1e6:.2f} MB) in float32 at {cfg['max_len']} positions, "
           f"batch 1, {per_tok:,} bytes per token; int8 with scales {int8.nbytes:,} bytes "
           f"({f / int8.nbytes:.2f}x smaller); "
-          f"batch 8: {cache_nbytes(batch_size=8, **cfg) / 1e6:.1f} MB")
+          f"batch 8: {cache_nbytes(batch_size=8, **cfg) / 1e6:.1f} MB; "
+          f"weights {weights / 1e6:.1f} MB")
     test_eq(full.nbytes, f)
     test_eq(int8.nbytes, f // 4 + 2 * cfg['n_layer'] * cfg['n_head'] * cfg['max_len'] * 4)
     del full, int8
