@@ -598,7 +598,7 @@ test_eq(bool(d8.mean() < 0.05 * np.abs(ref).mean()), True)        # ... and smal
 # ## Memory planning
 #
 # The formula tells how much memory a model needs to decode before anything is allocated. The
-# cell prints it for TinyGPT (4 blocks, 4 heads, width 128, 64-token context, 65 characters) and for
+# cell prints it for TinyGPT (4 blocks, 4 heads, width 128, 64-token context, 84 characters) and for
 # a model of GPT-2 small's sizes (12 blocks, 12 heads of 64, a 1,024-token context, 50,257 tokens)
 # at full context, next to their float32 weights (the parameter count $VC + T_{max}C + L(12C^2 +
 # 13C) + 2C$ of `GPT`), and checks it against the bytes `KVCache` and `Int8KVCache` allocate
@@ -606,7 +606,7 @@ test_eq(bool(d8.mean() < 0.05 * np.abs(ref).mean()), True)        # ... and smal
 # in the batch.
 
 # %%
-configs = {'TinyGPT': (65, dict(n_layer=4, n_head=4, max_len=64, head_dim=32)),
+configs = {'TinyGPT': (84, dict(n_layer=4, n_head=4, max_len=64, head_dim=32)),
            'GPT-2 small': (50257, dict(n_layer=12, n_head=12, max_len=1024, head_dim=64))}
 for name, (V, cfg) in configs.items():
     Lc, C, Tc = cfg['n_layer'], cfg['n_head'] * cfg['head_dim'], cfg['max_len']
