@@ -39,6 +39,10 @@ from tinytorch.core.normalization import LayerNorm, Dropout
 from tinytorch.core.losses import cross_entropy
 from tinytorch.core.attention import MultiHeadAttention
 from tinytorch.text.embeddings import Embedding, LearnedPositionalEmbedding
+from tinytorch.core.tensor import _wrap
+from tinytorch.core.autograd import is_grad_enabled
+from tinytorch.core.activations import gelu
+from tinytorch.core.attention import _softmax_, _causal_bias
 
 # %%
 #| hide
@@ -295,7 +299,8 @@ test_eq(GPT.from_config(GPTConfig(11, 8, 2, 2, 16)).config, gpt.config)
 
 # %%
 #| export
-def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int) -> np.ndarray:
+def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int,
+               cache=None) -> np.ndarray:
     "Check ids (B, T), the start position and the cache; return the ids as an integer ndarray."
     ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
     if ids.ndim != 2 or ids.dtype.kind not in 'iu':
@@ -305,6 +310,9 @@ def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int)
     if start + ids.shape[1] > block_size:
         raise ValueError(f"{op}: {ids.shape[1]} tokens from position {start} reach length {start + ids.shape[1]}, "
                          f"longer than block_size={block_size}")
+    if cache is not None:
+        if past_kv is not None: raise ValueError(f"{op}: give past_kv or cache, not both")
+        return ids                                                    # the cache checks start
     if past_kv is None:
         if start: raise ValueError(f"{op}: start={start} needs past_kv, the keys and values of positions 0..{start - 1}")
         return ids
@@ -322,9 +330,12 @@ def forward(self: GPT,
             start: int = 0,          # position of idx[:, 0] in the sequence
             past_kv=None,            # list of (k, v) per block, each (B, nh, start, hs), or None
             use_cache: bool = False, # also return the extended cache?
+            cache=None,              # a preallocated cache of positions 0..start-1, extended
            ):
     "Logits (B, T, V) and the mean cross-entropy against `targets` (or None); with `use_cache`, also the cache."
-    ids = _check_idx('GPT.forward', idx, self.block_size, start, past_kv, self.config.n_layer)
+    ids = _check_idx('GPT.forward', idx, self.block_size, start, past_kv, self.config.n_layer,
+                     cache)
+    if cache is not None: return self._forward_cached(ids, targets, start, cache, use_cache)
     B, T = ids.shape
     tr = self.transformer
     ### BEGIN SOLUTION
@@ -447,6 +458,9 @@ test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
 # decoding then continues one token at a time. The model always sees between `block_size // 2` and
 # `block_size` tokens of context, and the cost per token stays $O(\text{block\_size})$ on average, one prefill per
 # `block_size - block_size // 2` tokens.
+#
+# With `cache`, a preallocated cache (below), `generate` decodes into it instead of concatenating:
+# it resets it, prefills, and crops at the smaller of `block_size` and the cache's `max_len`.
 
 # %%
 #| export
@@ -457,26 +471,33 @@ def generate(self: GPT,
              temperature: float = 1.0, # > 0; lower is more conservative
              top_k=None,               # sample only among the k most likely tokens, or None
              seed=None,                # int or np.random.Generator for the draws; same seed, same text
+             cache=None,               # a preallocated cache to decode into (reset first), or None
             ) -> Tensor:
     "The prompt followed by `max_new_tokens` sampled tokens, (B, T0 + max_new_tokens) int64, using a KV cache."
     _check_sampling(temperature, top_k, self.config.vocab_size)
     out = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)   # (B, T0)
     if out.ndim != 2 or out.shape[1] == 0: raise ValueError(f"generate: expected a prompt of shape (B, T0) with T0 >= 1, got shape {out.shape}")
-    rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, self.block_size // 2)
+    limit = self.block_size if cache is None else min(self.block_size, cache.max_len)  # context
+    rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, limit // 2)
+    def prefill(ctx):                                                 # a fresh cache of ctx
+        if cache is None: return self(ctx, use_cache=True)
+        cache.reset(); return self(ctx, use_cache=True, cache=cache)
     self.eval()
     try:
         with no_grad():
-            ctx = out[:, -self.block_size:]                           # (B, <= block_size) the prefill
-            logits, _, kv = self(ctx, use_cache=True)                 # (B, T, V), cache of T positions
+            ctx = out[:, -limit:]                                     # (B, <= limit) the prefill
+            logits, _, kv = prefill(ctx)                              # (B, T, V), T cached
             pos = ctx.shape[1]                                        # positions held in the cache
             for _ in range(max_new_tokens):
                 nxt = sample_next(logits.data[:, -1], temperature, top_k, rng)   # (B,)
                 out = np.concatenate([out, nxt[:, None]], axis=1)      # (B, T + 1)
-                if pos == self.block_size:                            # full: crop and rebuild the cache
+                if pos == limit:                                      # full: crop, rebuild
                     ctx = out[:, -keep:]                              # (B, keep)
-                    logits, _, kv = self(ctx, use_cache=True); pos = ctx.shape[1]
+                    logits, _, kv = prefill(ctx); pos = ctx.shape[1]
                 else:
-                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=kv, use_cache=True)   # (B, 1, V)
+                    past = kv if cache is None else None
+                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=past, use_cache=True,
+                                         cache=cache)                 # (B, 1, V)
                     pos += 1
     finally: self.train(was_training)
     return Tensor(out)
@@ -675,6 +696,127 @@ test_eq(m64.generate(prompt, 13, temperature=0.5, top_k=4, seed=6).numpy(), gene
 long = m64.generate(prompt, 40, seed=5).numpy()                       # beyond block_size: cropped, cache rebuilt
 test_eq(long.shape, (2, 43))
 test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))     # identical until the first crop
+
+# %% [markdown]
+# ### Decoding into a preallocated cache
+#
+# `past_kv` grows by concatenation: every step copies all cached keys and values into new arrays,
+# $O(T)$ bytes per step and $O(T^2)$ over a generation. `forward` and `generate` also accept
+# `cache`, an object that keeps every layer's keys and values in buffers allocated once and written
+# in place (`KVCache` in the caching module builds one). It has `length`, `max_len`, `reset()` and
+# three methods that `forward` calls:
+#
+# - `check(op, B, T, start, n_layer, n_head, head_dim, dtype)` raises, before anything is written,
+#   if the new tokens do not fit the cache or the cache does not fit the model, or `start` differs
+#   from `length`;
+# - `write(layer, k, v)` stores a layer's new keys and values, `(B, nh, T, hs)` arrays, after the
+#   `length` cached positions and returns the keys and values of all `length + T` positions;
+# - `advance(T)` moves `length` on, once every layer has written.
+#
+# Decoding records no graph, and for one token the `Tensor` around each intermediate result (a
+# wrapper, a graph check, argument checks) costs more than the arithmetic. So with a cache the
+# forward pass runs on the arrays inside the parameters: the same operations in the same order as
+# the layers, checked below against the full pass. It needs `no_grad` (the cache stores values, not
+# a graph) and no dropout.
+
+# %%
+#| export
+def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
+    "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
+    w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
+    xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
+    out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))
+    if w is not None: out = out * w.data
+    return out if b is None else out + b.data
+
+def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
+    "`lin` on an array (..., in) -> (..., out)."
+    p = lin._parameters                                               # registry: no __getattr__
+    b, y = p.get('bias'), x @ p['weight'].data.T                      # (..., out)
+    return y if b is None else y + b.data
+
+def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
+    "`g` on an array; the tanh form cubes by two products: NumPy's float32 `x**3` is a slow `pow`."
+    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+# %%
+#| export
+def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -> np.ndarray:
+    "Causal self-attention of new positions h (B, T, C) over the cached ones and themselves."
+    B, T, C = h.shape; nh, hs = attn.num_heads, attn.head_dim
+    qkv = _lin(h, attn._modules['qkv'])                               # (B, T, 3C)
+    q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
+    k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
+    s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
+    if T > 1: s += _causal_bias(T, k.shape[2], s.dtype)               # bottom-right aligned
+    y = _softmax_(s) @ v                                              # (B, nh, T, hs)
+    return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn._modules['proj'])   # (B, T, C)
+
+# %%
+#| export
+@patch
+def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_cache: bool):
+    "`forward` with a preallocated cache, on arrays: logits of positions start.., cache extended."
+    c, tr, (B, T) = self.config, self.transformer, ids.shape
+    if is_grad_enabled():
+        raise RuntimeError("GPT.forward: a cache keeps values, not a graph; decode under no_grad()")
+    if self.training and c.dropout > 0:
+        raise RuntimeError(f"GPT.forward: a cache decodes without dropout, but dropout={c.dropout} "
+                           "in training mode; call eval()")
+    cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head,
+                tr.wte.weight.dtype)
+    x = (tr.wte(ids) + tr.wpe(T, start=start)).data                   # (B, T, C)
+    for i, blk in enumerate(tr.h.children()):
+        b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
+        x = x + _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C)
+        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B, T, 4C)
+        x = x + _lin(h, mlp['proj'])                                  # (B, T, C)
+    cache.advance(T)
+    logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head))               # (B, T, V)
+    loss = None
+    if targets is not None:
+        t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if t.shape != (B, T):
+            raise ValueError(f"GPT.forward: targets of shape {t.shape} do not match idx of shape "
+                             f"{(B, T)}")
+        loss = cross_entropy(logits.reshape(B * T, -1), t.reshape(B * T))
+    return (logits, loss, cache) if use_cache else (logits, loss)
+
+# %% [markdown]
+# The smallest object that follows the protocol keeps a list of keys and values per layer and
+# concatenates, like `past_kv`. Decoding through it gives the logits of the full pass, and
+# `generate` draws the same tokens with it as with `past_kv`, in float64:
+
+# %%
+class ListCache:
+    "The cache protocol by concatenation: a test double for `forward(cache=...)`."
+    def __init__(self, n_layer, max_len):
+        self.kv, self.length, self.max_len = [None] * n_layer, 0, max_len
+    def reset(self): self.kv, self.length = [None] * len(self.kv), 0
+    def check(self, op, B, T, start, n_layer, n_head, head_dim, dtype):
+        if start != self.length or start + T > self.max_len:
+            raise ValueError(f"{op}: start={start}, length={self.length}")
+    def write(self, layer, k, v):
+        if self.kv[layer] is not None:
+            k, v = (np.concatenate([a, b], 2) for a, b in zip(self.kv[layer], (k, v)))
+        self.kv[layer] = (k, v); return k, v
+    def advance(self, T): self.length += T
+
+# %%
+lc = ListCache(2, 16)
+with no_grad():
+    steps = [m64(ids[:, :5], cache=lc)[0].numpy()]
+    steps += [m64(ids[:, t:t + 1], start=t, cache=lc)[0].numpy() for t in range(5, 16)]
+d = np.abs(np.concatenate(steps, 1) - full64)
+print(f"float64, decoding through ListCache: largest difference from the full pass {d.max():.1e}")
+test_eq(bool((d <= b64).all()), True)
+test_eq(lc.length, 16)
+test_eq(m64.generate(prompt, 13, seed=5, cache=ListCache(2, 16)).numpy(),
+        generate_uncached(m64, prompt, 13, seed=5))
+test_eq(m64.generate(prompt, 40, seed=5, cache=ListCache(2, 16)).numpy(), long)   # crops alike
+test_fail(lambda: m64(ids[:, :2], cache=lc), contains="decode under no_grad()")
+test_fail(lambda: m64(ids[:, :2], past_kv=kv, cache=lc), contains="give past_kv or cache, not both")
 
 # %% [markdown]
 # ## Counting parameters and FLOPs

@@ -20,6 +20,10 @@ from ..core.normalization import LayerNorm, Dropout
 from ..core.losses import cross_entropy
 from ..core.attention import MultiHeadAttention
 from ..text.embeddings import Embedding, LearnedPositionalEmbedding
+from ..core.tensor import _wrap
+from ..core.autograd import is_grad_enabled
+from ..core.activations import gelu
+from ..core.attention import _softmax_, _causal_bias
 
 # %% ../../nbs/14_transformers.ipynb #ce50184d
 class MLP(Module):
@@ -128,7 +132,8 @@ def _init_weights(self: GPT):
         for proj in (block.attn.proj, block.mlp.proj): _normal_(proj.weight, 0.02 / math.sqrt(2 * self.config.n_layer))
 
 # %% ../../nbs/14_transformers.ipynb #3a284ae4
-def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int) -> np.ndarray:
+def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int,
+               cache=None) -> np.ndarray:
     "Check ids (B, T), the start position and the cache; return the ids as an integer ndarray."
     ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
     if ids.ndim != 2 or ids.dtype.kind not in 'iu':
@@ -138,6 +143,9 @@ def _check_idx(op: str, idx, block_size: int, start: int, past_kv, n_layer: int)
     if start + ids.shape[1] > block_size:
         raise ValueError(f"{op}: {ids.shape[1]} tokens from position {start} reach length {start + ids.shape[1]}, "
                          f"longer than block_size={block_size}")
+    if cache is not None:
+        if past_kv is not None: raise ValueError(f"{op}: give past_kv or cache, not both")
+        return ids                                                    # the cache checks start
     if past_kv is None:
         if start: raise ValueError(f"{op}: start={start} needs past_kv, the keys and values of positions 0..{start - 1}")
         return ids
@@ -154,9 +162,12 @@ def forward(self: GPT,
             start: int = 0,          # position of idx[:, 0] in the sequence
             past_kv=None,            # list of (k, v) per block, each (B, nh, start, hs), or None
             use_cache: bool = False, # also return the extended cache?
+            cache=None,              # a preallocated cache of positions 0..start-1, extended
            ):
     "Logits (B, T, V) and the mean cross-entropy against `targets` (or None); with `use_cache`, also the cache."
-    ids = _check_idx('GPT.forward', idx, self.block_size, start, past_kv, self.config.n_layer)
+    ids = _check_idx('GPT.forward', idx, self.block_size, start, past_kv, self.config.n_layer,
+                     cache)
+    if cache is not None: return self._forward_cached(ids, targets, start, cache, use_cache)
     B, T = ids.shape
     tr = self.transformer
     ### BEGIN SOLUTION
@@ -210,26 +221,33 @@ def generate(self: GPT,
              temperature: float = 1.0, # > 0; lower is more conservative
              top_k=None,               # sample only among the k most likely tokens, or None
              seed=None,                # int or np.random.Generator for the draws; same seed, same text
+             cache=None,               # a preallocated cache to decode into (reset first), or None
             ) -> Tensor:
     "The prompt followed by `max_new_tokens` sampled tokens, (B, T0 + max_new_tokens) int64, using a KV cache."
     _check_sampling(temperature, top_k, self.config.vocab_size)
     out = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)   # (B, T0)
     if out.ndim != 2 or out.shape[1] == 0: raise ValueError(f"generate: expected a prompt of shape (B, T0) with T0 >= 1, got shape {out.shape}")
-    rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, self.block_size // 2)
+    limit = self.block_size if cache is None else min(self.block_size, cache.max_len)  # context
+    rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, limit // 2)
+    def prefill(ctx):                                                 # a fresh cache of ctx
+        if cache is None: return self(ctx, use_cache=True)
+        cache.reset(); return self(ctx, use_cache=True, cache=cache)
     self.eval()
     try:
         with no_grad():
-            ctx = out[:, -self.block_size:]                           # (B, <= block_size) the prefill
-            logits, _, kv = self(ctx, use_cache=True)                 # (B, T, V), cache of T positions
+            ctx = out[:, -limit:]                                     # (B, <= limit) the prefill
+            logits, _, kv = prefill(ctx)                              # (B, T, V), T cached
             pos = ctx.shape[1]                                        # positions held in the cache
             for _ in range(max_new_tokens):
                 nxt = sample_next(logits.data[:, -1], temperature, top_k, rng)   # (B,)
                 out = np.concatenate([out, nxt[:, None]], axis=1)      # (B, T + 1)
-                if pos == self.block_size:                            # full: crop and rebuild the cache
+                if pos == limit:                                      # full: crop, rebuild
                     ctx = out[:, -keep:]                              # (B, keep)
-                    logits, _, kv = self(ctx, use_cache=True); pos = ctx.shape[1]
+                    logits, _, kv = prefill(ctx); pos = ctx.shape[1]
                 else:
-                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=kv, use_cache=True)   # (B, 1, V)
+                    past = kv if cache is None else None
+                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=past, use_cache=True,
+                                         cache=cache)                 # (B, 1, V)
                     pos += 1
     finally: self.train(was_training)
     return Tensor(out)
@@ -287,6 +305,67 @@ def cache_bound(model: GPT, ids: np.ndarray, u: float) -> np.ndarray:
         h, eh = _linear_bound(*_gelu_bound(*_linear_bound(*_layer_norm_bound(x, e, blk.ln_2, u), blk.mlp.fc, u), u), blk.mlp.proj, u)
         x, e = x + h, e + eh + u * np.abs(x + h)
     return 2 * _linear_bound(*_layer_norm_bound(x, e, tr.ln_f, u), model.lm_head, u)[1]
+
+# %% ../../nbs/14_transformers.ipynb #1043a44c
+def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
+    "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
+    w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
+    xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
+    out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))
+    if w is not None: out = out * w.data
+    return out if b is None else out + b.data
+
+def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
+    "`lin` on an array (..., in) -> (..., out)."
+    p = lin._parameters                                               # registry: no __getattr__
+    b, y = p.get('bias'), x @ p['weight'].data.T                      # (..., out)
+    return y if b is None else y + b.data
+
+def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
+    "`g` on an array; the tanh form cubes by two products: NumPy's float32 `x**3` is a slow `pow`."
+    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+# %% ../../nbs/14_transformers.ipynb #580a4f8d
+def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -> np.ndarray:
+    "Causal self-attention of new positions h (B, T, C) over the cached ones and themselves."
+    B, T, C = h.shape; nh, hs = attn.num_heads, attn.head_dim
+    qkv = _lin(h, attn._modules['qkv'])                               # (B, T, 3C)
+    q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
+    k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
+    s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
+    if T > 1: s += _causal_bias(T, k.shape[2], s.dtype)               # bottom-right aligned
+    y = _softmax_(s) @ v                                              # (B, nh, T, hs)
+    return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn._modules['proj'])   # (B, T, C)
+
+# %% ../../nbs/14_transformers.ipynb #fc632175
+@patch
+def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_cache: bool):
+    "`forward` with a preallocated cache, on arrays: logits of positions start.., cache extended."
+    c, tr, (B, T) = self.config, self.transformer, ids.shape
+    if is_grad_enabled():
+        raise RuntimeError("GPT.forward: a cache keeps values, not a graph; decode under no_grad()")
+    if self.training and c.dropout > 0:
+        raise RuntimeError(f"GPT.forward: a cache decodes without dropout, but dropout={c.dropout} "
+                           "in training mode; call eval()")
+    cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head,
+                tr.wte.weight.dtype)
+    x = (tr.wte(ids) + tr.wpe(T, start=start)).data                   # (B, T, C)
+    for i, blk in enumerate(tr.h.children()):
+        b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
+        x = x + _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C)
+        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B, T, 4C)
+        x = x + _lin(h, mlp['proj'])                                  # (B, T, C)
+    cache.advance(T)
+    logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head))               # (B, T, V)
+    loss = None
+    if targets is not None:
+        t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if t.shape != (B, T):
+            raise ValueError(f"GPT.forward: targets of shape {t.shape} do not match idx of shape "
+                             f"{(B, T)}")
+        loss = cross_entropy(logits.reshape(B * T, -1), t.reshape(B * T))
+    return (logits, loss, cache) if use_cache else (logits, loss)
 
 # %% ../../nbs/14_transformers.ipynb #559a6471
 @patch
