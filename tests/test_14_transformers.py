@@ -70,10 +70,11 @@ def test_cached_decoding_matches_full_pass(prefill, L, size, seed):
     assert (np.abs(inc64 - full64) <= cache_bound(m64, ids, 2.0 ** -53)).all()
     full32, inc32 = decode(m32, ids, prefill)
     assert (np.abs(inc32 - full32) <= cache_bound(m32, ids, 2.0 ** -24)).all()   # valid, if loose, in float32
-    # float32 against float64: the cached path's RMS error is of the order of the full pass's (the notebook prints
-    # the ratio over 20 models; which path is closer is luck), while a position or cache bug is ~1e6 times larger.
+    # float32 against float64, relative to the logits: over 150 random cases the cached path's RMS error was at
+    # most 8.8e-5 of the logits' RMS (the full pass's, 9.9e-5); a stale or misplaced cache entry changes the logits
+    # by their own size. (A ratio to the full pass's own error is no test: that error is sometimes tiny by luck.)
     rms = lambda a: np.sqrt(np.mean(a ** 2))
-    assert rms(inc32 - full64) < 8 * rms(full32 - full64)
+    assert rms(inc32 - full64) <= 1e-3 * rms(full64)
 
 
 def test_start_and_cache_must_agree():
