@@ -4,6 +4,14 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from hypothesis import settings
+
+# One hypothesis profile for the suite: the same examples on every run (same seed, same result), and no deadline
+# (a shared machine makes single examples slow at random). A test file sets its own example count with a
+# module-level `HYPOTHESIS = settings(max_examples=N)`, which the hook at the end applies to that file's tests
+# only; a profile loaded by a test file would apply to every file collected before and after it.
+settings.register_profile("tinytorch", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("tinytorch")
 
 import tito
 from tito.project import run_nbdev_export
@@ -116,6 +124,10 @@ def pytest_collection_modifyitems(items):
     # student edition, against 19 s once solved); a stub needs no smaller example.
     for item in items:
         hyp = getattr(getattr(item, "obj", None), "hypothesis", None)
-        if hyp is not None and not getattr(hyp.inner_test, "_fails_fast", False):
+        if hyp is None: continue
+        if not getattr(hyp.inner_test, "_fails_fast", False):
             hyp.inner_test = _fail_fast_on_stubs(hyp.inner_test)
             hyp.inner_test._fails_fast = True
+        own = getattr(item.module, "HYPOTHESIS", None)
+        if own is not None and getattr(item.obj, "_hypothesis_internal_use_settings", None) is settings.default:
+            own(item.obj)  # the file's settings, unless the test carries its own @settings

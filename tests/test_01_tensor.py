@@ -8,8 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from tinytorch.core.tensor import Tensor, cat, stack
 
-settings.register_profile("tinytorch", max_examples=60, deadline=None)
-settings.load_profile("tinytorch")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 finite32 = st.floats(-100, 100, width=32, allow_nan=False)
 float_arrays = lambda shape: hnp.arrays(np.float32, shape, elements=finite32)

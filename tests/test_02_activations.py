@@ -9,8 +9,7 @@ from hypothesis.extra import numpy as hnp
 from tinytorch.core.activations import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh, erf, gelu, log_softmax, sigmoid, softmax
 from tinytorch.core.tensor import Tensor
 
-settings.register_profile("activations", max_examples=60, deadline=None)
-settings.load_profile("activations")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)
 wide = st.floats(-1e4, 1e4, width=32, allow_nan=False)

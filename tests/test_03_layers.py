@@ -11,8 +11,7 @@ from hypothesis.extra import numpy as hnp
 from tinytorch.core.layers import Identity, IncompatibleKeys, Linear, Module, Parameter, Sequential
 from tinytorch.core.tensor import Tensor, manual_seed, ones, zeros
 
-settings.register_profile("tinytorch", max_examples=60, deadline=None)
-settings.load_profile("tinytorch")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 finite32 = st.floats(-100, 100, width=32, allow_nan=False)
 seeds = st.integers(0, 2**32 - 1)

@@ -9,8 +9,7 @@ from hypothesis.extra import numpy as hnp
 from tinytorch.core.losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from tinytorch.core.tensor import Tensor
 
-settings.register_profile("losses", max_examples=60, deadline=None)
-settings.load_profile("losses")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 
 def reduce(x, reduction):

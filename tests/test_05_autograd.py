@@ -12,8 +12,7 @@ from tinytorch.core.losses import (binary_cross_entropy, binary_cross_entropy_wi
                                    mse_loss)
 from tinytorch.core.tensor import Tensor, cat, stack
 
-settings.register_profile("autograd", max_examples=25, deadline=None)
-settings.load_profile("autograd")
+HYPOTHESIS = settings(max_examples=25)  # applied to this file's property tests by conftest.py
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
 

@@ -18,8 +18,7 @@ from tinytorch.core.tensor import Tensor
 from tinytorch.core.optimizers import (SGD, Adam, AdamW, StepLR, CosineWarmupLR, cosine_warmup_lr,
                                        clip_grad_norm_)
 
-settings.register_profile("tinytorch", max_examples=60, deadline=None)
-settings.load_profile("tinytorch")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 # Roundings per element per step in our implementations: at most about a dozen (decay, two moment updates,
 # sqrt, two scalings, division, subtraction). Errors carried from earlier steps enter the scale again each

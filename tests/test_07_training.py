@@ -12,8 +12,7 @@ from tinytorch.core.optimizers import SGD, Adam, CosineWarmupLR
 from tinytorch.core.tensor import manual_seed
 from tinytorch.core.training import Batches, Trainer, load_checkpoint, save_checkpoint
 
-settings.register_profile("training", max_examples=40, deadline=None)
-settings.load_profile("training")
+HYPOTHESIS = settings(max_examples=40)  # applied to this file's property tests by conftest.py
 
 
 @given(st.integers(1, 50), st.integers(1, 16), st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))

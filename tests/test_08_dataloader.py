@@ -13,8 +13,7 @@ from tinytorch.core.training import Trainer
 from tinytorch.data.loader import (Compose, DataLoader, Dataset, Normalize, RandomCrop, RandomHorizontalFlip,
                                    TensorDataset, ToFloat, default_collate)
 
-settings.register_profile("dataloader", max_examples=60, deadline=None)
-settings.load_profile("dataloader")
+HYPOTHESIS = settings(max_examples=60)  # applied to this file's property tests by conftest.py
 
 
 class Rows(Dataset):

@@ -22,8 +22,7 @@ from hypothesis.extra.numpy import arrays
 from tinytorch.data.loader import (SOURCES, ChecksumError, DownloadError, check_sha256, download_file, get_data_home,
                                    load_cifar10, load_digits, load_fashion_mnist, load_mnist, parse_cifar10_batch, parse_idx)
 
-settings.register_profile("datasets", max_examples=80, deadline=None)
-settings.load_profile("datasets")
+HYPOTHESIS = settings(max_examples=80)  # applied to this file's property tests by conftest.py
 
 MNIST_FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
 IDX_CODES = {np.dtype('u1'): 0x08, np.dtype('i1'): 0x09, np.dtype('>i2'): 0x0B, np.dtype('>i4'): 0x0C,

@@ -14,8 +14,7 @@ from tinytorch.core.spatial import (AvgPool2d, Conv2d, Flatten, MaxPool2d, avg_p
                                     max_pool2d)
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 
-settings.register_profile("spatial", max_examples=25, deadline=None)
-settings.load_profile("spatial")
+HYPOTHESIS = settings(max_examples=25)  # applied to this file's property tests by conftest.py
 
 
 def leaf(a) -> Tensor:

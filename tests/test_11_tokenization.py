@@ -10,9 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from tinytorch.text.tokenization import (SHAKESPEARE_VAL_START, BPETokenizer, CharTokenizer, bpe_merges,
                                          bpe_merges_naive, load_shakespeare, merge, pretokenize)
 
-settings.register_profile("tokenization", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("tokenization")
+HYPOTHESIS = settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])  # applied to this file's property tests by conftest.py
 
 EOT = "<|endoftext|>"
 # Any Unicode text (hypothesis leaves out lone surrogates, which UTF-8 cannot encode), and text drawn mostly from the

@@ -12,8 +12,7 @@ from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.text.embeddings import (Embedding, LearnedPositionalEmbedding, PositionalEncoding, embedding,
                                        sinusoidal_table)
 
-settings.register_profile("embeddings", max_examples=30, deadline=None)
-settings.load_profile("embeddings")
+HYPOTHESIS = settings(max_examples=30)  # applied to this file's property tests by conftest.py
 
 INT_DTYPES = st.sampled_from([np.int64, np.int32, np.int16, np.uint8, np.uint16])
 

@@ -13,8 +13,7 @@ from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.layers import Module, Parameter
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 
-settings.register_profile("attention", max_examples=25, deadline=None)
-settings.load_profile("attention")
+HYPOTHESIS = settings(max_examples=25)  # applied to this file's property tests by conftest.py
 
 MASKS = ["none", "bool", "float", "learned float", "causal", "causal and bool"]
 

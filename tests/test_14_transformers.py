@@ -13,8 +13,7 @@ from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.core.training import load_checkpoint, save_checkpoint
 from tinytorch.models.transformer import GPT, GPTConfig, TransformerBlock, cache_bound, sample_next
 
-settings.register_profile("transformers", max_examples=15, deadline=None)
-settings.load_profile("transformers")
+HYPOTHESIS = settings(max_examples=15)  # applied to this file's property tests by conftest.py
 
 
 def scale_weights(model: Module, f: float) -> Module:

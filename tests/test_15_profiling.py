@@ -24,8 +24,7 @@ from tinytorch.optimization.profiling import (FLOPCounter, MemoryProfiler, OpEve
                                               count_flops, measure, predicted_memory,
                                               roofline_bound, step_memory)
 
-settings.register_profile("profiling", max_examples=25, deadline=None)
-settings.load_profile("profiling")
+HYPOTHESIS = settings(max_examples=25)  # applied to this file's property tests by conftest.py
 
 dims = st.integers(1, 5)
 

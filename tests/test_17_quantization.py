@@ -9,8 +9,7 @@ from hypothesis.extra.numpy import arrays
 from tinytorch.optimization.quantization import (QuantizedTensor, choose_qparams, dtype_range, quantize_per_channel,
                                                  quantize_per_tensor)
 
-settings.register_profile("quant", max_examples=40, deadline=None)
-settings.load_profile("quant")
+HYPOTHESIS = settings(max_examples=40)  # applied to this file's property tests by conftest.py
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 

@@ -11,8 +11,7 @@ from tinytorch.models.transformer import GPT, cache_bound
 from tinytorch.optimization.caching import (Int8KVCache, KVCache, cache_nbytes, dequantize_kv,
                                             prefill_decode, quantize_kv)
 
-settings.register_profile("caching", max_examples=12, deadline=None)
-settings.load_profile("caching")
+HYPOTHESIS = settings(max_examples=12)  # applied to this file's property tests by conftest.py
 
 configs = st.tuples(st.integers(1, 2), st.integers(1, 3),                 # B, L
                     st.sampled_from([(8, 2), (12, 3), (16, 4), (16, 1)]))  # C, n_head
