@@ -166,14 +166,12 @@ def quantize_per_tensor(x,                 # a float Tensor or array
 @patch
 def dequantize(self: QuantizedTensor) -> np.ndarray:
     "The reals `scale * (q - zero_point)` as float32, broadcasting per-channel parameters along `axis`."
-    ### BEGIN SOLUTION
     s, z = self.scale, self.zero_point
     if self.per_channel:
         shape = [1] * self.ndim
         shape[self.axis] = -1
         s, z = s.reshape(shape), z.reshape(shape)
     return ((self._data.astype(np.float64) - z) * s).astype(np.float32)   # float64 inside: exact for small ints
-    ### END SOLUTION
 
 # %% ../../nbs/17_quantization.ipynb #ebbfecf2
 def quantize_per_channel(x,               # a float Tensor or array
@@ -395,13 +393,11 @@ class QuantizedConv2d(_QuantizedLayer):
             raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got shape {q.shape}")
         N, O = q.shape[0], self.out_channels
         OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride, self.padding)
-        ### BEGIN SOLUTION
         xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)         # (N, C, H, W), real 0 -> 0
         cols = im2col(xs, self.kernel_size, self.stride, self.padding)            # (C*KH*KW, N*OH*OW)
         acc = int32_matmul(self.weight_int8.data.reshape(O, -1), cols)            # (O, N*OH*OW) int32
         y = self._output_stage(acc, axis=0)                                       # (O, N*OH*OW) int8
         y = np.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))  # (N, O, OH, OW)
-        ### END SOLUTION
         return QuantizedTensor(y, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
@@ -560,7 +556,6 @@ class MSEObserver(_SampleObserver):
         self.grid = grid
     def _range(self) -> tuple:
         "The `(lo, hi)` = alpha * (min, max), alpha among `grid` values in (0, 1], minimising the sample's MSE."
-        ### BEGIN SOLUTION
         x, best, best_err = self.samples, (self.min_val, self.max_val), math.inf
         qmin, qmax = dtype_range(self.dtype, self.symmetric)
         for alpha in np.linspace(1, 1 / self.grid, self.grid):
@@ -569,7 +564,6 @@ class MSEObserver(_SampleObserver):
             err = np.mean((fake_quantize_array(x, s, z, qmin, qmax) - x) ** 2)
             if err < best_err: best, best_err = (lo, hi), err
         return best
-        ### END SOLUTION
 
 # %% ../../nbs/17_quantization.ipynb #83d91b4e
 _SUPPORTED = (Linear, Conv2d, BatchNorm1d, BatchNorm2d, ReLU, MaxPool2d, Flatten, Dropout)
@@ -742,19 +736,15 @@ def pack_int4(q: np.ndarray) -> np.ndarray:
     if q.shape[-1] % 2: raise ValueError(f"pack_int4: the last axis must be even, got shape {q.shape}")
     if q.size and (q.min() < -8 or q.max() > 7):
         raise ValueError(f"pack_int4: values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
-    ### BEGIN SOLUTION
     u = (q.astype(np.int16) + 8).astype(np.uint8)                     # 0..15
     return u[..., 0::2] | (u[..., 1::2] << 4)
-    ### END SOLUTION
 
 def unpack_int4(packed: np.ndarray) -> np.ndarray:
     "The inverse of `pack_int4`: uint8 (..., n) -> int8 (..., 2n) in [-8, 7]."
-    ### BEGIN SOLUTION
     out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), np.int8)
     out[..., 0::2] = (packed & 0xF).astype(np.int8) - 8
     out[..., 1::2] = (packed >> 4).astype(np.int8) - 8
     return out
-    ### END SOLUTION
 
 # %% ../../nbs/17_quantization.ipynb #1064622a
 class Int4WeightOnlyLinear(Module):
