@@ -1,11 +1,11 @@
-"""Integer inference on Fashion-MNIST: the trained LeNet quantized to int8 (target: at most 0.5 points lost), 4x smaller on disk; with --gpt, TinyGPT in dynamic int8 and 4-bit.
+"""Integer inference on Fashion-MNIST: the trained LeNet quantized to int8 (target: at most 0.5 points lost), weights 4x smaller; with --gpt, TinyGPT in dynamic int8 and 4-bit.
 
 Starts from runs/fashion_lenet.npz, written by `tito milestone fashion_lenet` (run that first). Calibration uses
 training images only; accuracy is measured on the 10,000 test images. Prints: per-tensor against per-channel
 weights for each observer; the weight bytes (scales and zero points counted) and the checkpoint's size on disk,
 reloaded into a fresh model for a bit-identical check; fixed-point requantization; the accuracy of every weight
-bit width; a per-layer sensitivity table; 4-bit post-training quantization against quantization-aware training;
-and writes the accuracy/bit-width plot to runs/quantize_fashion.png. With --gpt it also loads runs/tinygpt.npz
+bit width; a per-layer sensitivity table; 4- and 3-bit post-training quantization against quantization-aware
+training (one pass over 20,000 training images, then converted to integers); and writes the accuracy/bit-width plot to runs/quantize_fashion.png. With --gpt it also loads runs/tinygpt.npz
 (`tito milestone tinygpt`) and reports validation loss and generation speed in float32, dynamic int8 and 4-bit.
 """
 import argparse
@@ -114,33 +114,38 @@ def lenet_part(args) -> bool:
         print(f"  layer {name:>2} {kind:<7} 8-bit weights {a8:.2%} ({(a8 - fp32) * 100:+.2f}), "
               f"4-bit {a4:.2%} ({(a4 - fp32) * 100:+.2f})")
 
-    bits = args.qat_bits
-    ptq = _accuracy(quantize_model(model, calib, weight_bits=bits), Xte, y_test)
-    manual_seed(args.seed)
-    qat = prepare_qat(model, weight_bits=bits)
-    train = DataLoader(TensorDataset(Xtr, y_train), 128, shuffle=True, seed=args.seed)
-    t1 = time.perf_counter()
-    Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr), progress=not args.no_progress).fit(
-        train, epochs=args.qat_epochs)
-    qat_int = _accuracy(convert(qat, calib, weight_bits=bits), Xte, y_test)
-    qat_met = fp32 - qat_int <= 0.01
-    print(f"\n{bits}-bit weights (int8 activations): PTQ {ptq:.2%} ({(ptq - fp32) * 100:+.2f}); QAT for "
-          f"{args.qat_epochs} epoch(s) ({time.perf_counter() - t1:.0f} s), converted to integers: {qat_int:.2%} "
-          f"({(qat_int - fp32) * 100:+.2f}); within 1 point of float32: {'met' if qat_met else 'NOT met'}")
+    qat_rows, qat_met = [], True
+    sub = rng.choice(len(Xtr), args.qat_images, replace=False)
+    train = DataLoader(TensorDataset(Xtr[sub], y_train[sub]), 128, shuffle=True, seed=args.seed)
+    for bits in args.qat_bits:
+        ptq = _accuracy(quantize_model(model, calib, weight_bits=bits), Xte, y_test)
+        manual_seed(args.seed)
+        qat = prepare_qat(model, weight_bits=bits)
+        t1 = time.perf_counter()
+        Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr), progress=not args.no_progress).fit(
+            train, epochs=args.qat_epochs)
+        qat_int = _accuracy(convert(qat, calib, weight_bits=bits), Xte, y_test)
+        qat_rows.append((bits, ptq, qat_int))
+        within = fp32 - qat_int <= 0.01
+        qat_met = qat_met and (within if bits == 4 else True)
+        print(f"\n{bits}-bit weights (int8 activations): PTQ {ptq:.2%} ({(ptq - fp32) * 100:+.2f}); QAT for "
+              f"{args.qat_epochs} epoch(s) over {len(sub):,} training images at lr {args.qat_lr:g} "
+              f"({time.perf_counter() - t1:.0f} s), converted to integers: "
+              f"{qat_int:.2%} ({(qat_int - fp32) * 100:+.2f}); within 1 point of float32: {'yes' if within else 'NO'}")
 
-    png = plot(rows, fp32, bits, ptq, qat_int, Path(args.out) / "quantize_fashion.png")
+    png = plot(rows, fp32, qat_rows, Path(args.out) / "quantize_fashion.png")
     print(f"\nquantize_fashion: plot {png}; {time.perf_counter() - t0:.0f} s in all")
-    return met
+    return met and qat_met
 
 
-def plot(rows, fp32, bits, ptq, qat, path: Path) -> Path:
+def plot(rows, fp32, qat_rows, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
     b = [r["bits"] for r in rows[1:]]
     ax.plot(b, [r["accuracy"] for r in rows[1:]], "o-", label="post-training")
-    ax.plot([bits], [qat], "s", label=f"QAT, {bits}-bit")
+    ax.plot([b for b, _, _ in qat_rows], [q for _, _, q in qat_rows], "s", label="QAT, then integer")
     ax.axhline(fp32, color="gray", ls=":", label="float32")
     ax.set(xscale="log", xlabel="weight bits (16: float16)", ylabel="test accuracy", title="LeNet on Fashion-MNIST")
     ax.set_xticks(b, [str(x) for x in b]); ax.legend()
@@ -192,9 +197,11 @@ def gpt_part(args) -> bool:
 def options() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpt", action="store_true", help="also quantize TinyGPT (runs/tinygpt.npz)")
-    ap.add_argument("--qat-bits", type=int, default=4, help="weight bits of the PTQ-against-QAT case (default 4)")
-    ap.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs over the training set (default 1)")
-    ap.add_argument("--qat-lr", type=float, default=5e-4, help="QAT learning rate, Adam (default 5e-4)")
+    ap.add_argument("--qat-bits", type=lambda v: [int(b) for b in v.split(",")], default=[4, 3],
+                    help="comma-separated weight bit widths of the PTQ-against-QAT cases (default 4,3)")
+    ap.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs over the QAT images (default 1)")
+    ap.add_argument("--qat-images", type=int, default=20000, help="training images used for QAT (default 20000)")
+    ap.add_argument("--qat-lr", type=float, default=2e-4, help="QAT learning rate, Adam (default 2e-4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and QAT (default 0)")
     ap.add_argument("--root", default=None, help="folder holding the data files (default: the usual search path)")
     ap.add_argument("--out", default="runs", help="folder of the checkpoints and the plot (default runs/)")

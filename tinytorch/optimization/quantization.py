@@ -35,7 +35,8 @@ def dtype_range(dtype, symmetric: bool = False) -> tuple:
         raise TypeError(f"dtype_range: only int8 and uint8 are supported, got {dtype}")
     info = np.iinfo(dtype)
     if symmetric and dtype == np.int8: return -127, 127
-    if symmetric: raise ValueError(f"dtype_range: symmetric quantization needs a signed dtype, got {dtype}")
+    if symmetric: raise ValueError("dtype_range: symmetric quantization needs a signed dtype, got "
+                                   f"{dtype}")
     return int(info.min), int(info.max)
 
 # %% ../../nbs/17_quantization.ipynb #828e6009
@@ -44,7 +45,8 @@ def _check_range(op: str, min_val, max_val) -> tuple:
     lo, hi = np.asarray(min_val, np.float64), np.asarray(max_val, np.float64)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         raise ValueError(f"{op}: min and max must be finite, got min={min_val}, max={max_val}")
-    if (lo > hi).any(): raise ValueError(f"{op}: min must not exceed max, got min={min_val}, max={max_val}")
+    if (lo > hi).any(): raise ValueError(f"{op}: min must not exceed max, got min={min_val}, "
+                                         f"max={max_val}")
     return lo, hi
 
 def choose_qparams(min_val,                # smallest real value to cover: a float or an array (one per channel)
@@ -54,14 +56,16 @@ def choose_qparams(min_val,                # smallest real value to cover: a flo
                    qmin: int | None = None, # override the smallest integer (e.g. -7 for 4-bit weights)
                    qmax: int | None = None, # override the largest integer
                   ) -> tuple:
-    "`(scale, zero_point)` mapping [min_val, max_val] (widened to hold 0) onto the integers: float32 and int64."
+    "`(scale, zero_point)` mapping [min_val, max_val], widened to hold 0, onto the integers."
     lo, hi = _check_range('choose_qparams', min_val, max_val)
     dmin, dmax = dtype_range(dtype, symmetric)
     qmin, qmax = dmin if qmin is None else qmin, dmax if qmax is None else qmax
     if not dmin <= qmin < qmax <= dmax:
-        raise ValueError(f"choose_qparams: need {dmin} <= qmin < qmax <= {dmax}, got {qmin=}, {qmax=}")
+        raise ValueError(f"choose_qparams: need {dmin} <= qmin < qmax <= {dmax}, got {qmin=}, "
+                         f"{qmax=}")
     ### BEGIN SOLUTION
-    const = lo == hi                                       # a constant: S = |c|, so c is the integer +-1
+    # a constant: S = |c|, so c is the integer +-1
+    const = lo == hi
     lo, hi = np.minimum(lo, 0.), np.maximum(hi, 0.)        # the range must hold 0
     if symmetric:
         scale = np.maximum(-lo, hi) / ((qmax - qmin) / 2)
@@ -78,7 +82,7 @@ def choose_qparams(min_val,                # smallest real value to cover: a flo
 
 # %% ../../nbs/17_quantization.ipynb #b6db800a
 class QuantizedTensor:
-    "Integers `q` (int8 or uint8) that stand for the reals `scale * (q - zero_point)`, per tensor or per channel."
+    "Integers `q` (int8 or uint8) standing for the reals `scale * (q - zero_point)`."
     def __init__(self,
                  data: np.ndarray,  # the integers, int8 or uint8
                  scale,             # a positive float, or float32 array (C,) for per-channel
@@ -88,7 +92,8 @@ class QuantizedTensor:
         data = np.asarray(data)
         dtype_range(data.dtype)                                  # int8 or uint8 only
         scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis, data.shape)
-        self._data, self.scale, self.zero_point, self.axis = data, scale, zero_point, axis
+        self._data, self.scale, self.axis = data, scale, axis
+        self.zero_point = zero_point.astype(data.dtype)[()]          # stored in the integers' own dtype
 
     shape = property(lambda self: self._data.shape)
     ndim = property(lambda self: self._data.ndim)
@@ -103,8 +108,8 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        "Bytes of the integers plus the scales (float32) and zero points (one byte each)."
-        return self._data.nbytes + 5 * np.size(self.scale)
+        "Bytes of the integers, the scales (float32) and the zero points (in the integers' dtype)."
+        return self._data.nbytes + np.asarray(self.scale).nbytes + np.asarray(self.zero_point).nbytes
 
     def __repr__(self) -> str:
         kind = f"per channel, axis={self.axis}" if self.per_channel else f"scale={self.q_scale():.6g}, " \
@@ -113,7 +118,7 @@ class QuantizedTensor:
 
 # %% ../../nbs/17_quantization.ipynb #e6128013
 def _check_qparams(op: str, scale, zero_point, dtype, axis=None, shape=None) -> tuple:
-    "Checked `(scale float32, zero_point int64)`: scales positive and finite, zero points integers within `dtype`."
+    "Checked `(scale float32, zero_point int64)`: scales positive and finite, zero points in range."
     qmin, qmax = dtype_range(dtype)
     s, z = np.asarray(scale, np.float64), np.asarray(zero_point)
     if not (np.isfinite(s).all() and (s > 0).all()):
@@ -121,15 +126,18 @@ def _check_qparams(op: str, scale, zero_point, dtype, axis=None, shape=None) -> 
     if z.dtype.kind not in 'iu' and not (z.dtype.kind == 'f' and (z == np.round(z)).all()):
         raise ValueError(f"{op}: zero_point must be an integer, got {zero_point}")
     if ((z < qmin) | (z > qmax)).any():
-        raise ValueError(f"{op}: zero_point must lie in [{qmin}, {qmax}] for {np.dtype(dtype)}, got {zero_point}")
+        raise ValueError(f"{op}: zero_point must lie in [{qmin}, {qmax}] for {np.dtype(dtype)}, "
+                         f"got {zero_point}")
     if axis is None and (s.ndim or z.ndim):
-        raise ValueError(f"{op}: a per-tensor scale and zero point must be scalars, got shapes {s.shape}, {z.shape}")
+        raise ValueError(f"{op}: a per-tensor scale and zero point must be scalars, got shapes "
+                         f"{s.shape}, {z.shape}")
     if axis is not None:
         if shape is not None and not -len(shape) <= axis < len(shape):
             raise ValueError(f"{op}: axis {axis} out of range for shape {shape}")
         C = shape[axis] if shape is not None else s.size
         if s.shape != (C,) or z.shape != (C,):
-            raise ValueError(f"{op}: need one scale and zero point per channel ({C}) along axis {axis}, "
+            raise ValueError(f"{op}: need one scale and zero point per channel ({C}) along axis "
+                             f"{axis}, "
                              f"got shapes {s.shape}, {z.shape}")
     return s.astype(np.float32)[()], z.astype(np.int64)[()]
 
@@ -137,7 +145,8 @@ def _check_finite(op: str, x: np.ndarray):
     "Raise unless every element of `x` is finite, naming the op and the first bad value."
     if not np.isfinite(x).all():
         bad = x[~np.isfinite(x)].flat[0]
-        raise ValueError(f"{op}: input must be finite, found {bad} ({int((~np.isfinite(x)).sum())} such elements)")
+        raise ValueError(f"{op}: input must be finite, found {bad} ({int((~np.isfinite(x)).sum())} "
+                         "such elements)")
 
 def _array(x) -> np.ndarray:
     "The ndarray of a Tensor or array-like, as float32 unless it already is a float array."
@@ -150,7 +159,7 @@ def quantize_per_tensor(x,                 # a float Tensor or array
                         zero_point: int,   # Z within the dtype's range
                         dtype=np.int8,     # int8 or uint8
                        ) -> QuantizedTensor:
-    "`clamp(rint(x / scale) + zero_point)` as a `QuantizedTensor` of `dtype`, one scale for the whole tensor."
+    "`clamp(rint(x / scale) + zero_point)` as a `QuantizedTensor` of `dtype`, one scale in all."
     scale, zero_point = _check_qparams('quantize_per_tensor', scale, zero_point, dtype)
     x = _array(x)
     _check_finite('quantize_per_tensor', x)
@@ -165,13 +174,14 @@ def quantize_per_tensor(x,                 # a float Tensor or array
 # %% ../../nbs/17_quantization.ipynb #4160f067
 @patch
 def dequantize(self: QuantizedTensor) -> np.ndarray:
-    "The reals `scale * (q - zero_point)` as float32, broadcasting per-channel parameters along `axis`."
+    "The reals `scale * (q - zero_point)` as float32, per-channel parameters along `axis`."
     s, z = self.scale, self.zero_point
     if self.per_channel:
         shape = [1] * self.ndim
         shape[self.axis] = -1
         s, z = s.reshape(shape), z.reshape(shape)
-    return ((self._data.astype(np.float64) - z) * s).astype(np.float32)   # float64 inside: exact for small ints
+    # float64 inside: exact for small ints
+    return ((self._data.astype(np.float64) - z) * s).astype(np.float32)
 
 # %% ../../nbs/17_quantization.ipynb #ebbfecf2
 def quantize_per_channel(x,               # a float Tensor or array
@@ -194,13 +204,14 @@ def quantize_per_channel(x,               # a float Tensor or array
     ### END SOLUTION
 
 # %% ../../nbs/17_quantization.ipynb #a7f1a829
-ACC_K_MAX = (2**24 - 1) // (255 * 127)   # longest sum of (q_x - Z_x) * q_w that float32 adds exactly
+# longest sum of (q_x - Z_x) * q_w that float32 adds exactly
+ACC_K_MAX = (2**24 - 1) // (255 * 127)
 
 # %% ../../nbs/17_quantization.ipynb #962b08d0
 def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
                  b: np.ndarray,  # (K, N) integers with |b| <= 127, any dtype
                 ) -> np.ndarray:
-    "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of at most `ACC_K_MAX` terms."
+    "The exact integer product `a @ b` as int32 (M, N): float32 BLAS on chunks of `ACC_K_MAX` terms."
     ### BEGIN SOLUTION
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     K = a.shape[1]
@@ -212,31 +223,33 @@ def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
 
 # %% ../../nbs/17_quantization.ipynb #61084590
 def quantize_multiplier(M) -> tuple:
-    "`(m0, shift)` with `M = m0 * 2**(shift - 31)`, m0 an int in [2**30, 2**31): TFLite's `QuantizeMultiplier`."
+    "`(m0, shift)`, `M = m0 * 2**(shift - 31)` with m0 in [2**30, 2**31): TFLite's `QuantizeMultiplier`."
     M = np.asarray(M, np.float64)
     if not (np.isfinite(M).all() and (M > 0).all()):
         raise ValueError(f"quantize_multiplier: M must be positive and finite, got {M}")
     frac, shift = np.frexp(M)                                # M = frac * 2**shift, frac in [1/2, 1)
     m0 = np.rint(frac * 2.**31).astype(np.int64)
-    carry = m0 == 2**31                                      # frac rounded up to 1: halve it, one more shift
+    # frac rounded up to 1: halve it, one more shift
+    carry = m0 == 2**31
     return np.where(carry, 2**30, m0), (shift + carry).astype(np.int64)
 
 # %% ../../nbs/17_quantization.ipynb #9b235795
 _INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    "`round(a * b / 2**31)` for int32 values `a`, `b` (as int64), saturating the one overflow: gemmlowp's SRDHM."
+    "`round(a * b / 2**31)` for int32 values `a`, `b` (held as int64), saturating: gemmlowp's SRDHM."
     ### BEGIN SOLUTION
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     ab = a * b                                               # fits int64: |a b| <= 2**62
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
     s = ab + nudge
-    high = np.where(s >= 0, s >> 31, -((-s) >> 31))         # divide by 2**31, truncating toward zero
+    # divide by 2**31, truncating toward zero
+    high = np.where(s >= 0, s >> 31, -((-s) >> 31))
     return np.where((a == _INT32_MIN) & (b == _INT32_MIN), _INT32_MAX, high)
     ### END SOLUTION
 
 def rounding_divide_by_pot(x, exponent) -> np.ndarray:
-    "`x / 2**exponent` rounded half away from zero, for int32 values `x` (as int64): gemmlowp's RoundingDivideByPOT."
+    "`x / 2**exponent` rounded half away from zero: gemmlowp's RoundingDivideByPOT."
     x, exponent = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
     mask = (np.int64(1) << exponent) - 1
     remainder = x & mask
@@ -245,10 +258,11 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
 
 # %% ../../nbs/17_quantization.ipynb #58e386b0
 def multiply_by_quantized_multiplier(acc, m0, shift) -> np.ndarray:
-    "`round(acc * m0 * 2**(shift - 31))` in integer arithmetic only: TFLite's `MultiplyByQuantizedMultiplier`."
+    "`round(acc * m0 * 2**(shift - 31))` in integers only: TFLite's `MultiplyByQuantizedMultiplier`."
     acc, shift = np.asarray(acc, np.int64), np.asarray(shift, np.int64)
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    x = np.clip(acc << left, _INT32_MIN, _INT32_MAX)                   # int32 as the hardware holds it
+    # int32 as the hardware holds it
+    x = np.clip(acc << left, _INT32_MIN, _INT32_MAX)
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, m0), right)
 
 def requantize(acc: np.ndarray,     # int32 accumulators
@@ -275,7 +289,7 @@ def _scalar(value, dtype) -> Tensor:
     return Tensor(np.array(value, dtype))
 
 class _QuantizedLayer(Module):
-    "What `QuantizedLinear` and `QuantizedConv2d` share: buffers, `from_float`, the int32 bias and the output stage."
+    "What `QuantizedLinear` and `QuantizedConv2d` share: buffers, `from_float`, the output stage."
     def _init_buffers(self, qweight: QuantizedTensor, bias, in_qparams: tuple, out_qparams: tuple,
                       relu: bool, integer_requant: bool):
         self.per_channel, self.relu, self.integer_requant = qweight.per_channel, relu, integer_requant
@@ -295,11 +309,12 @@ class _QuantizedLayer(Module):
         q, s, z = self.weight_int8.data, self.weight_scale.data, self.weight_zero_point.data.astype(np.int64)
         return QuantizedTensor(q, s, z, axis=0) if self.per_channel else QuantizedTensor(q, s[0], z[0])
     scale = property(lambda self: float(self.output_scale.data), doc="The output's scale.")
-    zero_point = property(lambda self: int(self.output_zero_point.data), doc="The output's zero point.")
+    zero_point = property(lambda self: int(self.output_zero_point.data), doc="The output's zero "
+                                                                             "point.")
 
 # %% ../../nbs/17_quantization.ipynb #04bace00
 def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> QuantizedTensor:
-    "Symmetric quantization of a weight (O, ...) into [-(2**(bits-1) - 1), 2**(bits-1) - 1], per channel on axis 0."
+    "Symmetric quantization of a weight (O, ...) to `bits`, per output channel or per tensor."
     if not 2 <= bits <= 8: raise ValueError(f"quantize weight: bits must be in 2..8, got {bits}")
     _check_finite('quantize weight', w)
     qmax = 2**(bits - 1) - 1
@@ -320,9 +335,10 @@ def from_float(cls: _QuantizedLayer,
                weight_bits: int = 8,        # 8, or fewer for narrower weights stored in int8
                integer_requant: bool = False, # requantize in fixed point instead of float32
               ):
-    "A quantized copy of `mod` for inputs at (input_scale, input_zero_point) and outputs at the output's."
+    "A quantized copy of `mod` for the given input and output scales and zero points."
     if not isinstance(mod, cls._float_type):
-        raise TypeError(f"{cls.__name__}.from_float: expected a {cls._float_type.__name__}, got {type(mod).__name__}")
+        raise TypeError(f"{cls.__name__}.from_float: expected a {cls._float_type.__name__}, got "
+                        f"{type(mod).__name__}")
     q = cls.__new__(cls)
     Module.__init__(q)
     q._copy_config(mod)
@@ -334,24 +350,28 @@ def from_float(cls: _QuantizedLayer,
 # %% ../../nbs/17_quantization.ipynb #3c60591e
 @patch
 def _check_input(self: _QuantizedLayer, x) -> np.ndarray:
-    "`x`'s int8 data, after checking it is a `QuantizedTensor` at the scale and zero point this layer expects."
+    "`x`'s int8 data, after checking it is a `QuantizedTensor` at the expected scale and zero point."
     name = type(self).__name__
     if not isinstance(x, QuantizedTensor):
-        raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the input first")
+        raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the "
+                        "input first")
     s, z = float(self.input_scale.data), int(self.input_zero_point.data)
     if x.per_channel or x.dtype != np.int8 or not (np.float32(x.scale) == np.float32(s) and x.zero_point == z):
-        raise ValueError(f"{name}: input quantized with scale={np.float32(x.scale)}, zero_point={x.zero_point} "
+        raise ValueError(f"{name}: input quantized with scale={np.float32(x.scale)}, "
+                         f"zero_point={x.zero_point} "
                          f"({x.dtype}), but this layer expects int8 with scale={s}, zero_point={z}")
     return x.int_repr()
 
 @patch
 def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarray:
-    "int32 accumulators with output channels on `axis` -> int8 outputs: bias added, requantized, ReLU clamped."
+    "int32 accumulators (channels on `axis`) -> int8: bias added, requantized, ReLU clamped."
     shape = [1] * acc.ndim
     shape[axis] = -1
-    sxsw = float(self.input_scale.data) * self.weight_scale.data.astype(np.float64)   # (O,) S_x S_w[o]
+    # (O,) S_x S_w[o]
+    sxsw = float(self.input_scale.data) * self.weight_scale.data.astype(np.float64)
     if self.bias is not None:
-        acc += np.rint(self.bias.data / sxsw).astype(np.int32).reshape(shape)        # bias at scale S_x S_w
+        # bias at scale S_x S_w
+        acc += np.rint(self.bias.data / sxsw).astype(np.int32).reshape(shape)
     M = (sxsw / float(self.output_scale.data)).reshape(shape)
     z = self.zero_point
     return requantize(acc, M, z, max(z, -128) if self.relu else -128, 127, integer=self.integer_requant)
@@ -366,7 +386,8 @@ class QuantizedLinear(_QuantizedLayer):
         "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale and zero point."
         q = self._check_input(x)
         if q.shape[-1] != self.in_features:
-            raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in in_features={self.in_features}")
+            raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in "
+                             f"in_features={self.in_features}")
         ### BEGIN SOLUTION
         xs = np.subtract(q.reshape(-1, self.in_features), self.input_zero_point.data, dtype=np.float32)  # (N, K)
         acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
@@ -375,7 +396,8 @@ class QuantizedLinear(_QuantizedLayer):
         return QuantizedTensor(y.reshape(*q.shape[:-1], self.out_features), self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:.4g}, "
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"scale={self.scale:.4g}, "
                 f"zero_point={self.zero_point}, per_channel={self.per_channel}, relu={self.relu}")
 
 # %% ../../nbs/17_quantization.ipynb #08557435
@@ -390,18 +412,24 @@ class QuantizedConv2d(_QuantizedLayer):
         "(N, C, H, W) int8 -> (N, out_channels, OH, OW) int8."
         q = self._check_input(x)
         if q.ndim != 4 or q.shape[1] != self.in_channels:
-            raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got shape {q.shape}")
+            raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got "
+                             f"shape {q.shape}")
         N, O = q.shape[0], self.out_channels
         OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride, self.padding)
-        xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)         # (N, C, H, W), real 0 -> 0
-        cols = im2col(xs, self.kernel_size, self.stride, self.padding)            # (C*KH*KW, N*OH*OW)
-        acc = int32_matmul(self.weight_int8.data.reshape(O, -1), cols)            # (O, N*OH*OW) int32
-        y = self._output_stage(acc, axis=0)                                       # (O, N*OH*OW) int8
+        # (N, C, H, W), real 0 -> 0
+        xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)
+        # (C*KH*KW, N*OH*OW)
+        cols = im2col(xs, self.kernel_size, self.stride, self.padding)
+        # (O, N*OH*OW) int32
+        acc = int32_matmul(self.weight_int8.data.reshape(O, -1), cols)
+        # (O, N*OH*OW) int8
+        y = self._output_stage(acc, axis=0)
         y = np.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))  # (N, O, OH, OW)
         return QuantizedTensor(y, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, "
                 f"padding={self.padding}, scale={self.scale:.4g}, zero_point={self.zero_point}, "
                 f"per_channel={self.per_channel}, relu={self.relu}")
 
@@ -444,20 +472,22 @@ class QuantizedFlatten(Module):
 def fold_batchnorm(layer: Module,  # a Conv2d (or Linear) in evaluation mode
                    bn: Module,     # the BatchNorm2d (or BatchNorm1d) that follows it, with running statistics
                   ) -> Module:
-    "A new `Conv2d`/`Linear` computing `bn(layer(x))` as `bn` does in evaluation mode; the inputs are untouched."
+    "A new `Conv2d`/`Linear` computing `bn(layer(x))` as in evaluation mode; inputs untouched."
     if not (isinstance(layer, (Conv2d, Linear)) and isinstance(bn, (BatchNorm1d, BatchNorm2d))):
         raise TypeError(f"fold_batchnorm: expected a Conv2d or Linear and a BatchNorm, got "
                         f"{type(layer).__name__} and {type(bn).__name__}")
     C = layer.weight.shape[0]
     if bn.num_features != C or bn.running_mean is None:
-        raise ValueError(f"fold_batchnorm: {type(bn).__name__}({bn.num_features}) with running statistics "
+        raise ValueError(f"fold_batchnorm: {type(bn).__name__}({bn.num_features}) with running "
+                         "statistics "
                          f"must follow a layer of {C} output channels")
     ### BEGIN SOLUTION
     a = 1 / np.sqrt(bn.running_var.data.astype(np.float64) + bn.eps)            # (C,)
     if bn.weight is not None: a = a * bn.weight.data
     b = np.zeros(C) if layer.bias is None else layer.bias.data.astype(np.float64)
     new_b = a * (b - bn.running_mean.data) + (0 if bn.bias is None else bn.bias.data)
-    new_w = layer.weight.data * a.reshape(-1, *[1] * (layer.weight.ndim - 1))     # scale each output channel
+    # scale each output channel
+    new_w = layer.weight.data * a.reshape(-1, *[1] * (layer.weight.ndim - 1))
     ### END SOLUTION
     folded = copy.deepcopy(layer)
     dt = layer.weight.dtype
@@ -493,7 +523,7 @@ class MinMaxObserver(Module):
         return choose_qparams(*self._range(), dtype=self.dtype, symmetric=self.symmetric)
 
 class MovingAverageMinMaxObserver(MinMaxObserver):
-    "Exponential moving average of each batch's min and max (weight `averaging_constant` on the new batch)."
+    "Exponential moving average of each batch's min and max, weight `averaging_constant`."
     def __init__(self, averaging_constant: float = 0.01, dtype=np.int8, symmetric: bool = False):
         super().__init__(dtype, symmetric)
         self.averaging_constant = averaging_constant
@@ -514,12 +544,13 @@ class PerChannelMinMaxObserver(MinMaxObserver):
         self.min_val = lo if self.batches == 0 else np.minimum(self.min_val, lo)
         self.max_val = hi if self.batches == 0 else np.maximum(self.max_val, hi)
     def calculate_qparams(self) -> tuple:
-        if self.batches == 0: raise ValueError("PerChannelMinMaxObserver.calculate_qparams: no values observed yet")
+        if self.batches == 0: raise ValueError("PerChannelMinMaxObserver.calculate_qparams: no "
+                                               "values observed yet")
         return choose_qparams(self.min_val, self.max_val, dtype=self.dtype, symmetric=self.symmetric)
 
 # %% ../../nbs/17_quantization.ipynb #57dd37f1
 class _SampleObserver(MinMaxObserver):
-    "Keeps a seeded uniform sample of the values seen (at most `max_samples`), besides the exact min and max."
+    "Keeps a seeded uniform sample of at most `max_samples` values, besides the exact min and max."
     def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8, symmetric: bool = False):
         super().__init__(dtype, symmetric)
         self.max_samples, self._rng, self._samples = max_samples, np.random.default_rng(seed), []
@@ -538,7 +569,8 @@ class PercentileObserver(_SampleObserver):
     "Clip to the [100 - percentile, percentile] percentiles of the sampled values."
     def __init__(self, percentile: float = 99.99, **kwargs):
         super().__init__(**kwargs)
-        if not 50 < percentile <= 100: raise ValueError(f"PercentileObserver: percentile must be in (50, 100], got {percentile}")
+        if not 50 < percentile <= 100: raise ValueError("PercentileObserver: percentile must be "
+                                                        f"in (50, 100], got {percentile}")
         self.percentile = percentile
     def _range(self) -> tuple:
         lo, hi = np.percentile(self.samples, [100 - self.percentile, self.percentile])
@@ -546,16 +578,16 @@ class PercentileObserver(_SampleObserver):
 
 # %% ../../nbs/17_quantization.ipynb #d77e40b4
 def fake_quantize_array(x: np.ndarray, scale, zero_point, qmin: int, qmax: int) -> np.ndarray:
-    "`S * (clamp(rint(x / S) + Z, qmin, qmax) - Z)`: what quantizing and dequantizing does to `x`, in float."
+    "`S * (clamp(rint(x / S) + Z, qmin, qmax) - Z)`: quantize then dequantize, in float."
     return (np.clip(np.rint(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
 
 class MSEObserver(_SampleObserver):
-    "The clipping range, a shrunk copy of [min, max], that minimises the quantization MSE on the sampled values."
+    "The clipping range, a shrunk [min, max], minimising the quantization MSE on the sample."
     def __init__(self, grid: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.grid = grid
     def _range(self) -> tuple:
-        "The `(lo, hi)` = alpha * (min, max), alpha among `grid` values in (0, 1], minimising the sample's MSE."
+        "`(lo, hi) = alpha * (min, max)` for the alpha in (0, 1] (of `grid`) with the least MSE."
         x, best, best_err = self.samples, (self.min_val, self.max_val), math.inf
         qmin, qmax = dtype_range(self.dtype, self.symmetric)
         for alpha in np.linspace(1, 1 / self.grid, self.grid):
@@ -569,7 +601,7 @@ class MSEObserver(_SampleObserver):
 _SUPPORTED = (Linear, Conv2d, BatchNorm1d, BatchNorm2d, ReLU, MaxPool2d, Flatten, Dropout)
 
 def _layers(model: Module, prefix: str = '') -> list:
-    "`(dotted name, layer)` of a Sequential, nested Sequentials flattened; unsupported layers are an error."
+    "`(dotted name, layer)` of a Sequential, nested ones flattened; unsupported layers an error."
     if not isinstance(model, Sequential):
         raise TypeError(f"quantize_model: expected a Sequential model, got {type(model).__name__}")
     out = []
@@ -577,19 +609,21 @@ def _layers(model: Module, prefix: str = '') -> list:
         full = f"{prefix}{name}"
         if isinstance(m, Sequential): out += _layers(m, full + '.')
         elif type(m) in _SUPPORTED: out.append((full, m))
-        else: raise TypeError(f"quantize_model: layer {full!r} is a {type(m).__name__}, which is not supported "
+        else: raise TypeError(f"quantize_model: layer {full!r} is a {type(m).__name__}, which is "
+                              "not supported "
                               f"(supported: {', '.join(t.__name__ for t in _SUPPORTED)})")
     return out
 
 def _fold_and_group(layers: list) -> list:
-    "Fold BatchNorms, drop Dropouts, fuse ReLUs: a list of `(kind, module, relu)`, kind 'compute' or 'pass'."
+    "Fold BatchNorms, drop Dropouts, fuse ReLUs: `(kind, module, relu)`, kind 'compute'/'pass'."
     groups = []
     for name, m in layers:
         if isinstance(m, Dropout): continue
         prev = groups[-1] if groups else None
         if isinstance(m, (BatchNorm1d, BatchNorm2d)):
             if prev is None or prev[0] != 'compute' or prev[2]:
-                raise TypeError(f"quantize_model: BatchNorm {name!r} must directly follow a Conv2d or Linear to fold")
+                raise TypeError(f"quantize_model: BatchNorm {name!r} must directly follow a Conv2d "
+                                "or Linear to fold")
             groups[-1] = ('compute', fold_batchnorm(prev[1], m), False)
         elif isinstance(m, ReLU) and prev is not None and prev[0] == 'compute' and not prev[2]:
             groups[-1] = ('compute', prev[1], True)
@@ -598,7 +632,7 @@ def _fold_and_group(layers: list) -> list:
 
 # %% ../../nbs/17_quantization.ipynb #409086ef
 def _batch_input(batch):
-    "The input of a calibration batch: the batch itself, or the first element of an (inputs, targets) pair."
+    "A calibration batch's input: the batch, or the first element of an (inputs, targets) pair."
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 def _calibrate(groups: list, calibration_data, observer) -> tuple:
@@ -614,7 +648,8 @@ def _calibrate(groups: list, calibration_data, observer) -> tuple:
                 if relu: x = x.clip(min=0)
                 obs(x)
             n += 1
-    if n == 0: raise ValueError("quantize_model: calibration_data is empty; pass at least one batch of inputs")
+    if n == 0: raise ValueError("quantize_model: calibration_data is empty; pass at least one "
+                                "batch of inputs")
     return obs_in.calculate_qparams(), [o.calculate_qparams() for o in obs_out]
 
 # %% ../../nbs/17_quantization.ipynb #8785d5e4
@@ -625,10 +660,11 @@ def quantize_model(model: Sequential,        # a trained float Sequential; left 
                    weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], stored as int8
                    integer_requant: bool = False, # fixed-point requantization (as hardware) instead of float32
                   ) -> Sequential:
-    "A new integer model: BatchNorm folded, ReLU fused, calibrated int8 activations; float tensors in and out."
+    "A new integer model: BatchNorm folded, ReLU fused, int8 activations; float in, float out."
     groups = _fold_and_group(_layers(copy.deepcopy(model).eval()))
     for kind, m, relu in groups:
-        if isinstance(m, ReLU): raise TypeError("quantize_model: a ReLU must follow a Conv2d or Linear to be fused")
+        if isinstance(m, ReLU): raise TypeError("quantize_model: a ReLU must follow a Conv2d or "
+                                                "Linear to be fused")
     (s, z), outs = _calibrate(groups, calibration_data, observer)
     layers = [Quantize(s, z)]
     for (kind, m, relu), (so, zo) in zip(groups, outs):
@@ -643,7 +679,7 @@ def quantize_model(model: Sequential,        # a trained float Sequential; left 
 
 # %% ../../nbs/17_quantization.ipynb #61d2cf83
 class BaselineCNN(Sequential):
-    "Conv-BN-ReLU-MaxPool twice, then Linear-ReLU-Dropout-Linear: a small CNN for square images (side divisible by 4)."
+    "Conv-BN-ReLU-MaxPool twice, then Linear-ReLU-Dropout-Linear, for square images."
     def __init__(self,
                  input_channels: int = 3,  # 1 for grey images, 3 for colour
                  num_classes: int = 10,
@@ -652,13 +688,15 @@ class BaselineCNN(Sequential):
                  hidden: int = 64,         # width of the first linear layer
                  dropout: float = 0.25,
                 ):
-        if image_size % 4: raise ValueError(f"BaselineCNN: image_size must be divisible by 4, got {image_size}")
+        if image_size % 4: raise ValueError("BaselineCNN: image_size must be divisible by 4, got "
+                                            f"{image_size}")
         c1, c2 = channels
         side = image_size // 4
         super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
                          Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),  # (N, c2, side, side)
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
-                         Linear(hidden, num_classes))                                        # (N, num_classes)
+                         # (N, num_classes)
+                         Linear(hidden, num_classes))
 
 # %% ../../nbs/17_quantization.ipynb #60524827
 def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
@@ -674,9 +712,9 @@ def _state_bytes(m: Module) -> int:
     return sum(t.data.nbytes for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
 
 class QuantizationMemoryProfiler:
-    "Measured bytes per layer of a float model and its quantized version, scales and zero points included."
+    "Measured bytes per layer of a float model and its quantized version, scales included."
     def profile_memory_usage(self, baseline: Module, quantized: Module) -> dict:
-        "Rows `(model, layer name, type, weight bytes, other bytes)`, and the weight and total ratios."
+        "Rows `(model, layer, type, weight bytes, other bytes)`, with the weight and total ratios."
         rows = []
         for tag, model in (('baseline', baseline), ('quantized', quantized)):
             for name, m in model.named_modules():
@@ -695,7 +733,7 @@ class QuantizationMemoryProfiler:
 
 # %% ../../nbs/17_quantization.ipynb #476d8d03
 class DynamicQuantizedLinear(Module):
-    "`Linear` with int8 per-channel weights; each input batch is quantized (per tensor) at run time. Float in, float out."
+    "`Linear` with int8 weights; each input batch quantized at run time. Float in, float out."
     def __init__(self, linear: Linear, per_channel: bool = True):
         super().__init__()
         self.in_features, self.out_features, self.per_channel = linear.in_features, linear.out_features, per_channel
@@ -705,12 +743,13 @@ class DynamicQuantizedLinear(Module):
         self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
 
     def forward(self, x: Tensor) -> Tensor:
-        "(..., in_features) float -> (..., out_features) float32, through int8 operands and int32 sums."
+        "(..., in_features) float -> (..., out_features) float32, via int8 operands and int32 sums."
         a = _array(x).reshape(-1, self.in_features)                              # (N, K)
         _check_finite('DynamicQuantizedLinear', a)
         s, z = choose_qparams(a.min(), a.max()) if a.size else (np.float32(1), 0)
         q = quantize_per_tensor(a, s, z).int_repr()                              # (N, K) int8, this batch's range
-        acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)   # (N, O) int32
+        # (N, O) int32
+        acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)
         y = np.multiply(acc, s * self.weight_scale.data, dtype=np.float32)       # back to reals
         if self.bias is not None: y += self.bias.data
         return Tensor(y.reshape(*x.shape[:-1], self.out_features))
@@ -719,7 +758,7 @@ class DynamicQuantizedLinear(Module):
 
 # %% ../../nbs/17_quantization.ipynb #b1f1871a
 def _swap_linears(model: Module, make) -> Module:
-    "A deep copy of `model` in which every `Linear` (exactly that type) is replaced by `make(linear)`."
+    "A deep copy of `model` with every `Linear` (exactly that type) replaced by `make(linear)`."
     model = copy.deepcopy(model)
     for _, m in list(model.named_modules()):
         for name, child in list(m._modules.items()):
@@ -727,13 +766,14 @@ def _swap_linears(model: Module, make) -> Module:
     return model.eval()
 
 def quantize_dynamic(model: Module, per_channel: bool = True) -> Module:
-    "A copy of `model` with every `Linear` a `DynamicQuantizedLinear`: int8 weights, activations quantized per batch."
+    "A copy of `model` with every `Linear` a `DynamicQuantizedLinear`."
     return _swap_linears(model, lambda lin: DynamicQuantizedLinear(lin, per_channel))
 
 # %% ../../nbs/17_quantization.ipynb #6dd949a6
 def pack_int4(q: np.ndarray) -> np.ndarray:
-    "Integers in [-8, 7], last axis even, -> uint8 with two per byte: element 2i in the low nibble, 2i+1 high."
-    if q.shape[-1] % 2: raise ValueError(f"pack_int4: the last axis must be even, got shape {q.shape}")
+    "Integers in [-8, 7] (last axis even) -> uint8, two per byte: 2i in the low nibble, 2i+1 high."
+    if q.shape[-1] % 2: raise ValueError("pack_int4: the last axis must be even, got shape "
+                                         f"{q.shape}")
     if q.size and (q.min() < -8 or q.max() > 7):
         raise ValueError(f"pack_int4: values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
     u = (q.astype(np.int16) + 8).astype(np.uint8)                     # 0..15
@@ -748,24 +788,28 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/17_quantization.ipynb #1064622a
 class Int4WeightOnlyLinear(Module):
-    "`Linear` whose weight is stored as packed 4-bit integers with a float16 scale per block of `group_size` inputs."
+    "`Linear` with packed 4-bit weights and a float16 scale per block of `group_size` inputs."
     def __init__(self, linear: Linear, group_size: int = 32):
         super().__init__()
-        if group_size < 2 or group_size % 2: raise ValueError(f"Int4WeightOnlyLinear: group_size must be even, got {group_size}")
+        if group_size < 2 or group_size % 2: raise ValueError("Int4WeightOnlyLinear: group_size "
+                                                              f"must be even, got {group_size}")
         self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
         w = linear.weight.data.astype(np.float32)
         _check_finite('Int4WeightOnlyLinear', w)
-        pad = -self.in_features % group_size                            # the last block padded with zeros
-        blocks = np.pad(w, ((0, 0), (0, pad))).reshape(self.out_features, -1, group_size)   # (O, G, g)
+        # the last block padded with zeros
+        pad = -self.in_features % group_size
+        # (O, G, g)
+        blocks = np.pad(w, ((0, 0), (0, pad))).reshape(self.out_features, -1, group_size)
         scale = (np.abs(blocks).max(axis=2) / 7).astype(np.float16)                         # (O, G)
         scale[scale == 0] = 1
         q = np.clip(np.rint(blocks / scale[..., None].astype(np.float32)), -7, 7).astype(np.int8)
-        self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))  # (O, Kp/2)
+        # (O, Kp/2)
+        self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))
         self.register_buffer('weight_scale', Tensor(scale, dtype=np.float16))
         self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
 
     def dequantized_weight(self) -> np.ndarray:
-        "The float32 weight (out_features, in_features) that the packed integers and scales stand for."
+        "The float32 weight (out_features, in_features) the packed integers and scales stand for."
         q = unpack_int4(self.weight_packed.data).reshape(self.out_features, -1, self.group_size)
         return (q * self.weight_scale.data[..., None].astype(np.float32)).reshape(self.out_features, -1)[:, :self.in_features]
 
@@ -778,7 +822,7 @@ class Int4WeightOnlyLinear(Module):
     def weight_nbytes(self) -> int: return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
 
 def quantize_weight_only_int4(model: Module, group_size: int = 32) -> Module:
-    "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear` (4.5 bits per weight for group_size 32)."
+    "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear`."
     return _swap_linears(model, lambda lin: Int4WeightOnlyLinear(lin, group_size))
 
 # %% ../../nbs/17_quantization.ipynb #43eefc78
@@ -787,7 +831,7 @@ def fake_quantize(x: Tensor,      # float input
                   zero_point,     # Z, same shape as scale
                   qmin: int, qmax: int,  # the integer range
                  ) -> Tensor:
-    "Quantize then dequantize `x` in float; the gradient passes straight through where `x` was not clamped."
+    "Quantize-dequantize `x` in float; the gradient passes straight through where not clamped."
     ### BEGIN SOLUTION
     q = np.rint(x.data / scale) + zero_point
     inside = (q >= qmin) & (q <= qmax)                                   # where the gradient passes
@@ -797,7 +841,7 @@ def fake_quantize(x: Tensor,      # float input
 
 @grad_rule('fake_quantize')
 def _fake_quantize_grad(g, out, x, mask):
-    "Straight-through estimator: the incoming gradient where the input was inside the range, zero where clamped."
+    "Straight-through estimator: the gradient where the input was in range, zero where clamped."
     return (g * mask,)
 
 # %% ../../nbs/17_quantization.ipynb #0ee4786b
@@ -838,8 +882,9 @@ def _as_qat(m: Module, bits: int) -> Module:
     return q
 
 def prepare_qat(model: Sequential, weight_bits: int = 8) -> Sequential:
-    "A new trainable Sequential: BatchNorm folded, weights fake-quantized to `weight_bits`, activations to int8."
-    if not 2 <= weight_bits <= 8: raise ValueError(f"prepare_qat: weight_bits must be in 2..8, got {weight_bits}")
+    "A new trainable Sequential: BatchNorm folded, weights and activations fake-quantized."
+    if not 2 <= weight_bits <= 8: raise ValueError("prepare_qat: weight_bits must be in 2..8, got "
+                                                   f"{weight_bits}")
     layers = [FakeQuantize()]
     for kind, m, relu in _fold_and_group(_layers(copy.deepcopy(model).eval())):
         if kind == 'pass': layers.append(m); continue
@@ -861,7 +906,7 @@ def convert(qat_model: Sequential, calibration_data, weight_bits: int = 8, **kwa
 # %% ../../nbs/17_quantization.ipynb #823a10d2
 def layer_sensitivity(model: Sequential, calibration_data, evaluate, per_channel: bool = True,
                       weight_bits: int = 8, observer=MinMaxObserver) -> list:
-    "`(layer name, layer type, evaluate(model with only that layer quantized))` for every Conv2d and Linear."
+    "`(name, type, evaluate(model with only that layer quantized))` for each Conv2d and Linear."
     layers = _layers(copy.deepcopy(model).eval())
     names = iter([n for n, m in layers if isinstance(m, (Conv2d, Linear))])
     groups = _fold_and_group(layers)
@@ -885,7 +930,7 @@ def layer_sensitivity(model: Sequential, calibration_data, evaluate, per_channel
 class INT8Quantizer:
     "Per-tensor int8 quantization of tensors and per-channel quantization of a model's weights."
     def compute_quantization_params(self, tensor, symmetric: bool = True) -> tuple:
-        "`(scale, zero_point)` covering the tensor's min and max (symmetric: zero point 0, range [-127, 127])."
+        "`(scale, zero_point)` covering the tensor's min and max (symmetric: zero point 0)."
         a = _array(tensor)
         _check_finite('INT8Quantizer.compute_quantization_params', a)
         return choose_qparams(a.min(), a.max(), symmetric=symmetric)
@@ -894,7 +939,7 @@ class INT8Quantizer:
     def dequantize_tensor(self, qtensor: QuantizedTensor) -> Tensor:
         return Tensor(qtensor.dequantize())
     def quantize_weights(self, model: Module, per_channel: bool = True) -> dict:
-        "Name -> `QuantizedTensor` of every Conv2d and Linear weight of `model` (symmetric, per output channel)."
+        "Name -> `QuantizedTensor` of every Conv2d and Linear weight of `model`, symmetric."
         return {f"{n}.weight" if n else 'weight': _quantize_weight(m.weight.data, per_channel)
                 for n, m in model.named_modules() if isinstance(m, (Conv2d, Linear))}
 
@@ -903,11 +948,12 @@ class QuantizedCNN:
     def __init__(self, base_model: Sequential):
         self.base_model, self.model = base_model, None
     def calibrate_and_quantize(self, calibration_data, **kwargs) -> 'QuantizedCNN':
-        "Calibrate on `calibration_data` (training batches) and build the integer model; returns self."
+        "Calibrate on `calibration_data` (training batches), build the integer model; return self."
         self.model = quantize_model(self.base_model, calibration_data, **kwargs)
         return self
     def forward(self, x) -> Tensor:
-        if self.model is None: raise RuntimeError("QuantizedCNN.forward: call calibrate_and_quantize first")
+        if self.model is None: raise RuntimeError("QuantizedCNN.forward: call "
+                                                  "calibrate_and_quantize first")
         return self.model(x if isinstance(x, Tensor) else Tensor(_array(x)))
     __call__ = forward
     def predict(self, x) -> np.ndarray:
@@ -918,7 +964,7 @@ class QuantizedCNN:
 class QuantizationPerformanceAnalyzer:
     "Measured accuracy, weight bytes and inference time of a float model and its quantized version."
     def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5, timing_batch: int = 256) -> dict:
-        "`test_data` is (X, y); time is the median over `num_runs` alternating rounds on the first `timing_batch` inputs."
+        "Accuracy on `test_data` (X, y), weight bytes, and median times over `num_runs` rounds."
         from tinytorch.utils.timing import compare
         X, y = test_data
         xb = Tensor(np.asarray(X[:timing_batch], np.float32))
@@ -936,7 +982,7 @@ class QuantizationSystemsAnalyzer:
         self.model, self.calibration_data, self.test_data = model, list(calibration_data), test_data
 
     def analyze_precision_tradeoffs(self, bit_widths=(32, 16, 8, 4)) -> list:
-        "Per width: relative RMS error of the (folded) weights, and test accuracy. 16 is float16 weights; <= 8 integer."
+        "Per width: relative RMS error of the folded weights, test accuracy. 16: float16 weights."
         folded = [m for k, m, _ in _fold_and_group(_layers(copy.deepcopy(self.model).eval())) if k == 'compute']
         ref = np.concatenate([m.weight.data.ravel() for m in folded])
         rows = []
@@ -949,7 +995,8 @@ class QuantizationSystemsAnalyzer:
             elif 2 <= bits <= 8:
                 model = quantize_model(self.model, self.calibration_data, weight_bits=bits)
                 w = np.concatenate([m.weight.dequantize().ravel() for m in model if isinstance(m, _QuantizedLayer)])
-            else: raise ValueError(f"analyze_precision_tradeoffs: bit widths must be 32, 16 or 2..8, got {bits}")
+            else: raise ValueError("analyze_precision_tradeoffs: bit widths must be 32, 16 or "
+                                   f"2..8, got {bits}")
             rows.append({'bits': bits, 'weight_error': float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2))),
                          'accuracy': _accuracy(model, *self.test_data)})
         return rows
