@@ -43,7 +43,8 @@ from tinytorch.core.autograd import grad_rule, no_grad
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Module, Linear, Sequential, Parameter
 from tinytorch.core.normalization import BatchNorm1d, BatchNorm2d, Dropout
-from tinytorch.core.spatial import Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size, max_pool2d
+from tinytorch.core.spatial import (Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size,
+                                    max_pool2d)
 
 # %%
 #| hide
@@ -114,11 +115,11 @@ def _check_range(op: str, min_val, max_val) -> tuple:
                                          f"max={max_val}")
     return lo, hi
 
-def choose_qparams(min_val,                # smallest real value to cover: a float or an array (one per channel)
+def choose_qparams(min_val,                # smallest real value to cover: a float, or one per channel
                    max_val,                # largest real value to cover, same shape
                    dtype=np.int8,          # int8 or uint8
                    symmetric: bool = False, # zero point 0 and range [-127, 127]?
-                   qmin: int | None = None, # override the smallest integer (e.g. -7 for 4-bit weights)
+                   qmin: int | None = None, # override the smallest integer (-7 for 4-bit weights)
                    qmax: int | None = None, # override the largest integer
                   ) -> tuple:
     "`(scale, zero_point)` mapping [min_val, max_val], widened to hold 0, onto the integers."
@@ -183,13 +184,13 @@ class QuantizedTensor:
                  data: np.ndarray,  # the integers, int8 or uint8
                  scale,             # a positive float, or float32 array (C,) for per-channel
                  zero_point,        # an int, or an int array (C,)
-                 axis: int | None = None,  # the channel axis of a per-channel tensor, None per tensor
+                 axis: int | None = None,  # the channel axis if per channel, None per tensor
                 ):
         data = np.asarray(data)
         dtype_range(data.dtype)                                  # int8 or uint8 only
         scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis, data.shape)
         self._data, self.scale, self.axis = data, scale, axis
-        self.zero_point = zero_point.astype(data.dtype)[()]          # stored in the integers' own dtype
+        self.zero_point = zero_point.astype(data.dtype)[()]   # stored in the integers' own dtype
 
     shape = property(lambda self: self._data.shape)
     ndim = property(lambda self: self._data.ndim)
@@ -208,7 +209,8 @@ class QuantizedTensor:
         return self._data.nbytes + np.asarray(self.scale).nbytes + np.asarray(self.zero_point).nbytes
 
     def __repr__(self) -> str:
-        kind = f"per channel, axis={self.axis}" if self.per_channel else f"scale={self.q_scale():.6g}, " \
+        kind = f"per channel, axis={self.axis}" if self.per_channel else \
+            f"scale={self.q_scale():.6g}, " \
                f"zero_point={self.q_zero_point()}"
         return f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, {kind})"
 
@@ -298,7 +300,8 @@ test_eq(q.int_repr(), [-1, 0, 0, 2, 2, 127])
 test_eq(quantize_per_tensor(x, 0.5, 10, np.uint8).int_repr(), [8, 10, 11, 13, 15, 255])
 test_fail(lambda: quantize_per_tensor(x, 0.5, -128, np.uint8), contains="zero_point must lie in "
                                                                         "[0, 255]")
-test_fail(lambda: quantize_per_tensor(np.array([1., np.nan]), 0.1, 0), contains="quantize_per_tensor: input must be finite")
+test_fail(lambda: quantize_per_tensor(np.array([1., np.nan]), 0.1, 0),
+          contains="quantize_per_tensor: input must be finite")
 test_fail(lambda: quantize_per_tensor(x, -1., 0), contains="quantize_per_tensor: scale must be "
                                                            "positive")
 
@@ -374,7 +377,8 @@ s_c, z_c = choose_qparams(w.min(axis=1), w.max(axis=1), symmetric=True)
 qt, qc = quantize_per_tensor(w, s_t, 0), quantize_per_channel(w, s_c, z_c, axis=0)
 test_eq(qc.int_repr().min() >= -127, True)
 test_close(qc.dequantize(), w, eps=float(s_c.max()) / 2 * (1 + 1e-6))
-test_fail(lambda: quantize_per_channel(w, s_c[:3], z_c[:3], axis=0), contains="one scale and zero point per channel (4)")
+test_fail(lambda: quantize_per_channel(w, s_c[:3], z_c[:3], axis=0),
+          contains="one scale and zero point per channel (4)")
 err_t, err_c = [np.abs(q.dequantize() - w)[1:].mean() for q in (qt, qc)]
 print(f"mean error on the three small channels: per tensor {err_t:.4f}, per channel {err_c:.4f} "
       f"({err_t / err_c:.1f}x smaller); bytes: per tensor {qt.nbytes}, per channel {qc.nbytes} "
@@ -386,7 +390,8 @@ print(f"mean error on the three small channels: per tensor {err_t:.4f}, per chan
 # A `Linear` layer computes $y_{no} = b_o + \sum_k x_{nk} W_{ok}$. Substitute $x = S_x (q_x - Z_x)$
 # and $W_{o\cdot} = S_w[o]\, q_w$ (symmetric, $Z_w = 0$):
 #
-# $$y_{no} = S_x S_w[o] \Big( \underbrace{\textstyle\sum_k (q_{x,nk} - Z_x)\, q_{w,ok}}_{\text{int32 accumulator}}
+# $$y_{no} = S_x S_w[o] \Big(
+# \underbrace{\textstyle\sum_k (q_{x,nk} - Z_x)\, q_{w,ok}}_{\text{int32 accumulator}}
 # + \underbrace{b_o / (S_x S_w[o])}_{\text{int32 bias}} \Big).$$
 #
 # All the work is in the sum, and it is integer arithmetic: int8 operands (the difference $q_x -
@@ -402,7 +407,8 @@ print(f"mean error on the three small channels: per tensor {err_t:.4f}, per chan
 # \cdot 127 = 32385$, so $K$ terms are safe while $K \cdot 32385 < 2^{24}$:
 
 # %%
-a8, b8 = rng.integers(-128, 128, (256, 800)).astype(np.int8), rng.integers(-127, 128, (800, 120)).astype(np.int8)
+a8 = rng.integers(-128, 128, (256, 800)).astype(np.int8)
+b8 = rng.integers(-127, 128, (800, 120)).astype(np.int8)
 a32, b32 = a8.astype(np.float32), b8.astype(np.float32)
 with blas_threads(1):
     c = compare({'int8 @ int8 (NumPy loop)': lambda: a8 @ b8, 'int32 @ int32': lambda: a8.astype(np.int32) @ b8,
@@ -554,7 +560,7 @@ def multiply_by_quantized_multiplier(acc, m0, shift) -> np.ndarray:
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, m0), right)
 
 def requantize(acc: np.ndarray,     # int32 accumulators
-               multiplier,          # M: a float, or an array broadcasting against acc (one per channel)
+               multiplier,          # M: a float, or an array broadcasting against acc
                zero_point: int,     # Z_out
                qmin: int = -128,    # clamp: the dtype's smallest value, or Z_out for a fused ReLU
                qmax: int = 127,
@@ -612,7 +618,8 @@ class _QuantizedLayer(Module):
         O = qweight.shape[0]
         self.register_buffer('weight_int8', Tensor(qweight.int_repr()))
         self.register_buffer('weight_scale', Tensor(np.broadcast_to(qweight.scale, (O,)).astype(np.float32)))
-        self.register_buffer('weight_zero_point', Tensor(np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)))
+        zp = np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)
+        self.register_buffer('weight_zero_point', Tensor(zp))
         self.register_buffer('bias', None if bias is None else Tensor(np.array(bias, np.float32)))
         for name, (s, z) in (('input', in_qparams), ('output', out_qparams)):
             s, z = _check_qparams(f"{type(self).__name__}.from_float", s, z, np.int8)
@@ -650,7 +657,7 @@ def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> 
 @patch(cls_method=True)
 def from_float(cls: _QuantizedLayer,
                mod: Module,                 # a float Linear or Conv2d (BatchNorm already folded)
-               input_scale: float, input_zero_point: int,    # the input's quantization, from calibration
+               input_scale: float, input_zero_point: int,    # the input's, from calibration
                output_scale: float, output_zero_point: int,  # the output's
                per_channel: bool = True,    # a weight scale per output channel, or one per tensor
                relu: bool = False,          # fuse a following ReLU into the output clamp?
@@ -684,7 +691,8 @@ def _check_input(self: _QuantizedLayer, x) -> np.ndarray:
         raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the "
                         "input first")
     s, z = float(self.input_scale.data), int(self.input_zero_point.data)
-    if x.per_channel or x.dtype != np.int8 or not (np.float32(x.scale) == np.float32(s) and x.zero_point == z):
+    same = np.float32(x.scale) == np.float32(s) and x.zero_point == z
+    if x.per_channel or x.dtype != np.int8 or not same:
         raise ValueError(f"{name}: input quantized with scale={np.float32(x.scale)}, "
                          f"zero_point={x.zero_point} "
                          f"({x.dtype}), but this layer expects int8 with scale={s}, zero_point={z}")
@@ -722,7 +730,8 @@ class QuantizedLinear(_QuantizedLayer):
             raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in "
                              f"in_features={self.in_features}")
         ### BEGIN SOLUTION
-        xs = np.subtract(q.reshape(-1, self.in_features), self.input_zero_point.data, dtype=np.float32)  # (N, K)
+        zx = self.input_zero_point.data
+        xs = np.subtract(q.reshape(-1, self.in_features), zx, dtype=np.float32)  # (N, K)
         acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
         y = self._output_stage(acc, axis=1)                                    # (N, O) int8
         ### END SOLUTION
@@ -742,7 +751,8 @@ lin = Linear(2, 1)
 lin.weight.data[...] = [[0.5, -1.0]]; lin.bias.data[...] = [0.25]
 ql = QuantizedLinear.from_float(lin, 0.1, 0, 0.05, -10)                 # S_w = 1/127
 x = quantize_per_tensor(np.array([[1.0, 0.3]], np.float32), 0.1, 0)     # q_x = [10, 3]
-# acc = 10 * 64 + 3 * -127 = 259 (0.5 -> 63.5 -> 64 by half to even); bias 0.25 / (0.1/127) = 317.5 -> 318
+# acc = 10 * 64 + 3 * -127 = 259 (0.5 -> 63.5 -> 64 by half to even)
+# bias 0.25 / (0.1/127) = 317.5 -> 318
 # y = -10 + rint((259 + 318) * (0.1 / 127) / 0.05) = -10 + rint(9.087) = -1
 test_eq(ql.weight.int_repr(), [[64, -127]])
 test_eq(ql(x).int_repr(), [[-1]])
@@ -829,7 +839,8 @@ class Quantize(Module):
         self.register_buffer('zero_point', _scalar(zero_point, np.int8))
     def forward(self, x) -> QuantizedTensor:
         return quantize_per_tensor(x, float(self.scale.data), int(self.zero_point.data))
-    def extra_repr(self) -> str: return f"scale={float(self.scale.data):.4g}, zero_point={int(self.zero_point.data)}"
+    def extra_repr(self) -> str:
+        return f"scale={float(self.scale.data):.4g}, zero_point={int(self.zero_point.data)}"
 
 class DeQuantize(Module):
     "`QuantizedTensor` -> float32 `Tensor`: the exit of a quantized model."
@@ -874,7 +885,7 @@ test_eq(QuantizedFlatten()(qx).shape, (2, 108))
 # %%
 #| export
 def fold_batchnorm(layer: Module,  # a Conv2d (or Linear) in evaluation mode
-                   bn: Module,     # the BatchNorm2d (or BatchNorm1d) that follows it, with running statistics
+                   bn: Module,     # the BatchNorm2d (or 1d) after it, with running statistics
                   ) -> Module:
     "A new `Conv2d`/`Linear` computing `bn(layer(x))` as in evaluation mode; inputs untouched."
     if not (isinstance(layer, (Conv2d, Linear)) and isinstance(bn, (BatchNorm1d, BatchNorm2d))):
@@ -968,7 +979,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     def _update(self, a: np.ndarray):
         lo, hi, c = float(a.min()), float(a.max()), self.averaging_constant
         if self.batches == 0: self.min_val, self.max_val = lo, hi
-        else: self.min_val, self.max_val = self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)
+        else:
+            self.min_val += c * (lo - self.min_val)
+            self.max_val += c * (hi - self.max_val)
 
 # %%
 #| export
@@ -1003,7 +1016,8 @@ class _SampleObserver(MinMaxObserver):
         super()._update(a)
         flat = a.ravel()
         take = min(flat.size, self.max_samples)
-        self._samples.append(flat[self._rng.choice(flat.size, take, replace=False)] if take < flat.size else flat.copy())
+        pick = self._rng.choice(flat.size, take, replace=False) if take < flat.size else slice(None)
+        self._samples.append(flat[pick].copy())
         allv = np.concatenate(self._samples)
         if allv.size > self.max_samples: allv = self._rng.choice(allv, self.max_samples, replace=False)
         self._samples = [allv]
@@ -1081,7 +1095,8 @@ obs = MSEObserver()
 for batch in acts.reshape(10, -1): obs(batch)
 x_s, qmin_, qmax_ = obs.samples, -128, 127
 err_mse = np.mean((fake_quantize_array(x_s, *obs.calculate_qparams(), qmin_, qmax_) - x_s) ** 2)
-err_mm = np.mean((fake_quantize_array(x_s, *choose_qparams(obs.min_val, obs.max_val), qmin_, qmax_) - x_s) ** 2)
+s_mm, z_mm = choose_qparams(obs.min_val, obs.max_val)
+err_mm = np.mean((fake_quantize_array(x_s, s_mm, z_mm, qmin_, qmax_) - x_s) ** 2)
 test_eq(err_mse <= err_mm, True)
 test_fail(lambda: MinMaxObserver().calculate_qparams(), contains="no values observed")
 
@@ -1173,11 +1188,11 @@ def _calibrate(groups: list, calibration_data, observer) -> tuple:
 # %%
 #| export
 def quantize_model(model: Sequential,        # a trained float Sequential; left untouched
-                   calibration_data,         # an iterable of input batches (Tensors, arrays or (x, y) pairs)
+                   calibration_data,         # input batches: Tensors, arrays or (x, y) pairs
                    per_channel: bool = True, # a weight scale per output channel, or per tensor
                    observer=MinMaxObserver,  # a class (or function) making the activations' observers
-                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], stored as int8
-                   integer_requant: bool = False, # fixed-point requantization (as hardware) instead of float32
+                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], in int8
+                   integer_requant: bool = False, # fixed-point requantization instead of float32
                   ) -> Sequential:
     "A new integer model: BatchNorm folded, ReLU fused, int8 activations; float in, float out."
     groups = _fold_and_group(_layers(copy.deepcopy(model).eval()))
@@ -1187,13 +1202,12 @@ def quantize_model(model: Sequential,        # a trained float Sequential; left 
     (s, z), outs = _calibrate(groups, calibration_data, observer)
     layers = [Quantize(s, z)]
     for (kind, m, relu), (so, zo) in zip(groups, outs):
-        if isinstance(m, Conv2d): layers.append(QuantizedConv2d.from_float(m, s, z, so, zo, per_channel, relu,
-                                                                           weight_bits, integer_requant))
-        elif isinstance(m, Linear): layers.append(QuantizedLinear.from_float(m, s, z, so, zo, per_channel, relu,
-                                                                             weight_bits, integer_requant))
+        args = (m, s, z, so, zo, per_channel, relu, weight_bits, integer_requant)
+        if isinstance(m, Conv2d): layers.append(QuantizedConv2d.from_float(*args))
+        elif isinstance(m, Linear): layers.append(QuantizedLinear.from_float(*args))
         elif isinstance(m, MaxPool2d): layers.append(QuantizedMaxPool2d(m.kernel_size, m.stride))
         else: layers.append(QuantizedFlatten(m.start_dim, m.end_dim))
-        if kind == 'compute': s, z = so, zo                                    # the next layer's input
+        if kind == 'compute': s, z = so, zo                  # the next layer's input
     return Sequential(*layers, DeQuantize())
 
 # %% [markdown]
@@ -1220,7 +1234,7 @@ class BaselineCNN(Sequential):
         c1, c2 = channels
         side = image_size // 4
         super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
-                         Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),  # (N, c2, side, side)
+                         Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
                          # (N, num_classes)
                          Linear(hidden, num_classes))
@@ -1235,7 +1249,8 @@ def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
     "Classification accuracy of `model` on (X, y), in evaluation mode and batches."
     model.eval()
     with no_grad():
-        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1) for i in range(0, len(X), batch)])
+        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1)
+                               for i in range(0, len(X), batch)])
     return float((pred == np.asarray(y)).mean())
 
 # %%
@@ -1364,7 +1379,8 @@ from pathlib import Path
 
 tmp = Path(tempfile.mkdtemp())
 f_path, q_path = save_checkpoint(tmp / "fp32.npz", cnn), save_checkpoint(tmp / "int8.npz", qcnn)
-with zipfile.ZipFile(q_path) as z: int8_members = {i.filename: i.file_size for i in z.infolist() if 'weight_int8' in i.filename}
+with zipfile.ZipFile(q_path) as z:
+    int8_members = {i.filename: i.file_size for i in z.infolist() if 'weight_int8' in i.filename}
 f_size, q_size = os.path.getsize(f_path), os.path.getsize(q_path)
 print(f"checkpoint on disk: float32 {f_size:,} B, int8 {q_size:,} B: {f_size / q_size:.2f}x "
       "smaller")
@@ -1391,10 +1407,12 @@ class DynamicQuantizedLinear(Module):
     "`Linear` with int8 weights; each input batch quantized at run time. Float in, float out."
     def __init__(self, linear: Linear, per_channel: bool = True):
         super().__init__()
-        self.in_features, self.out_features, self.per_channel = linear.in_features, linear.out_features, per_channel
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.per_channel = per_channel
         qw = _quantize_weight(linear.weight.data, per_channel)
         self.register_buffer('weight_int8', Tensor(qw.int_repr()))
-        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)))
+        scale = np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)
+        self.register_buffer('weight_scale', Tensor(scale))
         self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1402,7 +1420,7 @@ class DynamicQuantizedLinear(Module):
         a = _array(x).reshape(-1, self.in_features)                              # (N, K)
         _check_finite('DynamicQuantizedLinear', a)
         s, z = choose_qparams(a.min(), a.max()) if a.size else (np.float32(1), 0)
-        q = quantize_per_tensor(a, s, z).int_repr()                              # (N, K) int8, this batch's range
+        q = quantize_per_tensor(a, s, z).int_repr()              # (N, K) int8, this batch's range
         # (N, O) int32
         acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)
         y = np.multiply(acc, s * self.weight_scale.data, dtype=np.float32)       # back to reals
@@ -1473,7 +1491,8 @@ class Int4WeightOnlyLinear(Module):
         super().__init__()
         if group_size < 2 or group_size % 2: raise ValueError("Int4WeightOnlyLinear: group_size "
                                                               f"must be even, got {group_size}")
-        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group_size = group_size
         w = linear.weight.data.astype(np.float32)
         _check_finite('Int4WeightOnlyLinear', w)
         # the last block padded with zeros
@@ -1491,7 +1510,8 @@ class Int4WeightOnlyLinear(Module):
     def dequantized_weight(self) -> np.ndarray:
         "The float32 weight (out_features, in_features) the packed integers and scales stand for."
         q = unpack_int4(self.weight_packed.data).reshape(self.out_features, -1, self.group_size)
-        return (q * self.weight_scale.data[..., None].astype(np.float32)).reshape(self.out_features, -1)[:, :self.in_features]
+        w = q * self.weight_scale.data[..., None].astype(np.float32)               # (O, G, g)
+        return w.reshape(self.out_features, -1)[:, :self.in_features]
 
     def forward(self, x: Tensor) -> Tensor:
         "(..., in_features) -> (..., out_features), the weight unpacked to float32 for the product."
@@ -1548,7 +1568,8 @@ def val_loss(model) -> float:
     model.eval()
     with no_grad(): return model(Xv, Yv)[1].item()
 gpt_dyn, gpt_q4 = quantize_dynamic(gpt), quantize_weight_only_int4(gpt)
-losses = {name: val_loss(m) for name, m in (('float32', gpt), ('dynamic int8', gpt_dyn), ('4-bit weights', gpt_q4))}
+variants = (('float32', gpt), ('dynamic int8', gpt_dyn), ('4-bit weights', gpt_q4))
+losses = {name: val_loss(m) for name, m in variants}
 print(f"GPT trained 60 steps in {time.perf_counter() - t0:.1f} s; validation loss (nats per "
       "character):")
 for name, v in losses.items(): print(f"  {name:<14} {v:.4f} ({v - losses['float32']:+.4f})")
@@ -1772,7 +1793,8 @@ class QuantizedCNN:
 #| export
 class QuantizationPerformanceAnalyzer:
     "Measured accuracy, weight bytes and inference time of a float model and its quantized version."
-    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5, timing_batch: int = 256) -> dict:
+    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5,
+                         timing_batch: int = 256) -> dict:
         "Accuracy on `test_data` (X, y), weight bytes, and median times over `num_runs` rounds."
         from tinytorch.utils.timing import compare
         X, y = test_data
@@ -1840,7 +1862,8 @@ print(f"accuracy {bench['accuracy']}; weight bytes {bench['weight_bytes']} "
 # test accuracy.
 
 # %%
-tradeoffs = QuantizationSystemsAnalyzer(cnn, calib, (X_test, y_test)).analyze_precision_tradeoffs([32, 16, 8, 6, 4, 3, 2])
+analyzer = QuantizationSystemsAnalyzer(cnn, calib, (X_test, y_test))
+tradeoffs = analyzer.analyze_precision_tradeoffs([32, 16, 8, 6, 4, 3, 2])
 for r in tradeoffs: print(f"{r['bits']:>2} bits: weight error {r['weight_error']:.2e}, test "
                           f"accuracy {r['accuracy']:.2%}")
 test_eq([r['bits'] for r in tradeoffs], [32, 16, 8, 6, 4, 3, 2])
@@ -1862,13 +1885,14 @@ for c in (0, int(np.argmax(sw))):
     for sign in (-1, 1): ax2.axvline(sign * 127 * sw[c], color='C1' if c == 0 else 'C3', ls='--')
 ax2.set(title='second conv weights (folded); channel clip ranges', xlabel='weight', yscale='log')
 obs_h = MinMaxObserver(); obs_p = PercentileObserver(); obs_m = MSEObserver()
-with no_grad(): act = Sequential(*[m for m in cnn][:10])(Tensor(X_train[:512])).data   # first Linear's output
+with no_grad(): act = Sequential(*[m for m in cnn][:10])(Tensor(X_train[:512])).data   # Linear 9
 act = np.maximum(act, 0)
 for o in (obs_h, obs_p, obs_m): o(act)
 ax3.hist(act.ravel(), bins=100)
 for o, c in ((obs_h, 'C1'), (obs_p, 'C2'), (obs_m, 'C3')):
     lo, hi = o._range(); ax3.axvline(hi, color=c, ls='--', label=type(o).__name__)
-ax3.set(title='first Linear + ReLU outputs; clip ranges', xlabel='activation', yscale='log'); ax3.legend(fontsize=7)
+ax3.set(title='first Linear + ReLU outputs; clip ranges', xlabel='activation', yscale='log')
+ax3.legend(fontsize=7)
 fig.tight_layout()
 plt.show()
 
@@ -1899,7 +1923,8 @@ def layer_cost(m, x_shape, batch, elem_bytes):
     else: macs, out = m.weight.size, (m.out_features,)
     return 2 * macs * batch, elem_bytes * (m.weight.size + batch * (np.prod(x_shape) + np.prod(out))), out
 
-big_a, big_b = rng.standard_normal((512, 512), dtype=np.float32), rng.standard_normal((512, 512), dtype=np.float32)
+big_a = rng.standard_normal((512, 512), dtype=np.float32)
+big_b = rng.standard_normal((512, 512), dtype=np.float32)
 # 64 MiB, far beyond the caches
 src, dst = np.ones(2**24, np.float32), np.empty(2**24, np.float32)
 with blas_threads(1):

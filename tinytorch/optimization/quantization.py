@@ -25,7 +25,8 @@ from ..core.autograd import grad_rule, no_grad
 from ..core.activations import ReLU
 from ..core.layers import Module, Linear, Sequential, Parameter
 from ..core.normalization import BatchNorm1d, BatchNorm2d, Dropout
-from ..core.spatial import Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size, max_pool2d
+from ..core.spatial import (Conv2d, MaxPool2d, Flatten, conv2d, im2col, conv_output_size,
+                                    max_pool2d)
 
 # %% ../../nbs/17_quantization.ipynb #556f0b54
 def dtype_range(dtype, symmetric: bool = False) -> tuple:
@@ -49,11 +50,11 @@ def _check_range(op: str, min_val, max_val) -> tuple:
                                          f"max={max_val}")
     return lo, hi
 
-def choose_qparams(min_val,                # smallest real value to cover: a float or an array (one per channel)
+def choose_qparams(min_val,                # smallest real value to cover: a float, or one per channel
                    max_val,                # largest real value to cover, same shape
                    dtype=np.int8,          # int8 or uint8
                    symmetric: bool = False, # zero point 0 and range [-127, 127]?
-                   qmin: int | None = None, # override the smallest integer (e.g. -7 for 4-bit weights)
+                   qmin: int | None = None, # override the smallest integer (-7 for 4-bit weights)
                    qmax: int | None = None, # override the largest integer
                   ) -> tuple:
     "`(scale, zero_point)` mapping [min_val, max_val], widened to hold 0, onto the integers."
@@ -87,13 +88,13 @@ class QuantizedTensor:
                  data: np.ndarray,  # the integers, int8 or uint8
                  scale,             # a positive float, or float32 array (C,) for per-channel
                  zero_point,        # an int, or an int array (C,)
-                 axis: int | None = None,  # the channel axis of a per-channel tensor, None per tensor
+                 axis: int | None = None,  # the channel axis if per channel, None per tensor
                 ):
         data = np.asarray(data)
         dtype_range(data.dtype)                                  # int8 or uint8 only
         scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis, data.shape)
         self._data, self.scale, self.axis = data, scale, axis
-        self.zero_point = zero_point.astype(data.dtype)[()]          # stored in the integers' own dtype
+        self.zero_point = zero_point.astype(data.dtype)[()]   # stored in the integers' own dtype
 
     shape = property(lambda self: self._data.shape)
     ndim = property(lambda self: self._data.ndim)
@@ -112,7 +113,8 @@ class QuantizedTensor:
         return self._data.nbytes + np.asarray(self.scale).nbytes + np.asarray(self.zero_point).nbytes
 
     def __repr__(self) -> str:
-        kind = f"per channel, axis={self.axis}" if self.per_channel else f"scale={self.q_scale():.6g}, " \
+        kind = f"per channel, axis={self.axis}" if self.per_channel else \
+            f"scale={self.q_scale():.6g}, " \
                f"zero_point={self.q_zero_point()}"
         return f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, {kind})"
 
@@ -266,7 +268,7 @@ def multiply_by_quantized_multiplier(acc, m0, shift) -> np.ndarray:
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, m0), right)
 
 def requantize(acc: np.ndarray,     # int32 accumulators
-               multiplier,          # M: a float, or an array broadcasting against acc (one per channel)
+               multiplier,          # M: a float, or an array broadcasting against acc
                zero_point: int,     # Z_out
                qmin: int = -128,    # clamp: the dtype's smallest value, or Z_out for a fused ReLU
                qmax: int = 127,
@@ -296,7 +298,8 @@ class _QuantizedLayer(Module):
         O = qweight.shape[0]
         self.register_buffer('weight_int8', Tensor(qweight.int_repr()))
         self.register_buffer('weight_scale', Tensor(np.broadcast_to(qweight.scale, (O,)).astype(np.float32)))
-        self.register_buffer('weight_zero_point', Tensor(np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)))
+        zp = np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)
+        self.register_buffer('weight_zero_point', Tensor(zp))
         self.register_buffer('bias', None if bias is None else Tensor(np.array(bias, np.float32)))
         for name, (s, z) in (('input', in_qparams), ('output', out_qparams)):
             s, z = _check_qparams(f"{type(self).__name__}.from_float", s, z, np.int8)
@@ -328,7 +331,7 @@ def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> 
 @patch(cls_method=True)
 def from_float(cls: _QuantizedLayer,
                mod: Module,                 # a float Linear or Conv2d (BatchNorm already folded)
-               input_scale: float, input_zero_point: int,    # the input's quantization, from calibration
+               input_scale: float, input_zero_point: int,    # the input's, from calibration
                output_scale: float, output_zero_point: int,  # the output's
                per_channel: bool = True,    # a weight scale per output channel, or one per tensor
                relu: bool = False,          # fuse a following ReLU into the output clamp?
@@ -356,7 +359,8 @@ def _check_input(self: _QuantizedLayer, x) -> np.ndarray:
         raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the "
                         "input first")
     s, z = float(self.input_scale.data), int(self.input_zero_point.data)
-    if x.per_channel or x.dtype != np.int8 or not (np.float32(x.scale) == np.float32(s) and x.zero_point == z):
+    same = np.float32(x.scale) == np.float32(s) and x.zero_point == z
+    if x.per_channel or x.dtype != np.int8 or not same:
         raise ValueError(f"{name}: input quantized with scale={np.float32(x.scale)}, "
                          f"zero_point={x.zero_point} "
                          f"({x.dtype}), but this layer expects int8 with scale={s}, zero_point={z}")
@@ -389,7 +393,8 @@ class QuantizedLinear(_QuantizedLayer):
             raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in "
                              f"in_features={self.in_features}")
         ### BEGIN SOLUTION
-        xs = np.subtract(q.reshape(-1, self.in_features), self.input_zero_point.data, dtype=np.float32)  # (N, K)
+        zx = self.input_zero_point.data
+        xs = np.subtract(q.reshape(-1, self.in_features), zx, dtype=np.float32)  # (N, K)
         acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
         y = self._output_stage(acc, axis=1)                                    # (N, O) int8
         ### END SOLUTION
@@ -443,7 +448,8 @@ class Quantize(Module):
         self.register_buffer('zero_point', _scalar(zero_point, np.int8))
     def forward(self, x) -> QuantizedTensor:
         return quantize_per_tensor(x, float(self.scale.data), int(self.zero_point.data))
-    def extra_repr(self) -> str: return f"scale={float(self.scale.data):.4g}, zero_point={int(self.zero_point.data)}"
+    def extra_repr(self) -> str:
+        return f"scale={float(self.scale.data):.4g}, zero_point={int(self.zero_point.data)}"
 
 class DeQuantize(Module):
     "`QuantizedTensor` -> float32 `Tensor`: the exit of a quantized model."
@@ -470,7 +476,7 @@ class QuantizedFlatten(Module):
 
 # %% ../../nbs/17_quantization.ipynb #6d4dbef3
 def fold_batchnorm(layer: Module,  # a Conv2d (or Linear) in evaluation mode
-                   bn: Module,     # the BatchNorm2d (or BatchNorm1d) that follows it, with running statistics
+                   bn: Module,     # the BatchNorm2d (or 1d) after it, with running statistics
                   ) -> Module:
     "A new `Conv2d`/`Linear` computing `bn(layer(x))` as in evaluation mode; inputs untouched."
     if not (isinstance(layer, (Conv2d, Linear)) and isinstance(bn, (BatchNorm1d, BatchNorm2d))):
@@ -530,7 +536,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     def _update(self, a: np.ndarray):
         lo, hi, c = float(a.min()), float(a.max()), self.averaging_constant
         if self.batches == 0: self.min_val, self.max_val = lo, hi
-        else: self.min_val, self.max_val = self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)
+        else:
+            self.min_val += c * (lo - self.min_val)
+            self.max_val += c * (hi - self.max_val)
 
 # %% ../../nbs/17_quantization.ipynb #1068df5f
 class PerChannelMinMaxObserver(MinMaxObserver):
@@ -558,7 +566,8 @@ class _SampleObserver(MinMaxObserver):
         super()._update(a)
         flat = a.ravel()
         take = min(flat.size, self.max_samples)
-        self._samples.append(flat[self._rng.choice(flat.size, take, replace=False)] if take < flat.size else flat.copy())
+        pick = self._rng.choice(flat.size, take, replace=False) if take < flat.size else slice(None)
+        self._samples.append(flat[pick].copy())
         allv = np.concatenate(self._samples)
         if allv.size > self.max_samples: allv = self._rng.choice(allv, self.max_samples, replace=False)
         self._samples = [allv]
@@ -654,11 +663,11 @@ def _calibrate(groups: list, calibration_data, observer) -> tuple:
 
 # %% ../../nbs/17_quantization.ipynb #8785d5e4
 def quantize_model(model: Sequential,        # a trained float Sequential; left untouched
-                   calibration_data,         # an iterable of input batches (Tensors, arrays or (x, y) pairs)
+                   calibration_data,         # input batches: Tensors, arrays or (x, y) pairs
                    per_channel: bool = True, # a weight scale per output channel, or per tensor
                    observer=MinMaxObserver,  # a class (or function) making the activations' observers
-                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], stored as int8
-                   integer_requant: bool = False, # fixed-point requantization (as hardware) instead of float32
+                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], in int8
+                   integer_requant: bool = False, # fixed-point requantization instead of float32
                   ) -> Sequential:
     "A new integer model: BatchNorm folded, ReLU fused, int8 activations; float in, float out."
     groups = _fold_and_group(_layers(copy.deepcopy(model).eval()))
@@ -668,13 +677,12 @@ def quantize_model(model: Sequential,        # a trained float Sequential; left 
     (s, z), outs = _calibrate(groups, calibration_data, observer)
     layers = [Quantize(s, z)]
     for (kind, m, relu), (so, zo) in zip(groups, outs):
-        if isinstance(m, Conv2d): layers.append(QuantizedConv2d.from_float(m, s, z, so, zo, per_channel, relu,
-                                                                           weight_bits, integer_requant))
-        elif isinstance(m, Linear): layers.append(QuantizedLinear.from_float(m, s, z, so, zo, per_channel, relu,
-                                                                             weight_bits, integer_requant))
+        args = (m, s, z, so, zo, per_channel, relu, weight_bits, integer_requant)
+        if isinstance(m, Conv2d): layers.append(QuantizedConv2d.from_float(*args))
+        elif isinstance(m, Linear): layers.append(QuantizedLinear.from_float(*args))
         elif isinstance(m, MaxPool2d): layers.append(QuantizedMaxPool2d(m.kernel_size, m.stride))
         else: layers.append(QuantizedFlatten(m.start_dim, m.end_dim))
-        if kind == 'compute': s, z = so, zo                                    # the next layer's input
+        if kind == 'compute': s, z = so, zo                  # the next layer's input
     return Sequential(*layers, DeQuantize())
 
 # %% ../../nbs/17_quantization.ipynb #61d2cf83
@@ -693,7 +701,7 @@ class BaselineCNN(Sequential):
         c1, c2 = channels
         side = image_size // 4
         super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
-                         Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),  # (N, c2, side, side)
+                         Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
                          # (N, num_classes)
                          Linear(hidden, num_classes))
@@ -703,7 +711,8 @@ def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
     "Classification accuracy of `model` on (X, y), in evaluation mode and batches."
     model.eval()
     with no_grad():
-        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1) for i in range(0, len(X), batch)])
+        pred = np.concatenate([model(Tensor(X[i:i + batch])).data.argmax(axis=-1)
+                               for i in range(0, len(X), batch)])
     return float((pred == np.asarray(y)).mean())
 
 # %% ../../nbs/17_quantization.ipynb #335ca4b7
@@ -736,10 +745,12 @@ class DynamicQuantizedLinear(Module):
     "`Linear` with int8 weights; each input batch quantized at run time. Float in, float out."
     def __init__(self, linear: Linear, per_channel: bool = True):
         super().__init__()
-        self.in_features, self.out_features, self.per_channel = linear.in_features, linear.out_features, per_channel
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.per_channel = per_channel
         qw = _quantize_weight(linear.weight.data, per_channel)
         self.register_buffer('weight_int8', Tensor(qw.int_repr()))
-        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)))
+        scale = np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)
+        self.register_buffer('weight_scale', Tensor(scale))
         self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -747,7 +758,7 @@ class DynamicQuantizedLinear(Module):
         a = _array(x).reshape(-1, self.in_features)                              # (N, K)
         _check_finite('DynamicQuantizedLinear', a)
         s, z = choose_qparams(a.min(), a.max()) if a.size else (np.float32(1), 0)
-        q = quantize_per_tensor(a, s, z).int_repr()                              # (N, K) int8, this batch's range
+        q = quantize_per_tensor(a, s, z).int_repr()              # (N, K) int8, this batch's range
         # (N, O) int32
         acc = int32_matmul(np.subtract(q, z, dtype=np.float32), self.weight_int8.data.T)
         y = np.multiply(acc, s * self.weight_scale.data, dtype=np.float32)       # back to reals
@@ -793,7 +804,8 @@ class Int4WeightOnlyLinear(Module):
         super().__init__()
         if group_size < 2 or group_size % 2: raise ValueError("Int4WeightOnlyLinear: group_size "
                                                               f"must be even, got {group_size}")
-        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group_size = group_size
         w = linear.weight.data.astype(np.float32)
         _check_finite('Int4WeightOnlyLinear', w)
         # the last block padded with zeros
@@ -811,7 +823,8 @@ class Int4WeightOnlyLinear(Module):
     def dequantized_weight(self) -> np.ndarray:
         "The float32 weight (out_features, in_features) the packed integers and scales stand for."
         q = unpack_int4(self.weight_packed.data).reshape(self.out_features, -1, self.group_size)
-        return (q * self.weight_scale.data[..., None].astype(np.float32)).reshape(self.out_features, -1)[:, :self.in_features]
+        w = q * self.weight_scale.data[..., None].astype(np.float32)               # (O, G, g)
+        return w.reshape(self.out_features, -1)[:, :self.in_features]
 
     def forward(self, x: Tensor) -> Tensor:
         "(..., in_features) -> (..., out_features), the weight unpacked to float32 for the product."
@@ -963,7 +976,8 @@ class QuantizedCNN:
 # %% ../../nbs/17_quantization.ipynb #74fb2da9
 class QuantizationPerformanceAnalyzer:
     "Measured accuracy, weight bytes and inference time of a float model and its quantized version."
-    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5, timing_batch: int = 256) -> dict:
+    def benchmark_models(self, baseline, quantized, test_data: tuple, num_runs: int = 5,
+                         timing_batch: int = 256) -> dict:
         "Accuracy on `test_data` (X, y), weight bytes, and median times over `num_runs` rounds."
         from tinytorch.utils.timing import compare
         X, y = test_data
