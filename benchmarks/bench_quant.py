@@ -38,6 +38,7 @@ from tinytorch.utils.timing import compare, fmt_seconds, machine_info  # noqa: E
 warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")       # deprecation notices
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
 warnings.filterwarnings("ignore", message="compare: unstable")                   # the tables mark them UNSTABLE
+warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
 try:
     import torch  # noqa: E402
     import torch.ao.nn.quantized as nnq  # noqa: E402
