@@ -35,9 +35,11 @@ from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4Wei
                                                  choose_qparams, quantize_model)
 from tinytorch.utils.timing import compare, fmt_seconds, machine_info  # noqa: E402
 
-warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")       # deprecation notices
+# deprecation notices
+warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
-warnings.filterwarnings("ignore", message="compare: unstable")                   # the tables mark them UNSTABLE
+# the tables mark them UNSTABLE
+warnings.filterwarnings("ignore", message="compare: unstable")
 warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
 try:
     import torch  # noqa: E402
@@ -135,7 +137,8 @@ def layer_bench(model, qmodel, x, rounds: int):
                 f"Conv2d({f.in_channels}, {f.out_channels}, {f.kernel_size}, padding={f.padding})") + f", input {xs.shape}"
         report(name, c, "float32 (ours)")
         if torch is not None:
-            print(f"  integer outputs against PyTorch's on 7-bit inputs: largest difference {diff} level(s)")
+            print(f"  integer outputs against PyTorch's on 7-bit inputs: largest difference {diff} "
+                  "level(s)")
         with no_grad():                          # the next layer's input: as in lenet(), ReLU, and pooling after a conv
             h = f(h)
             if q.relu: h = Tensor(np.maximum(h.data, 0))
@@ -161,7 +164,8 @@ def memory_bound_bench(rounds: int):
             cands["dynamic int8 (torch)"] = lambda: td(tx)
         c = compare(cands, rounds=rounds)
     report("Linear(512, 2048) at batch 1 (memory-bound: 2 FLOPs per weight read)", c, "float32 (ours)")
-    print(f"  weight bytes: float32 {lin.weight.data.nbytes:,}, int8 {dyn.weight_int8.data.nbytes + dyn.weight_scale.data.nbytes:,}, "
+    print(f"  weight bytes: float32 {lin.weight.data.nbytes:,}, int8 "
+          f"{dyn.weight_int8.data.nbytes + dyn.weight_scale.data.nbytes:,}, "
           f"4-bit {q4.weight_nbytes:,}")
 
 
@@ -171,7 +175,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="images per forward pass of the LeNet (default 256)")
     args = ap.parse_args()
     info = machine_info()
-    print(f"bench_quant: {info}; 1 BLAS thread; torch {torch.__version__ if torch else 'not installed'}"
+    print(f"bench_quant: {info}; 1 BLAS thread; torch "
+          f"{torch.__version__ if torch else 'not installed'}"
           + (f", engine {torch.backends.quantized.engine}" if torch else "") + f"; load average {os.getloadavg()[0]:.2f}")
     model, qmodel, x = model_bench(args.rounds, args.batch)
     layer_bench(model, qmodel, x, args.rounds)

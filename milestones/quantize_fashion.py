@@ -31,13 +31,15 @@ from tinytorch.optimization.quantization import (MinMaxObserver, MovingAverageMi
                                                  prepare_qat, quantize_model)
 from tinytorch.utils.timing import compare, fmt_seconds
 
-TARGET_DROP = 0.005   # at most 0.5 points of test accuracy lost by int8 PTQ with per-channel weights
+# at most 0.5 points of test accuracy lost by int8 PTQ with per-channel weights
+TARGET_DROP = 0.005
 
 
 def lenet_part(args) -> bool:
     path = Path(args.out) / CHECKPOINT
     if not path.exists():
-        sys.exit(f"quantize_fashion: no trained LeNet at {path}; run `tito milestone fashion_lenet` first")
+        sys.exit(f"quantize_fashion: no trained LeNet at {path}; run `tito milestone "
+                 "fashion_lenet` first")
     model = load_lenet(path)
     X_train, y_train, X_test, y_test = load_fashion_mnist(args.root)
     Xtr, Xte = prepare(X_train, False), prepare(X_test, False)
@@ -46,7 +48,8 @@ def lenet_part(args) -> bool:
     calib = [Xtr[pick[i:i + 128]] for i in range(0, 1024, 128)]
     t0 = time.perf_counter()
     fp32 = _accuracy(model, Xte, y_test)
-    print(f"LeNet from {path}: float32 test accuracy {fp32:.2%}; calibration: 1,024 training images in 8 batches")
+    print(f"LeNet from {path}: float32 test accuracy {fp32:.2%}; calibration: 1,024 training "
+          "images in 8 batches")
 
     observers = {"MinMax": MinMaxObserver, "MovingAverageMinMax (0.1)": lambda: MovingAverageMinMaxObserver(0.1),
                  "Percentile 99.99": PercentileObserver, "MSE": MSEObserver}
@@ -57,24 +60,29 @@ def lenet_part(args) -> bool:
                      for pc in (False, True)]
         print(f"{name:<26} {acc[name][0]:>10.2%} ({(acc[name][0] - fp32) * 100:+.2f}) "
               f"{acc[name][1]:>11.2%} ({(acc[name][1] - fp32) * 100:+.2f})")
-    q = quantize_model(model, calib)                                     # the default: per channel, min/max
+    # the default: per channel, min/max
+    q = quantize_model(model, calib)
     int8 = _accuracy(q, Xte, y_test)
     met = fp32 - int8 <= TARGET_DROP
-    print(f"int8 static PTQ (per-channel weights, MinMax): {int8:.2%}, {(int8 - fp32) * 100:+.2f} points; "
+    print(f"int8 static PTQ (per-channel weights, MinMax): {int8:.2%}, {(int8 - fp32) * 100:+.2f} "
+          "points; "
           f"target at most {TARGET_DROP * 100:.1f} points lost: {'met' if met else 'NOT met'}")
     qi = quantize_model(model, calib, integer_requant=True)
     with no_grad():
         d = np.abs(qi(Tensor(Xte[:1000])).data - q(Tensor(Xte[:1000])).data) / q[-2].scale
-    print(f"fixed-point requantization (integer only): test accuracy {_accuracy(qi, Xte, y_test):.2%}; logits differ "
+    print("fixed-point requantization (integer only): test accuracy "
+          f"{_accuracy(qi, Xte, y_test):.2%}; logits differ "
           f"from the float-requantized model's by at most {d.max():.0f} output level(s) on 1,000 test images")
 
     prof = QuantizationMemoryProfiler().profile_memory_usage(model, q)
-    print(f"\nweights: float32 {prof['weight_bytes']['baseline']:,} B, int8 {prof['weight_bytes']['quantized']:,} B "
+    print(f"\nweights: float32 {prof['weight_bytes']['baseline']:,} B, int8 "
+          f"{prof['weight_bytes']['quantized']:,} B "
           f"(scales and zero points included): {prof['weight_ratio']:.3f}x smaller; all state {prof['total_ratio']:.3f}x")
     for tag, name, kind, w, other in prof["rows"]:
         print(f"  {tag:<9} {name:>3} {kind:<16} weights {w:>8,} B  other {other:>6,} B")
     qpath = save_checkpoint(Path(args.out) / "fashion_lenet_int8.npz", q, calibration_seed=args.seed)
-    fpath = save_checkpoint(Path(args.out) / "fashion_lenet_fp32_model.npz", model)      # the same format, float
+    # the same format, float
+    fpath = save_checkpoint(Path(args.out) / "fashion_lenet_fp32_model.npz", model)
     sizes = {}
     for tag, p in (("float32", fpath), ("int8", qpath)):
         with np.load(p) as z:
@@ -83,7 +91,8 @@ def lenet_part(args) -> bool:
             weights = {k: z[k] for k in z.files if k.endswith("weight") or k.endswith("weight_int8")}
         sizes[tag] = (p.stat().st_size, arrays, meta, weights)
     (fs, fa, fmeta, _), (qs, qa, qmeta, qw) = sizes["float32"], sizes["int8"]
-    print(f"checkpoints (save_checkpoint, model only): float32 {fs:,} B, int8 {qs:,} B on disk: {fs / qs:.2f}x smaller. "
+    print(f"checkpoints (save_checkpoint, model only): float32 {fs:,} B, int8 {qs:,} B on disk: "
+          f"{fs / qs:.2f}x smaller. "
           f"Array data {fa:,} B against {qa:,} B ({fa / qa:.2f}x); the rest is per-array overhead (.npy headers, zip "
           f"entries) and the JSON description ({fmeta:,} B and {qmeta:,} B, stored as UTF-32 text)")
     listed = ", ".join(f"{k.split('/')[-1]} {v.dtype} {v.nbytes:,} B" for k, v in qw.items())
@@ -107,7 +116,8 @@ def lenet_part(args) -> bool:
               f"test accuracy {r['accuracy']:.2%} ({(r['accuracy'] - fp32) * 100:+.2f})")
 
     evaluate = lambda m: _accuracy(m, Xte, y_test)
-    print("\nsensitivity: test accuracy with only one layer quantized (per-channel weights, int8 activations)")
+    print("\nsensitivity: test accuracy with only one layer quantized (per-channel weights, int8 "
+          "activations)")
     s8 = layer_sensitivity(model, calib, evaluate)
     s4 = layer_sensitivity(model, calib, evaluate, weight_bits=4)
     for (name, kind, a8), (_, _, a4) in zip(s8, s4):
@@ -128,7 +138,8 @@ def lenet_part(args) -> bool:
         qat_rows.append((bits, ptq, qat_int))
         within = fp32 - qat_int <= 0.01
         qat_met = qat_met and (within if bits == 4 else True)
-        print(f"\n{bits}-bit weights (int8 activations): PTQ {ptq:.2%} ({(ptq - fp32) * 100:+.2f}); QAT for "
+        print(f"\n{bits}-bit weights (int8 activations): PTQ {ptq:.2%} "
+              f"({(ptq - fp32) * 100:+.2f}); QAT for "
               f"{args.qat_epochs} epoch(s) over {len(sub):,} training images at lr {args.qat_lr:g} "
               f"({time.perf_counter() - t1:.0f} s), converted to integers: "
               f"{qat_int:.2%} ({(qat_int - fp32) * 100:+.2f}); within 1 point of float32: {'yes' if within else 'NO'}")
@@ -154,14 +165,16 @@ def plot(rows, fp32, qat_rows, path: Path) -> Path:
 
 
 def gpt_part(args) -> bool:
-    import tinygpt                                                         # its evaluate, windows and sample
+    # its evaluate, windows and sample
+    import tinygpt
     from tinytorch.core.training import read_checkpoint
     from tinytorch.models.transformer import GPT, GPTConfig
     from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4WeightOnlyLinear, quantize_dynamic,
                                                      quantize_weight_only_int4)
     from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
     path = Path(args.out) / "tinygpt.npz"
-    if not path.exists(): sys.exit(f"quantize_fashion --gpt: no TinyGPT at {path}; run `tito milestone tinygpt` first")
+    if not path.exists(): sys.exit(f"quantize_fashion --gpt: no TinyGPT at {path}; run `tito "
+                                   "milestone tinygpt` first")
     extra = read_checkpoint(path)["extra"]
     cfg = GPTConfig(**extra["config"])
     model = GPT.from_config(cfg)
@@ -183,11 +196,13 @@ def gpt_part(args) -> bool:
     c = compare({name: (lambda m=m: m.generate(prompt, 100, temperature=0.8, top_k=20, seed=1))
                  for name, m in models.items()}, rounds=5, number=1)
     for name in models:
-        print(f"  {name:<14} loss {loss[name]:.4f} ({loss[name] - loss['float32']:+.4f} nats/char); Linear weights "
+        print(f"  {name:<14} loss {loss[name]:.4f} ({loss[name] - loss['float32']:+.4f} "
+              "nats/char); Linear weights "
               f"{size[name]:>9,} B ({fbytes / size[name]:.2f}x smaller); 100 tokens generated in "
               f"{fmt_seconds(c[name].median)} ({c.ratio(name, 'float32'):.2f}x float32)")
     met = loss["dynamic int8"] - loss["float32"] <= 0.02
-    print(f"dynamic int8 raises the loss by at most 0.02 nats/char: {'met' if met else 'NOT met'}. The lm_head shares "
+    print(f"dynamic int8 raises the loss by at most 0.02 nats/char: {'met' if met else 'NOT met'}. "
+          "The lm_head shares "
           "its weight with the token embedding, which stays float32 in both quantized models.")
     print(f"--- dynamic int8, 200 characters, seed {args.seed + 1337} ---\n"
           f"{tinygpt.sample(models['dynamic int8'], tok, args.seed + 1337, n=200)}\n---")

@@ -30,7 +30,8 @@ def test_choose_qparams_covers_range_and_zero(bounds, symmetric):
     x = np.array([lo, hi, 0.], np.float32)
     q = quantize_per_tensor(x, s, z)
     assert q.dequantize()[2] == 0.0                               # zero is exact
-    if lo < hi:                                                   # inside the range: error <= S/2 (plus float32)
+    # inside the range: error <= S/2 (plus float32)
+    if lo < hi:
         assert np.all(np.abs(q.dequantize() - x) <= s / 2 * (1 + 1e-5) + 1e-6 * np.abs(x))
 
 
@@ -71,9 +72,11 @@ def test_quantize_per_channel_is_per_slice_quantize(a, b, axis, data):
 def test_bad_inputs_name_op_and_value():
     x = np.ones(3, np.float32)
     for bad in (0., -1., np.inf, np.nan):
-        with pytest.raises(ValueError, match=f"quantize_per_tensor: scale must be positive and finite, got {bad}"):
+        with pytest.raises(ValueError, match="quantize_per_tensor: scale must be positive and "
+                                             f"finite, got {bad}"):
             quantize_per_tensor(x, bad, 0)
-    with pytest.raises(ValueError, match=r"quantize_per_tensor: zero_point must lie in \[-128, 127\].*got 128"):
+    with pytest.raises(ValueError, match=r"quantize_per_tensor: zero_point must lie in \[-128, "
+                                          "127\].*got 128"):
         quantize_per_tensor(x, 1., 128)
     with pytest.raises(ValueError, match="quantize_per_channel: input must be finite, found inf"):
         quantize_per_channel(np.array([[1., np.inf]]), np.ones(1), np.zeros(1), 0)
@@ -155,7 +158,8 @@ def test_quantized_linear_bit_exact(n, k, o, sx, zx, so, zo, relu, per_channel, 
 def reference_conv_int(q, zx, w, stride, padding):
     "Integer convolution by its definition in int64, the input padded with its zero point."
     (sh, sw), (ph, pw) = stride, padding
-    x = np.pad(q.astype(np.int64) - zx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))    # pad with real zero
+    # pad with real zero
+    x = np.pad(q.astype(np.int64) - zx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     O, C, KH, KW = w.shape
     OH, OW = (x.shape[2] - KH) // sh + 1, (x.shape[3] - KW) // sw + 1
     out = np.zeros((q.shape[0], O, OH, OW), np.int64)
@@ -222,7 +226,8 @@ def test_quantized_linear_matches_pytorch_fbgemm():
         ref.scale, ref.zero_point = so, zo + 128
         theirs = ref(tx).int_repr().numpy().astype(np.int16) - 128
         ours = ql(QuantizedTensor(qx, sx, zx)).int_repr()
-        assert np.abs(ours - theirs).max() <= 1                       # bias and rounding details may differ by 1
+        # bias and rounding details may differ by 1
+        assert np.abs(ours - theirs).max() <= 1
 
 
 # ---- BatchNorm folding and quantize_model
@@ -277,7 +282,8 @@ def test_quantize_model_structure_and_accuracy_to_float():
     assert [m.relu for m in q if hasattr(m, 'relu')] == [True, True, True, False]
     out, ref = q(Tensor(X)).data, model(Tensor(X)).data
     assert out.dtype == np.float32 and out.shape == (64, 10)
-    assert np.abs(out - ref).max() <= 0.1 * np.abs(ref).max()                # a loose sanity bound: 8 bits
+    # a loose sanity bound: 8 bits
+    assert np.abs(out - ref).max() <= 0.1 * np.abs(ref).max()
     for mod in ('weight_int8',):
         assert all(b.dtype == np.int8 for n, b in q.named_buffers() if n.endswith(mod))
 
@@ -318,7 +324,8 @@ def test_constant_input_and_observers_run():
     for obs in (MinMaxObserver, PercentileObserver, MSEObserver):
         out = quantize_model(model, [X], observer=obs)(Tensor(X)).data
         assert np.isfinite(out).all()
-    zero = quantize_model(Sequential(Linear(3, 2)), [np.zeros((4, 3), np.float32)])   # min = max = 0
+    # min = max = 0
+    zero = quantize_model(Sequential(Linear(3, 2)), [np.zeros((4, 3), np.float32)])
     assert np.isfinite(zero(Tensor(np.zeros((1, 3), np.float32))).data).all()
 
 
@@ -343,13 +350,16 @@ def test_pack_int4_roundtrip(rows, half, seed):
 
 def test_int4_linear_error_and_size():
     rng = np.random.default_rng(0)
-    lin = Linear(70, 9)                                                  # 70: the last block of 32 is padded
+    # 70: the last block of 32 is padded
+    lin = Linear(70, 9)
     q = Int4WeightOnlyLinear(lin)
     w, wq = lin.weight.data, q.dequantized_weight()
     blocks = np.pad(w, ((0, 0), (0, 26))).reshape(9, 3, 32)
     step = np.repeat(np.abs(blocks).max(axis=2) / 7, 32, axis=1)[:, :70]
-    assert np.all(np.abs(wq - w) <= step / 2 * 1.01 + 1e-7)             # half a step, float16 scale rounding
-    assert q.weight_nbytes == 9 * 96 // 2 + 9 * 3 * 2                   # packed nibbles + float16 scales
+    # half a step, float16 scale rounding
+    assert np.all(np.abs(wq - w) <= step / 2 * 1.01 + 1e-7)
+    # packed nibbles + float16 scales
+    assert q.weight_nbytes == 9 * 96 // 2 + 9 * 3 * 2
     x = rng.standard_normal((5, 70)).astype(np.float32)
     np.testing.assert_allclose(q(Tensor(x)).data, x @ wq.T + lin.bias.data, rtol=1e-5, atol=1e-5)
 
@@ -414,7 +424,8 @@ def test_qat_prepare_train_step_and_convert():
 def test_original_interface_reports_measurements():
     model, rng = small_cnn()
     X = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
-    y = model(Tensor(X)).data.argmax(1)                                 # labels the float model gets right
+    # labels the float model gets right
+    y = model(Tensor(X)).data.argmax(1)
     qz = INT8Quantizer()
     s, z = qz.compute_quantization_params(X)
     assert z == 0 and np.isclose(s, X.max() / 127)
