@@ -1908,8 +1908,11 @@ plt.show()
 # The int8 model above runs at about the float model's speed (its time ratio is printed above), not
 # faster. NumPy has no int8 matrix product, so the integer kernels widen their operands to float32
 # and call the same float32 BLAS the float model uses, to get sums that are exact; they then spend
-# extra passes on the output stage. What they save is memory: the weights are read as one byte each
-# and widened in cache.
+# extra passes on the output stage. Where they keep up, it is because the quantized model has less
+# to do around the products (BatchNorm folded away, ReLU fused into the clamp, max-pooling on one
+# byte per value). They do not even save memory traffic: every product first widens the int8 weight
+# into a float32 copy, which is why a memory-bound Linear at batch 1 is several times slower in
+# int8 than in float32 in `benchmarks/bench_quant.py`.
 #
 # Where int8 wins on real hardware is visible in the arithmetic intensity, FLOPs per byte moved. A
 # layer whose intensity is below the machine's balance point (peak FLOP/s over memory bandwidth,
