@@ -50,7 +50,7 @@ def _check_range(op: str, min_val, max_val) -> tuple:
                                          f"max={max_val}")
     return lo, hi
 
-def choose_qparams(min_val,                # smallest real value to cover: a float, or one per channel
+def choose_qparams(min_val,                # smallest real to cover: a float, or one per channel
                    max_val,                # largest real value to cover, same shape
                    dtype=np.int8,          # int8 or uint8
                    symmetric: bool = False, # zero point 0 and range [-127, 127]?
@@ -213,7 +213,7 @@ ACC_K_MAX = (2**24 - 1) // (255 * 127)
 def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
                  b: np.ndarray,  # (K, N) integers with |b| <= 127, any dtype
                 ) -> np.ndarray:
-    "The exact integer product `a @ b` as int32 (M, N): float32 BLAS on chunks of `ACC_K_MAX` terms."
+    "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of K."
     ### BEGIN SOLUTION
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     K = a.shape[1]
@@ -225,7 +225,7 @@ def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
 
 # %% ../../nbs/17_quantization.ipynb #61084590
 def quantize_multiplier(M) -> tuple:
-    "`(m0, shift)`, `M = m0 * 2**(shift - 31)` with m0 in [2**30, 2**31): TFLite's `QuantizeMultiplier`."
+    "`(m0, shift)` with `M = m0 * 2**(shift - 31)`, m0 in [2**30, 2**31): `QuantizeMultiplier`."
     M = np.asarray(M, np.float64)
     if not (np.isfinite(M).all() and (M > 0).all()):
         raise ValueError(f"quantize_multiplier: M must be positive and finite, got {M}")
@@ -239,7 +239,7 @@ def quantize_multiplier(M) -> tuple:
 _INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    "`round(a * b / 2**31)` for int32 values `a`, `b` (held as int64), saturating: gemmlowp's SRDHM."
+    "`round(a * b / 2**31)` for int32 values held as int64, saturating: gemmlowp's SRDHM."
     ### BEGIN SOLUTION
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     ab = a * b                                               # fits int64: |a b| <= 2**62
@@ -260,7 +260,7 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
 
 # %% ../../nbs/17_quantization.ipynb #58e386b0
 def multiply_by_quantized_multiplier(acc, m0, shift) -> np.ndarray:
-    "`round(acc * m0 * 2**(shift - 31))` in integers only: TFLite's `MultiplyByQuantizedMultiplier`."
+    "`round(acc * m0 * 2**(shift - 31))` in integers: TFLite's `MultiplyByQuantizedMultiplier`."
     acc, shift = np.asarray(acc, np.int64), np.asarray(shift, np.int64)
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     # int32 as the hardware holds it
@@ -353,7 +353,7 @@ def from_float(cls: _QuantizedLayer,
 # %% ../../nbs/17_quantization.ipynb #3c60591e
 @patch
 def _check_input(self: _QuantizedLayer, x) -> np.ndarray:
-    "`x`'s int8 data, after checking it is a `QuantizedTensor` at the expected scale and zero point."
+    "`x`'s int8 data, once checked to be a `QuantizedTensor` at the expected scale and zero point."
     name = type(self).__name__
     if not isinstance(x, QuantizedTensor):
         raise TypeError(f"{name}: expected a QuantizedTensor, got {type(x).__name__}; quantize the "
@@ -382,12 +382,12 @@ def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarr
 
 # %% ../../nbs/17_quantization.ipynb #310746c6
 class QuantizedLinear(_QuantizedLayer):
-    "`Linear` on int8: int8 weight (per-channel scales), int32 accumulation, requantized int8 output."
+    "`Linear` on int8: int8 weight, per-channel scales, int32 accumulation, int8 output."
     _float_type = Linear
     def _copy_config(self, mod): self.in_features, self.out_features = mod.in_features, mod.out_features
 
     def forward(self, x: QuantizedTensor) -> QuantizedTensor:
-        "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale and zero point."
+        "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale."
         q = self._check_input(x)
         if q.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear: input of shape {q.shape} does not end in "
@@ -440,7 +440,7 @@ class QuantizedConv2d(_QuantizedLayer):
 
 # %% ../../nbs/17_quantization.ipynb #b31216f1
 class Quantize(Module):
-    "float -> int8 `QuantizedTensor` at a fixed scale and zero point: the entry of a quantized model."
+    "float -> int8 `QuantizedTensor` at a fixed scale and zero point: a quantized model's entry."
     def __init__(self, scale: float, zero_point: int, dtype=np.int8):
         super().__init__()
         scale, zero_point = _check_qparams('Quantize', scale, zero_point, dtype)
@@ -456,7 +456,7 @@ class DeQuantize(Module):
     def forward(self, x: QuantizedTensor) -> Tensor: return Tensor(x.dequantize())
 
 class QuantizedMaxPool2d(Module):
-    "`MaxPool2d` on the integers of a per-tensor `QuantizedTensor`; scale and zero point pass through."
+    "`MaxPool2d` on the integers of a per-tensor `QuantizedTensor`; its qparams pass through."
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
@@ -665,8 +665,8 @@ def _calibrate(groups: list, calibration_data, observer) -> tuple:
 def quantize_model(model: Sequential,        # a trained float Sequential; left untouched
                    calibration_data,         # input batches: Tensors, arrays or (x, y) pairs
                    per_channel: bool = True, # a weight scale per output channel, or per tensor
-                   observer=MinMaxObserver,  # a class (or function) making the activations' observers
-                   weight_bits: int = 8,     # weights in [-(2**(bits-1) - 1), 2**(bits-1) - 1], in int8
+                   observer=MinMaxObserver,  # a class or function making activation observers
+                   weight_bits: int = 8,     # weights in +-(2**(bits-1) - 1), stored in int8
                    integer_requant: bool = False, # fixed-point requantization instead of float32
                   ) -> Sequential:
     "A new integer model: BatchNorm folded, ReLU fused, int8 activations; float in, float out."
