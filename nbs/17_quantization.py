@@ -1952,16 +1952,17 @@ for batch in (1, 256):
         if not isinstance(m, (Conv2d, Linear)): continue
         f, b32, out = layer_cost(m, shape, batch, 4)
         _, b8, _ = layer_cost(m, shape, batch, 1)
+        bound = 'memory-bound' if f / b32 < flops_rate / bandwidth else 'compute-bound'
         print(f"batch {batch:>3}, layer {i:>2} {type(m).__name__:<7} {f:>12,} FLOPs, float32 "
-              f"{f / b32:6.1f} FLOP/B, "
-              f"int8 {f / b8:6.1f} FLOP/B")
+              f"{f / b32:6.1f} FLOP/B ({bound} in float32 here), int8 {f / b8:6.1f} FLOP/B")
         shape = out
 
 # %% [markdown]
-# At batch 1 every layer's intensity in float32 is below the balance point printed above:
-# memory-bound, the case where int8 storage and int8 arithmetic pay in full (and the case of a
-# language model generating one token at a time, whose weights are read once per token). At batch
-# 256 the second convolution's intensity is high enough to be compute-bound, and int8 helps only
-# through instructions that multiply more per cycle, which NumPy cannot reach.
-# `benchmarks/bench_quant.py` measures this module's kernels against float32 and, where installed,
-# against PyTorch's fbgemm int8 kernels, which do use such instructions.
+# The labels come from this machine's measured balance point. The linear layers at batch 1, under
+# one FLOP per byte, are memory-bound on any CPU: the case where int8 storage and int8 arithmetic pay
+# in full, and the case of a language model generating one token at a time, whose weights are read
+# once per token. Batching raises the intensity (the weights are read once for the whole batch)
+# until a layer is compute-bound, where int8 helps only through instructions that multiply more per
+# cycle, which NumPy cannot reach. `benchmarks/bench_quant.py` measures this module's kernels
+# against float32 and, where installed, against PyTorch's fbgemm int8 kernels, which do use such
+# instructions.
