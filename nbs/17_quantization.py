@@ -449,9 +449,11 @@ def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
                  b: np.ndarray,  # (K, N) integers with |b| <= 127, any dtype
                 ) -> np.ndarray:
     "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of K."
+    K = a.shape[1]
+    if K > (2**31 - 1) // (255 * 127):                   # the int32 accumulator itself could overflow
+        raise ValueError(f"int32_matmul: K={K} terms could overflow an int32 accumulator")
     ### BEGIN SOLUTION
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
-    K = a.shape[1]
     acc = (a[:, :ACC_K_MAX] @ b[:ACC_K_MAX]).astype(np.int32)            # (M, N), exact
     for k in range(ACC_K_MAX, K, ACC_K_MAX):
         acc += (a[:, k:k + ACC_K_MAX] @ b[k:k + ACC_K_MAX]).astype(np.int32)
@@ -475,6 +477,7 @@ print(f"K = {K}, sums near {int(exact.mean()):,} > 2^24: one float32 product get
 a = rng.integers(-255, 256, (7, 1200)); b = rng.integers(-127, 128, (1200, 5))
 test_eq(int32_matmul(a, b), a @ b)
 test_eq(int32_matmul(a, b).dtype, np.int32)
+test_fail(lambda: int32_matmul(np.zeros((1, 70_000)), np.zeros((70_000, 1))), contains="K=70000")
 
 # %% [markdown]
 # ## Requantization
