@@ -194,7 +194,8 @@ class QuantizedTensor:
                 ):
         data = np.asarray(data)
         dtype_range(data.dtype)                                  # int8 or uint8 only
-        scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis, data.shape)
+        scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis,
+                                           data.shape)
         self._data, self.scale, self.axis = data, scale, axis
         self.zero_point = zero_point.astype(data.dtype)[()]   # stored in the integers' own dtype
 
@@ -212,7 +213,7 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         "Bytes of the integers, the scales (float32) and the zero points (in the integers' dtype)."
-        return self._data.nbytes + np.asarray(self.scale).nbytes + np.asarray(self.zero_point).nbytes
+        return sum(np.asarray(a).nbytes for a in (self._data, self.scale, self.zero_point))
 
     def __repr__(self) -> str:
         kind = f"per channel, axis={self.axis}" if self.per_channel else \
@@ -268,7 +269,8 @@ test_fail(lambda: QuantizedTensor(np.zeros(3, np.int8), 0., 0), contains="scale 
 test_fail(lambda: QuantizedTensor(np.zeros(3, np.int8), np.inf, 0), contains="got inf")
 test_fail(lambda: QuantizedTensor(np.zeros(3, np.int8), 1., 200), contains="[-128, 127]")
 test_fail(lambda: QuantizedTensor(np.zeros(3, np.float32), 1., 0), contains="float32")
-test_fail(lambda: QuantizedTensor(np.zeros((2, 3), np.int8), np.ones(3), np.zeros(3), axis=0), contains="(2)")
+test_fail(lambda: QuantizedTensor(np.zeros((2, 3), np.int8), np.ones(3), np.zeros(3), axis=0),
+          contains="(2)")
 
 # %% [markdown]
 # ## Quantize and dequantize
@@ -362,7 +364,8 @@ def quantize_per_channel(x,               # a float Tensor or array
     "Quantize each slice `x[..., c, ...]` along `axis` with its own `scales[c]`, `zero_points[c]`."
     x = _array(x)
     _check_finite('quantize_per_channel', x)
-    scales, zero_points = _check_qparams('quantize_per_channel', scales, zero_points, dtype, axis, x.shape)
+    scales, zero_points = _check_qparams('quantize_per_channel', scales, zero_points, dtype, axis,
+                                         x.shape)
     qmin, qmax = dtype_range(dtype)
     ### BEGIN SOLUTION
     shape = [1] * x.ndim
@@ -377,7 +380,8 @@ def quantize_per_channel(x,               # a float Tensor or array
 # most of their precision; per channel they keep it.
 
 # %%
-w = rng.standard_normal((4, 64)).astype(np.float32) * np.array([[10.], [1.], [1.], [1.]], np.float32)
+w = rng.standard_normal((4, 64)).astype(np.float32)
+w[0] *= 10                                                   # one channel 10 times larger
 s_t, _ = choose_qparams(w.min(), w.max(), symmetric=True)
 s_c, z_c = choose_qparams(w.min(axis=1), w.max(axis=1), symmetric=True)
 qt, qc = quantize_per_tensor(w, s_t, 0), quantize_per_channel(w, s_c, z_c, axis=0)
@@ -417,7 +421,8 @@ a8 = rng.integers(-128, 128, (256, 800)).astype(np.int8)
 b8 = rng.integers(-127, 128, (800, 120)).astype(np.int8)
 a32, b32 = a8.astype(np.float32), b8.astype(np.float32)
 with blas_threads(1):
-    c = compare({'int8 @ int8 (NumPy loop)': lambda: a8 @ b8, 'int32 @ int32': lambda: a8.astype(np.int32) @ b8,
+    c = compare({'int8 @ int8 (NumPy loop)': lambda: a8 @ b8,
+                 'int32 @ int32': lambda: a8.astype(np.int32) @ b8,
                  'float32 @ float32 (BLAS)': lambda: a32 @ b32}, rounds=3)
 print(c.table('float32 @ float32 (BLAS)'))
 
@@ -450,7 +455,7 @@ def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
                 ) -> np.ndarray:
     "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of K."
     K = a.shape[1]
-    if K > (2**31 - 1) // (255 * 127):                   # the int32 accumulator itself could overflow
+    if K > (2**31 - 1) // (255 * 127):                   # the int32 accumulator could overflow
         raise ValueError(f"int32_matmul: K={K} terms could overflow an int32 accumulator")
     ### BEGIN SOLUTION
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
@@ -623,10 +628,12 @@ class _QuantizedLayer(Module):
     "What `QuantizedLinear` and `QuantizedConv2d` share: buffers, `from_float`, the output stage."
     def _init_buffers(self, qweight: QuantizedTensor, bias, in_qparams: tuple, out_qparams: tuple,
                       relu: bool, integer_requant: bool):
-        self.per_channel, self.relu, self.integer_requant = qweight.per_channel, relu, integer_requant
+        self.per_channel, self.relu = qweight.per_channel, relu
+        self.integer_requant = integer_requant
         O = qweight.shape[0]
         self.register_buffer('weight_int8', Tensor(qweight.int_repr()))
-        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qweight.scale, (O,)).astype(np.float32)))
+        scale = np.broadcast_to(qweight.scale, (O,)).astype(np.float32)
+        self.register_buffer('weight_scale', Tensor(scale))
         zp = np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)
         self.register_buffer('weight_zero_point', Tensor(zp))
         self.register_buffer('bias', None if bias is None else Tensor(np.array(bias, np.float32)))
@@ -638,8 +645,10 @@ class _QuantizedLayer(Module):
     @property
     def weight(self) -> QuantizedTensor:
         "The int8 weight with its scales, per channel (axis 0) or per tensor."
-        q, s, z = self.weight_int8.data, self.weight_scale.data, self.weight_zero_point.data.astype(np.int64)
-        return QuantizedTensor(q, s, z, axis=0) if self.per_channel else QuantizedTensor(q, s[0], z[0])
+        q, s = self.weight_int8.data, self.weight_scale.data
+        z = self.weight_zero_point.data.astype(np.int64)
+        if self.per_channel: return QuantizedTensor(q, s, z, axis=0)
+        return QuantizedTensor(q, s[0], z[0])
     scale = property(lambda self: float(self.output_scale.data), doc="The output's scale.")
     zero_point = property(lambda self: int(self.output_zero_point.data), doc="The output's zero "
                                                                              "point.")
@@ -658,7 +667,8 @@ def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> 
     qmax = 2**(bits - 1) - 1
     if per_channel:
         flat = w.reshape(w.shape[0], -1)
-        s, z = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True, qmin=-qmax, qmax=qmax)
+        s, z = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True,
+                              qmin=-qmax, qmax=qmax)
         return quantize_per_channel(w, s, z, axis=0)
     s, z = choose_qparams(w.min(), w.max(), symmetric=True, qmin=-qmax, qmax=qmax)
     return quantize_per_tensor(w, s, z)
@@ -682,7 +692,8 @@ def from_float(cls: _QuantizedLayer,
     q._copy_config(mod)
     bias = None if mod.bias is None else mod.bias.data
     q._init_buffers(_quantize_weight(mod.weight.data, per_channel, weight_bits), bias,
-                    (input_scale, input_zero_point), (output_scale, output_zero_point), relu, integer_requant)
+                    (input_scale, input_zero_point), (output_scale, output_zero_point), relu,
+                    integer_requant)
     return q
 
 # %% [markdown]
@@ -719,7 +730,8 @@ def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarr
         acc += np.rint(self.bias.data / sxsw).astype(np.int32).reshape(shape)
     M = (sxsw / float(self.output_scale.data)).reshape(shape)
     z = self.zero_point
-    return requantize(acc, M, z, max(z, -128) if self.relu else -128, 127, integer=self.integer_requant)
+    lo = max(z, -128) if self.relu else -128                  # a fused ReLU clamps at the real 0
+    return requantize(acc, M, z, lo, 127, integer=self.integer_requant)
 
 # %% [markdown]
 # `QuantizedLinear`: the activations' zero point is subtracted while widening to float32, the
@@ -730,7 +742,8 @@ def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarr
 class QuantizedLinear(_QuantizedLayer):
     "`Linear` on int8: int8 weight, per-channel scales, int32 accumulation, int8 output."
     _float_type = Linear
-    def _copy_config(self, mod): self.in_features, self.out_features = mod.in_features, mod.out_features
+    def _copy_config(self, mod):
+        self.in_features, self.out_features = mod.in_features, mod.out_features
 
     def forward(self, x: QuantizedTensor) -> QuantizedTensor:
         "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale."
@@ -744,7 +757,8 @@ class QuantizedLinear(_QuantizedLayer):
         acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
         y = self._output_stage(acc, axis=1)                                    # (N, O) int8
         ### END SOLUTION
-        return QuantizedTensor(y.reshape(*q.shape[:-1], self.out_features), self.scale, self.zero_point)
+        y = y.reshape(*q.shape[:-1], self.out_features)                       # (..., O)
+        return QuantizedTensor(y, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -790,7 +804,8 @@ class QuantizedConv2d(_QuantizedLayer):
             raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got "
                              f"shape {q.shape}")
         N, O = q.shape[0], self.out_channels
-        OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride, self.padding)
+        OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride,
+                                  self.padding)
         # (N, C, H, W), real 0 -> 0
         xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)
         # (C*KH*KW, N*OH*OW)
@@ -970,7 +985,8 @@ class MinMaxObserver(Module):
         return x
 
     def _update(self, a: np.ndarray):
-        self.min_val, self.max_val = min(self.min_val, float(a.min())), max(self.max_val, float(a.max()))
+        self.min_val = min(self.min_val, float(a.min()))
+        self.max_val = max(self.max_val, float(a.max()))
 
     def _range(self) -> tuple: return self.min_val, self.max_val
 
@@ -1007,7 +1023,7 @@ class PerChannelMinMaxObserver(MinMaxObserver):
     def calculate_qparams(self) -> tuple:
         if self.batches == 0: raise ValueError("PerChannelMinMaxObserver.calculate_qparams: no "
                                                "values observed yet")
-        return choose_qparams(self.min_val, self.max_val, dtype=self.dtype, symmetric=self.symmetric)
+        return choose_qparams(self.min_val, self.max_val, self.dtype, self.symmetric)
 
 # %% [markdown]
 # The percentile and MSE observers need the distribution, not just its ends. They keep a uniform
@@ -1018,7 +1034,8 @@ class PerChannelMinMaxObserver(MinMaxObserver):
 #| export
 class _SampleObserver(MinMaxObserver):
     "Keeps a seeded uniform sample of at most `max_samples` values, besides the exact min and max."
-    def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8, symmetric: bool = False):
+    def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8,
+                 symmetric: bool = False):
         super().__init__(dtype, symmetric)
         self.max_samples, self._rng, self._samples = max_samples, np.random.default_rng(seed), []
     def _update(self, a: np.ndarray):
@@ -1028,7 +1045,8 @@ class _SampleObserver(MinMaxObserver):
         pick = self._rng.choice(flat.size, take, replace=False) if take < flat.size else slice(None)
         self._samples.append(flat[pick].copy())
         allv = np.concatenate(self._samples)
-        if allv.size > self.max_samples: allv = self._rng.choice(allv, self.max_samples, replace=False)
+        if allv.size > self.max_samples:
+            allv = self._rng.choice(allv, self.max_samples, replace=False)
         self._samples = [allv]
     @property
     def samples(self) -> np.ndarray: return np.concatenate(self._samples)
@@ -1083,7 +1101,8 @@ outlier = np.zeros(acts.size, bool); outlier[rng.choice(acts.size, 20, replace=F
 acts[outlier] *= 40
 rows = []
 print(f"{'observer':<20} {'range':>18}  {'scale':>8}  {'MSE bulk':>9}  {'MSE all':>9}")
-for name, obs in (('MinMax', MinMaxObserver()), ('MovingAverageMinMax', MovingAverageMinMaxObserver()),
+for name, obs in (('MinMax', MinMaxObserver()),
+                  ('MovingAverageMinMax', MovingAverageMinMaxObserver()),
                   ('Percentile 99.99', PercentileObserver()), ('MSE', MSEObserver())):
     for batch in acts.reshape(10, -1): obs(batch)
     s, z = obs.calculate_qparams()
@@ -1242,7 +1261,8 @@ class BaselineCNN(Sequential):
                                             f"{image_size}")
         c1, c2 = channels
         side = image_size // 4
-        super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
+        super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(),
+                         MaxPool2d(2),
                          Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
                          # (N, num_classes)
@@ -1309,7 +1329,8 @@ for i, m in enumerate(list(qcnn)[1:-1], 1):
     h = m(h)
     test_eq(h.int_repr().dtype, np.int8)
 print(f"the last integer layer's output: {h}; its first row {h.int_repr()[0]}")
-test_eq([b.dtype for n, b in qcnn.named_buffers() if n.endswith('weight_int8')], [np.dtype(np.int8)] * 4)
+test_eq([b.dtype for n, b in qcnn.named_buffers() if n.endswith('weight_int8')],
+        [np.dtype(np.int8)] * 4)
 
 # %% [markdown]
 # ### Per-tensor against per-channel weights, and the observers
@@ -1317,7 +1338,8 @@ test_eq([b.dtype for n, b in qcnn.named_buffers() if n.endswith('weight_int8')],
 # One table, each row a fresh `quantize_model` on the same calibration batches:
 
 # %%
-observers = {'MinMax': MinMaxObserver, 'MovingAverageMinMax': lambda: MovingAverageMinMaxObserver(0.1),
+observers = {'MinMax': MinMaxObserver,
+             'MovingAverageMinMax': lambda: MovingAverageMinMaxObserver(0.1),
              'Percentile 99.99': PercentileObserver, 'MSE': MSEObserver}
 with no_grad(): ref_logits = cnn.eval()(Tensor(X_test)).data
 print(f"float32: {fp32_acc:.2%}; the error is the RMS difference of the logits from the float "
@@ -1328,7 +1350,8 @@ for name, obs in observers.items():
     row = []
     for pc in (False, True):
         qm = quantize_model(cnn, calib, per_channel=pc, observer=obs)
-        row += [accuracy(qm, X_test, y_test), np.sqrt(np.mean((qm(Tensor(X_test)).data - ref_logits) ** 2))]
+        err = np.sqrt(np.mean((qm(Tensor(X_test)).data - ref_logits) ** 2))
+        row += [accuracy(qm, X_test, y_test), err]
     table[name] = row
     print(f"{name:<20} {row[0]:>11.2%} {row[1]:>7.4f} {row[2]:>12.2%} {row[3]:>7.4f}")
 
@@ -1343,7 +1366,8 @@ for name, obs in observers.items():
 #| export
 def _state_bytes(m: Module) -> int:
     "Bytes of a module's own parameters and buffers (not its children's)."
-    return sum(t.data.nbytes for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
+    state = [*m._parameters.values(), *m._buffers.values()]
+    return sum(t.data.nbytes for t in state if t is not None)
 
 class QuantizationMemoryProfiler:
     "Measured bytes per layer of a float model and its quantized version, scales included."
@@ -1355,10 +1379,12 @@ class QuantizationMemoryProfiler:
                 total = _state_bytes(m)
                 if not total: continue
                 if isinstance(m, _QuantizedLayer):
-                    w = m.weight_int8.data.nbytes + m.weight_scale.data.nbytes + m.weight_zero_point.data.nbytes
+                    parts = (m.weight_int8, m.weight_scale, m.weight_zero_point)
+                    w = sum(t.data.nbytes for t in parts)
                 else: w = m.weight.data.nbytes if isinstance(m, (Linear, Conv2d)) else 0
                 rows.append((tag, name, type(m).__name__, w, total - w))
-        sums = {tag: (sum(r[3] for r in rows if r[0] == tag), sum(r[3] + r[4] for r in rows if r[0] == tag))
+        sums = {tag: (sum(r[3] for r in rows if r[0] == tag),
+                      sum(r[3] + r[4] for r in rows if r[0] == tag))
                 for tag in ('baseline', 'quantized')}
         return {'rows': rows, 'weight_bytes': {t: s[0] for t, s in sums.items()},
                 'total_bytes': {t: s[1] for t, s in sums.items()},
@@ -1422,7 +1448,8 @@ class DynamicQuantizedLinear(Module):
         self.register_buffer('weight_int8', Tensor(qw.int_repr()))
         scale = np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)
         self.register_buffer('weight_scale', Tensor(scale))
-        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+        bias = None if linear.bias is None else Tensor(linear.bias.data.copy())
+        self.register_buffer('bias', bias)
 
     def forward(self, x: Tensor) -> Tensor:
         "(..., in_features) float -> (..., out_features) float32, via int8 operands and int32 sums."
@@ -1436,7 +1463,8 @@ class DynamicQuantizedLinear(Module):
         if self.bias is not None: y += self.bias.data
         return Tensor(y.reshape(*x.shape[:-1], self.out_features))
 
-    def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
 
 # %% [markdown]
 # `_swap_linears` replaces every `Linear` in a module tree (a copy) by what `make` builds from it.
@@ -1514,7 +1542,8 @@ class Int4WeightOnlyLinear(Module):
         # (O, Kp/2)
         self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))
         self.register_buffer('weight_scale', Tensor(scale, dtype=np.float16))
-        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+        bias = None if linear.bias is None else Tensor(linear.bias.data.copy())
+        self.register_buffer('bias', bias)
 
     def dequantized_weight(self) -> np.ndarray:
         "The float32 weight (out_features, in_features) the packed integers and scales stand for."
@@ -1528,7 +1557,8 @@ class Int4WeightOnlyLinear(Module):
         return Tensor(y if self.bias is None else y + self.bias.data)
 
     @property
-    def weight_nbytes(self) -> int: return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
+    def weight_nbytes(self) -> int:
+        return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
 
 def quantize_weight_only_int4(model: Module, group_size: int = 32) -> Module:
     "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear`."
@@ -1659,7 +1689,8 @@ class QATLinear(Linear):
 class QATConv2d(Conv2d):
     "`Conv2d` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
     def forward(self, x: Tensor) -> Tensor:
-        return conv2d(x, _fake_quantize_weight(self.weight, self.bits), self.bias, self.stride, self.padding)
+        w = _fake_quantize_weight(self.weight, self.bits)
+        return conv2d(x, w, self.bias, self.stride, self.padding)
 
 # %% [markdown]
 # `prepare_qat` folds the BatchNorms (with their running statistics, so training continues without
@@ -1809,9 +1840,11 @@ class QuantizationPerformanceAnalyzer:
         X, y = test_data
         xb = Tensor(np.asarray(X[:timing_batch], np.float32))
         with no_grad():
-            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)}, rounds=num_runs)
+            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)},
+                        rounds=num_runs)
         mem = QuantizationMemoryProfiler().profile_memory_usage(baseline, quantized)
-        return {'accuracy': {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)},
+        acc = {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)}
+        return {'accuracy': acc,
                 'weight_bytes': mem['weight_bytes'], 'weight_ratio': mem['weight_ratio'],
                 'seconds': {'baseline': c['baseline'].median, 'quantized': c['quantized'].median},
                 'time_ratio': c.ratio('quantized', 'baseline'), 'timing_batch': len(xb)}
@@ -1823,7 +1856,8 @@ class QuantizationSystemsAnalyzer:
 
     def analyze_precision_tradeoffs(self, bit_widths=(32, 16, 8, 4)) -> list:
         "Per width: relative RMS error of the folded weights, test accuracy. 16: float16 weights."
-        folded = [m for k, m, _ in _fold_and_group(_layers(copy.deepcopy(self.model).eval())) if k == 'compute']
+        groups = _fold_and_group(_layers(copy.deepcopy(self.model).eval()))
+        folded = [m for k, m, _ in groups if k == 'compute']
         ref = np.concatenate([m.weight.data.ravel() for m in folded])
         rows = []
         for bits in bit_widths:
@@ -1834,10 +1868,12 @@ class QuantizationSystemsAnalyzer:
                 w = ref.astype(np.float16).astype(np.float32)
             elif 2 <= bits <= 8:
                 model = quantize_model(self.model, self.calibration_data, weight_bits=bits)
-                w = np.concatenate([m.weight.dequantize().ravel() for m in model if isinstance(m, _QuantizedLayer)])
+                w = np.concatenate([m.weight.dequantize().ravel() for m in model
+                                    if isinstance(m, _QuantizedLayer)])
             else: raise ValueError("analyze_precision_tradeoffs: bit widths must be 32, 16 or "
                                    f"2..8, got {bits}")
-            rows.append({'bits': bits, 'weight_error': float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2))),
+            err = float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2)))
+            rows.append({'bits': bits, 'weight_error': err,
                          'accuracy': _accuracy(model, *self.test_data)})
         return rows
 
@@ -1850,12 +1886,13 @@ class QuantizationSystemsAnalyzer:
 qz = INT8Quantizer()
 w0 = cnn[0].weight
 s0, z0 = qz.compute_quantization_params(w0)
-test_close(qz.dequantize_tensor(qz.quantize_tensor(w0, s0, z0)).data, w0.data, eps=s0 / 2 * (1 + 1e-6))
+roundtrip = qz.dequantize_tensor(qz.quantize_tensor(w0, s0, z0)).data
+test_close(roundtrip, w0.data, eps=s0 / 2 * (1 + 1e-6))
 test_eq(sorted(qz.quantize_weights(cnn)), ['0.weight', '12.weight', '4.weight', '9.weight'])
 wrapped = QuantizedCNN(cnn).calibrate_and_quantize(calib)
 test_eq(wrapped.predict(X_test[:50]), qcnn(Tensor(X_test[:50])).data.argmax(1))
 with blas_threads(1):
-    bench = QuantizationPerformanceAnalyzer().benchmark_models(cnn, qcnn, (X_test, y_test), num_runs=5)
+    bench = QuantizationPerformanceAnalyzer().benchmark_models(cnn, qcnn, (X_test, y_test))
 print(f"accuracy {bench['accuracy']}; weight bytes {bench['weight_bytes']} "
       f"({bench['weight_ratio']:.2f}x); "
       f"time per batch of {bench['timing_batch']}: float32 "
@@ -1885,7 +1922,8 @@ bits = [r['bits'] for r in tradeoffs][1:]
 ax1.plot(bits, [r['accuracy'] for r in tradeoffs][1:], 'o-', label='PTQ')
 ax1.axhline(fp32_acc, color='gray', ls=':', label='float32')
 ax1.plot([b for b, _, _ in rows], [q for _, _, q in rows], 's', label='QAT')
-ax1.set(xlabel='weight bits (16: float16)', ylabel='test accuracy', xscale='log', title='digits CNN')
+ax1.set(xlabel='weight bits (16: float16)', ylabel='test accuracy', xscale='log',
+        title='digits CNN')
 ax1.set_xticks(bits, [str(b) for b in bits]); ax1.legend()
 folded_w = fold_batchnorm(cnn[4], cnn[5]).weight.data
 sw = qcnn[3].weight.q_per_channel_scales()
@@ -1933,7 +1971,8 @@ def layer_cost(m, x_shape, batch, elem_bytes):
         OH, OW = conv_output_size('cost', (H, W), m.kernel_size, m.stride, m.padding)
         macs, out = m.weight.size * OH * OW, (m.out_channels, OH, OW)
     else: macs, out = m.weight.size, (m.out_features,)
-    return 2 * macs * batch, elem_bytes * (m.weight.size + batch * (np.prod(x_shape) + np.prod(out))), out
+    moved = elem_bytes * (m.weight.size + batch * (np.prod(x_shape) + np.prod(out)))
+    return 2 * macs * batch, moved, out
 
 big_a = rng.standard_normal((512, 512), dtype=np.float32)
 big_b = rng.standard_normal((512, 512), dtype=np.float32)

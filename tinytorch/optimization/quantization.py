@@ -92,7 +92,8 @@ class QuantizedTensor:
                 ):
         data = np.asarray(data)
         dtype_range(data.dtype)                                  # int8 or uint8 only
-        scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis, data.shape)
+        scale, zero_point = _check_qparams('QuantizedTensor', scale, zero_point, data.dtype, axis,
+                                           data.shape)
         self._data, self.scale, self.axis = data, scale, axis
         self.zero_point = zero_point.astype(data.dtype)[()]   # stored in the integers' own dtype
 
@@ -110,7 +111,7 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         "Bytes of the integers, the scales (float32) and the zero points (in the integers' dtype)."
-        return self._data.nbytes + np.asarray(self.scale).nbytes + np.asarray(self.zero_point).nbytes
+        return sum(np.asarray(a).nbytes for a in (self._data, self.scale, self.zero_point))
 
     def __repr__(self) -> str:
         kind = f"per channel, axis={self.axis}" if self.per_channel else \
@@ -195,7 +196,8 @@ def quantize_per_channel(x,               # a float Tensor or array
     "Quantize each slice `x[..., c, ...]` along `axis` with its own `scales[c]`, `zero_points[c]`."
     x = _array(x)
     _check_finite('quantize_per_channel', x)
-    scales, zero_points = _check_qparams('quantize_per_channel', scales, zero_points, dtype, axis, x.shape)
+    scales, zero_points = _check_qparams('quantize_per_channel', scales, zero_points, dtype, axis,
+                                         x.shape)
     qmin, qmax = dtype_range(dtype)
     ### BEGIN SOLUTION
     shape = [1] * x.ndim
@@ -215,7 +217,7 @@ def int32_matmul(a: np.ndarray,  # (M, K) integers with |a| <= 255, any dtype
                 ) -> np.ndarray:
     "The exact integer product `a @ b` as int32 (M, N), by float32 BLAS on chunks of K."
     K = a.shape[1]
-    if K > (2**31 - 1) // (255 * 127):                   # the int32 accumulator itself could overflow
+    if K > (2**31 - 1) // (255 * 127):                   # the int32 accumulator could overflow
         raise ValueError(f"int32_matmul: K={K} terms could overflow an int32 accumulator")
     ### BEGIN SOLUTION
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
@@ -296,10 +298,12 @@ class _QuantizedLayer(Module):
     "What `QuantizedLinear` and `QuantizedConv2d` share: buffers, `from_float`, the output stage."
     def _init_buffers(self, qweight: QuantizedTensor, bias, in_qparams: tuple, out_qparams: tuple,
                       relu: bool, integer_requant: bool):
-        self.per_channel, self.relu, self.integer_requant = qweight.per_channel, relu, integer_requant
+        self.per_channel, self.relu = qweight.per_channel, relu
+        self.integer_requant = integer_requant
         O = qweight.shape[0]
         self.register_buffer('weight_int8', Tensor(qweight.int_repr()))
-        self.register_buffer('weight_scale', Tensor(np.broadcast_to(qweight.scale, (O,)).astype(np.float32)))
+        scale = np.broadcast_to(qweight.scale, (O,)).astype(np.float32)
+        self.register_buffer('weight_scale', Tensor(scale))
         zp = np.broadcast_to(qweight.zero_point, (O,)).astype(np.int8)
         self.register_buffer('weight_zero_point', Tensor(zp))
         self.register_buffer('bias', None if bias is None else Tensor(np.array(bias, np.float32)))
@@ -311,8 +315,10 @@ class _QuantizedLayer(Module):
     @property
     def weight(self) -> QuantizedTensor:
         "The int8 weight with its scales, per channel (axis 0) or per tensor."
-        q, s, z = self.weight_int8.data, self.weight_scale.data, self.weight_zero_point.data.astype(np.int64)
-        return QuantizedTensor(q, s, z, axis=0) if self.per_channel else QuantizedTensor(q, s[0], z[0])
+        q, s = self.weight_int8.data, self.weight_scale.data
+        z = self.weight_zero_point.data.astype(np.int64)
+        if self.per_channel: return QuantizedTensor(q, s, z, axis=0)
+        return QuantizedTensor(q, s[0], z[0])
     scale = property(lambda self: float(self.output_scale.data), doc="The output's scale.")
     zero_point = property(lambda self: int(self.output_zero_point.data), doc="The output's zero "
                                                                              "point.")
@@ -325,7 +331,8 @@ def _quantize_weight(w: np.ndarray, per_channel: bool = True, bits: int = 8) -> 
     qmax = 2**(bits - 1) - 1
     if per_channel:
         flat = w.reshape(w.shape[0], -1)
-        s, z = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True, qmin=-qmax, qmax=qmax)
+        s, z = choose_qparams(flat.min(axis=1), flat.max(axis=1), symmetric=True,
+                              qmin=-qmax, qmax=qmax)
         return quantize_per_channel(w, s, z, axis=0)
     s, z = choose_qparams(w.min(), w.max(), symmetric=True, qmin=-qmax, qmax=qmax)
     return quantize_per_tensor(w, s, z)
@@ -349,7 +356,8 @@ def from_float(cls: _QuantizedLayer,
     q._copy_config(mod)
     bias = None if mod.bias is None else mod.bias.data
     q._init_buffers(_quantize_weight(mod.weight.data, per_channel, weight_bits), bias,
-                    (input_scale, input_zero_point), (output_scale, output_zero_point), relu, integer_requant)
+                    (input_scale, input_zero_point), (output_scale, output_zero_point), relu,
+                    integer_requant)
     return q
 
 # %% ../../nbs/17_quantization.ipynb #3c60591e
@@ -380,13 +388,15 @@ def _output_stage(self: _QuantizedLayer, acc: np.ndarray, axis: int) -> np.ndarr
         acc += np.rint(self.bias.data / sxsw).astype(np.int32).reshape(shape)
     M = (sxsw / float(self.output_scale.data)).reshape(shape)
     z = self.zero_point
-    return requantize(acc, M, z, max(z, -128) if self.relu else -128, 127, integer=self.integer_requant)
+    lo = max(z, -128) if self.relu else -128                  # a fused ReLU clamps at the real 0
+    return requantize(acc, M, z, lo, 127, integer=self.integer_requant)
 
 # %% ../../nbs/17_quantization.ipynb #310746c6
 class QuantizedLinear(_QuantizedLayer):
     "`Linear` on int8: int8 weight, per-channel scales, int32 accumulation, int8 output."
     _float_type = Linear
-    def _copy_config(self, mod): self.in_features, self.out_features = mod.in_features, mod.out_features
+    def _copy_config(self, mod):
+        self.in_features, self.out_features = mod.in_features, mod.out_features
 
     def forward(self, x: QuantizedTensor) -> QuantizedTensor:
         "(..., in_features) int8 -> (..., out_features) int8 at this layer's output scale."
@@ -400,7 +410,8 @@ class QuantizedLinear(_QuantizedLayer):
         acc = int32_matmul(xs, self.weight_int8.data.T)                        # (N, O) int32
         y = self._output_stage(acc, axis=1)                                    # (N, O) int8
         ### END SOLUTION
-        return QuantizedTensor(y.reshape(*q.shape[:-1], self.out_features), self.scale, self.zero_point)
+        y = y.reshape(*q.shape[:-1], self.out_features)                       # (..., O)
+        return QuantizedTensor(y, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -422,7 +433,8 @@ class QuantizedConv2d(_QuantizedLayer):
             raise ValueError(f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got "
                              f"shape {q.shape}")
         N, O = q.shape[0], self.out_channels
-        OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride, self.padding)
+        OH, OW = conv_output_size('QuantizedConv2d', q.shape[2:], self.kernel_size, self.stride,
+                                  self.padding)
         # (N, C, H, W), real 0 -> 0
         xs = np.subtract(q, self.input_zero_point.data, dtype=np.float32)
         # (C*KH*KW, N*OH*OW)
@@ -520,7 +532,8 @@ class MinMaxObserver(Module):
         return x
 
     def _update(self, a: np.ndarray):
-        self.min_val, self.max_val = min(self.min_val, float(a.min())), max(self.max_val, float(a.max()))
+        self.min_val = min(self.min_val, float(a.min()))
+        self.max_val = max(self.max_val, float(a.max()))
 
     def _range(self) -> tuple: return self.min_val, self.max_val
 
@@ -556,12 +569,13 @@ class PerChannelMinMaxObserver(MinMaxObserver):
     def calculate_qparams(self) -> tuple:
         if self.batches == 0: raise ValueError("PerChannelMinMaxObserver.calculate_qparams: no "
                                                "values observed yet")
-        return choose_qparams(self.min_val, self.max_val, dtype=self.dtype, symmetric=self.symmetric)
+        return choose_qparams(self.min_val, self.max_val, self.dtype, self.symmetric)
 
 # %% ../../nbs/17_quantization.ipynb #57dd37f1
 class _SampleObserver(MinMaxObserver):
     "Keeps a seeded uniform sample of at most `max_samples` values, besides the exact min and max."
-    def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8, symmetric: bool = False):
+    def __init__(self, max_samples: int = 2**16, seed: int = 0, dtype=np.int8,
+                 symmetric: bool = False):
         super().__init__(dtype, symmetric)
         self.max_samples, self._rng, self._samples = max_samples, np.random.default_rng(seed), []
     def _update(self, a: np.ndarray):
@@ -571,7 +585,8 @@ class _SampleObserver(MinMaxObserver):
         pick = self._rng.choice(flat.size, take, replace=False) if take < flat.size else slice(None)
         self._samples.append(flat[pick].copy())
         allv = np.concatenate(self._samples)
-        if allv.size > self.max_samples: allv = self._rng.choice(allv, self.max_samples, replace=False)
+        if allv.size > self.max_samples:
+            allv = self._rng.choice(allv, self.max_samples, replace=False)
         self._samples = [allv]
     @property
     def samples(self) -> np.ndarray: return np.concatenate(self._samples)
@@ -702,7 +717,8 @@ class BaselineCNN(Sequential):
                                             f"{image_size}")
         c1, c2 = channels
         side = image_size // 4
-        super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(), MaxPool2d(2),
+        super().__init__(Conv2d(input_channels, c1, 3, padding=1), BatchNorm2d(c1), ReLU(),
+                         MaxPool2d(2),
                          Conv2d(c1, c2, 3, padding=1), BatchNorm2d(c2), ReLU(), MaxPool2d(2),
                          Flatten(), Linear(c2 * side * side, hidden), ReLU(), Dropout(dropout),
                          # (N, num_classes)
@@ -720,7 +736,8 @@ def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
 # %% ../../nbs/17_quantization.ipynb #335ca4b7
 def _state_bytes(m: Module) -> int:
     "Bytes of a module's own parameters and buffers (not its children's)."
-    return sum(t.data.nbytes for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
+    state = [*m._parameters.values(), *m._buffers.values()]
+    return sum(t.data.nbytes for t in state if t is not None)
 
 class QuantizationMemoryProfiler:
     "Measured bytes per layer of a float model and its quantized version, scales included."
@@ -732,10 +749,12 @@ class QuantizationMemoryProfiler:
                 total = _state_bytes(m)
                 if not total: continue
                 if isinstance(m, _QuantizedLayer):
-                    w = m.weight_int8.data.nbytes + m.weight_scale.data.nbytes + m.weight_zero_point.data.nbytes
+                    parts = (m.weight_int8, m.weight_scale, m.weight_zero_point)
+                    w = sum(t.data.nbytes for t in parts)
                 else: w = m.weight.data.nbytes if isinstance(m, (Linear, Conv2d)) else 0
                 rows.append((tag, name, type(m).__name__, w, total - w))
-        sums = {tag: (sum(r[3] for r in rows if r[0] == tag), sum(r[3] + r[4] for r in rows if r[0] == tag))
+        sums = {tag: (sum(r[3] for r in rows if r[0] == tag),
+                      sum(r[3] + r[4] for r in rows if r[0] == tag))
                 for tag in ('baseline', 'quantized')}
         return {'rows': rows, 'weight_bytes': {t: s[0] for t, s in sums.items()},
                 'total_bytes': {t: s[1] for t, s in sums.items()},
@@ -753,7 +772,8 @@ class DynamicQuantizedLinear(Module):
         self.register_buffer('weight_int8', Tensor(qw.int_repr()))
         scale = np.broadcast_to(qw.scale, (self.out_features,)).astype(np.float32)
         self.register_buffer('weight_scale', Tensor(scale))
-        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+        bias = None if linear.bias is None else Tensor(linear.bias.data.copy())
+        self.register_buffer('bias', bias)
 
     def forward(self, x: Tensor) -> Tensor:
         "(..., in_features) float -> (..., out_features) float32, via int8 operands and int32 sums."
@@ -767,7 +787,8 @@ class DynamicQuantizedLinear(Module):
         if self.bias is not None: y += self.bias.data
         return Tensor(y.reshape(*x.shape[:-1], self.out_features))
 
-    def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
 
 # %% ../../nbs/17_quantization.ipynb #b1f1871a
 def _swap_linears(model: Module, make) -> Module:
@@ -820,7 +841,8 @@ class Int4WeightOnlyLinear(Module):
         # (O, Kp/2)
         self.register_buffer('weight_packed', Tensor(pack_int4(q.reshape(self.out_features, -1))))
         self.register_buffer('weight_scale', Tensor(scale, dtype=np.float16))
-        self.register_buffer('bias', None if linear.bias is None else Tensor(linear.bias.data.copy()))
+        bias = None if linear.bias is None else Tensor(linear.bias.data.copy())
+        self.register_buffer('bias', bias)
 
     def dequantized_weight(self) -> np.ndarray:
         "The float32 weight (out_features, in_features) the packed integers and scales stand for."
@@ -834,7 +856,8 @@ class Int4WeightOnlyLinear(Module):
         return Tensor(y if self.bias is None else y + self.bias.data)
 
     @property
-    def weight_nbytes(self) -> int: return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
+    def weight_nbytes(self) -> int:
+        return self.weight_packed.data.nbytes + self.weight_scale.data.nbytes
 
 def quantize_weight_only_int4(model: Module, group_size: int = 32) -> Module:
     "A copy of `model` with every `Linear` an `Int4WeightOnlyLinear`."
@@ -886,7 +909,8 @@ class QATLinear(Linear):
 class QATConv2d(Conv2d):
     "`Conv2d` that fake-quantizes its weight to `bits` (per channel) in every forward pass."
     def forward(self, x: Tensor) -> Tensor:
-        return conv2d(x, _fake_quantize_weight(self.weight, self.bits), self.bias, self.stride, self.padding)
+        w = _fake_quantize_weight(self.weight, self.bits)
+        return conv2d(x, w, self.bias, self.stride, self.padding)
 
 # %% ../../nbs/17_quantization.ipynb #8aaec283
 def _as_qat(m: Module, bits: int) -> Module:
@@ -985,9 +1009,11 @@ class QuantizationPerformanceAnalyzer:
         X, y = test_data
         xb = Tensor(np.asarray(X[:timing_batch], np.float32))
         with no_grad():
-            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)}, rounds=num_runs)
+            c = compare({'baseline': lambda: baseline(xb), 'quantized': lambda: quantized(xb)},
+                        rounds=num_runs)
         mem = QuantizationMemoryProfiler().profile_memory_usage(baseline, quantized)
-        return {'accuracy': {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)},
+        acc = {'baseline': _accuracy(baseline, X, y), 'quantized': _accuracy(quantized, X, y)}
+        return {'accuracy': acc,
                 'weight_bytes': mem['weight_bytes'], 'weight_ratio': mem['weight_ratio'],
                 'seconds': {'baseline': c['baseline'].median, 'quantized': c['quantized'].median},
                 'time_ratio': c.ratio('quantized', 'baseline'), 'timing_batch': len(xb)}
@@ -999,7 +1025,8 @@ class QuantizationSystemsAnalyzer:
 
     def analyze_precision_tradeoffs(self, bit_widths=(32, 16, 8, 4)) -> list:
         "Per width: relative RMS error of the folded weights, test accuracy. 16: float16 weights."
-        folded = [m for k, m, _ in _fold_and_group(_layers(copy.deepcopy(self.model).eval())) if k == 'compute']
+        groups = _fold_and_group(_layers(copy.deepcopy(self.model).eval()))
+        folded = [m for k, m, _ in groups if k == 'compute']
         ref = np.concatenate([m.weight.data.ravel() for m in folded])
         rows = []
         for bits in bit_widths:
@@ -1010,9 +1037,11 @@ class QuantizationSystemsAnalyzer:
                 w = ref.astype(np.float16).astype(np.float32)
             elif 2 <= bits <= 8:
                 model = quantize_model(self.model, self.calibration_data, weight_bits=bits)
-                w = np.concatenate([m.weight.dequantize().ravel() for m in model if isinstance(m, _QuantizedLayer)])
+                w = np.concatenate([m.weight.dequantize().ravel() for m in model
+                                    if isinstance(m, _QuantizedLayer)])
             else: raise ValueError("analyze_precision_tradeoffs: bit widths must be 32, 16 or "
                                    f"2..8, got {bits}")
-            rows.append({'bits': bits, 'weight_error': float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2))),
+            err = float(np.sqrt(np.mean((w - ref) ** 2) / np.mean(ref ** 2)))
+            rows.append({'bits': bits, 'weight_error': err,
                          'accuracy': _accuracy(model, *self.test_data)})
         return rows
