@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Quantization
 #
-# > Integer inference: affine int8 quantization, integer matrix kernels with int32 accumulation, requantization in fixed point, post-training static and dynamic quantization, 4-bit weights and quantization-aware training.
+# > Integer inference: int8 kernels with int32 sums, fixed-point requantization, PTQ, 4-bit, QAT.
 
 # %% [markdown]
 # A trained network stores every weight as a 32-bit float, yet its accuracy survives when each
@@ -2001,9 +2001,9 @@ for batch in (1, 256):
 
 # %% [markdown]
 # The labels come from this machine's measured balance point. The linear layers at batch 1, under
-# one FLOP per byte, are memory-bound on any CPU: the case where int8 storage and int8 arithmetic pay
-# in full, and the case of a language model generating one token at a time, whose weights are read
-# once per token. Batching raises the intensity (the weights are read once for the whole batch)
+# one FLOP per byte, are memory-bound on any CPU: the case where int8 storage and int8 arithmetic
+# pay in full, and the case of a language model generating one token at a time, whose weights are
+# read once per token. Batching raises the intensity (the weights are read once for the whole batch)
 # until a layer is compute-bound, where int8 helps only through instructions that multiply more per
 # cycle, which NumPy cannot reach. `benchmarks/bench_quant.py` measures this module's kernels
 # against float32 and, where installed, against PyTorch's fbgemm int8 kernels, which do use such
