@@ -23,16 +23,17 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "milestones"))  # the milestone's lenet(), not a copy
+MILESTONES = Path(__file__).resolve().parent.parent / "milestones"
+sys.path.insert(0, str(MILESTONES))  # to import the milestone's lenet(), not copy it
 from fashion_lenet import CHECKPOINT, lenet, load_lenet  # noqa: E402
 
 from tinytorch.core.autograd import no_grad  # noqa: E402
 from tinytorch.core.layers import Linear  # noqa: E402
 from tinytorch.core.spatial import Conv2d, max_pool2d  # noqa: E402
 from tinytorch.core.tensor import Tensor, manual_seed  # noqa: E402
-from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4WeightOnlyLinear, QuantizedConv2d,  # noqa: E402
-                                                 QuantizedLinear, QuantizedTensor, _fold_and_group, _layers,
-                                                 choose_qparams, quantize_model)
+from tinytorch.optimization.quantization import (  # noqa: E402
+    DynamicQuantizedLinear, Int4WeightOnlyLinear, QuantizedConv2d, QuantizedLinear, QuantizedTensor,
+    _fold_and_group, _layers, quantize_model)
 from tinytorch.utils.timing import compare, fmt_seconds, machine_info  # noqa: E402
 
 # deprecation notices
@@ -85,7 +86,8 @@ def torch_linear(lin: Linear, ql: QuantizedLinear):
 
 
 def torch_conv(conv: Conv2d, qc: QuantizedConv2d):
-    m = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding)
+    m = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                   padding=conv.padding)
     m.set_weight_bias(torch_weight(qc), torch.from_numpy(conv.bias.data))
     m.scale, m.zero_point = qc.scale, qc.zero_point + 128
     return m
@@ -119,15 +121,18 @@ def layer_bench(model, qmodel, x, rounds: int):
                 # the check: PyTorch's uint8 u is our int8 u - 128; 7-bit u in [0, 127] keeps fbgemm's pair sums exact
                 u = rng.integers(0, 128, qx.shape).astype(np.uint8)
                 tu = torch._make_per_tensor_quantized_tensor(torch.from_numpy(u), sx, zx + 128)
-                ours7 = q(QuantizedTensor((u.astype(np.int16) - 128).astype(np.int8), sx, zx)).int_repr()
+                q7 = QuantizedTensor((u.astype(np.int16) - 128).astype(np.int8), sx, zx)
+                ours7 = q(q7).int_repr()
                 theirs7 = tq(tu).int_repr().numpy().astype(np.int16) - 128
                 diff = int(np.abs(ours7.astype(np.int16) - theirs7).max())
-                tx = torch.quantize_per_tensor(torch.from_numpy(qx.dequantize()), sx, zx + 128, torch.quint8)
+                tx = torch.quantize_per_tensor(torch.from_numpy(qx.dequantize()), sx, zx + 128,
+                                               torch.quint8)
                 tfx = torch.from_numpy(xs)
                 if isinstance(f, Linear):
                     tf = torch.nn.Linear(f.in_features, f.out_features)
                 else:
-                    tf = torch.nn.Conv2d(f.in_channels, f.out_channels, f.kernel_size, f.stride, f.padding)
+                    tf = torch.nn.Conv2d(f.in_channels, f.out_channels, f.kernel_size, f.stride,
+                                         f.padding)
                 with torch.no_grad():
                     tf.weight.copy_(torch.from_numpy(f.weight.data)); tf.bias.copy_(torch.from_numpy(f.bias.data))
                 cands["float32 (torch)"] = lambda: tf(tfx)
@@ -158,12 +163,14 @@ def memory_bound_bench(rounds: int):
             tl = torch.nn.Linear(512, 2048)
             with torch.no_grad():
                 tl.weight.copy_(torch.from_numpy(lin.weight.data)); tl.bias.copy_(torch.from_numpy(lin.bias.data))
-            td = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(tl), {torch.nn.Linear}, dtype=torch.qint8)
+            td = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(tl), {torch.nn.Linear},
+                                                        dtype=torch.qint8)
             tx = torch.from_numpy(x.data)
             cands["float32 (torch)"] = lambda: tl(tx)
             cands["dynamic int8 (torch)"] = lambda: td(tx)
         c = compare(cands, rounds=rounds)
-    report("Linear(512, 2048) at batch 1 (memory-bound: 2 FLOPs per weight read)", c, "float32 (ours)")
+    report("Linear(512, 2048) at batch 1 (memory-bound: 2 FLOPs per weight read)", c,
+           "float32 (ours)")
     print(f"  weight bytes: float32 {lin.weight.data.nbytes:,}, int8 "
           f"{dyn.weight_int8.data.nbytes + dyn.weight_scale.data.nbytes:,}, "
           f"4-bit {q4.weight_nbytes:,}")
@@ -171,8 +178,10 @@ def memory_bound_bench(rounds: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=9, help="alternating rounds per candidate (default 9)")
-    ap.add_argument("--batch", type=int, default=256, help="images per forward pass of the LeNet (default 256)")
+    ap.add_argument("--rounds", type=int, default=9,
+                    help="alternating rounds per candidate (default 9)")
+    ap.add_argument("--batch", type=int, default=256,
+                    help="images per forward pass of the LeNet (default 256)")
     args = ap.parse_args()
     info = machine_info()
     print(f"bench_quant: {info}; 1 BLAS thread; torch "

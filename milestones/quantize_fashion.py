@@ -5,7 +5,8 @@ training images only; accuracy is measured on the 10,000 test images. Prints: pe
 weights for each observer; the weight bytes (scales and zero points counted) and the checkpoint's size on disk,
 reloaded into a fresh model for a bit-identical check; fixed-point requantization; the accuracy of every weight
 bit width; a per-layer sensitivity table; 4- and 3-bit post-training quantization against quantization-aware
-training (one pass over 20,000 training images, then converted to integers); and writes the accuracy/bit-width plot to runs/quantize_fashion.png. With --gpt it also loads runs/tinygpt.npz
+training (one pass over 20,000 training images, then converted to integers); and writes the
+accuracy/bit-width plot to runs/quantize_fashion.png. With --gpt it also loads runs/tinygpt.npz
 (`tito milestone tinygpt`) and reports validation loss and generation speed in float32, dynamic int8 and 4-bit.
 """
 import argparse
@@ -25,7 +26,8 @@ from tinytorch.core.optimizers import Adam
 from tinytorch.core.tensor import Tensor, manual_seed
 from tinytorch.core.training import Trainer, load_checkpoint, save_checkpoint
 from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
-from tinytorch.optimization.quantization import (MinMaxObserver, MovingAverageMinMaxObserver, MSEObserver,
+from tinytorch.optimization.quantization import (MinMaxObserver, MovingAverageMinMaxObserver,
+                                                 MSEObserver,
                                                  PercentileObserver, QuantizationMemoryProfiler,
                                                  QuantizationSystemsAnalyzer, _accuracy, convert, layer_sensitivity,
                                                  prepare_qat, quantize_model)
@@ -51,12 +53,14 @@ def lenet_part(args) -> bool:
     print(f"LeNet from {path}: float32 test accuracy {fp32:.2%}; calibration: 1,024 training "
           "images in 8 batches")
 
-    observers = {"MinMax": MinMaxObserver, "MovingAverageMinMax (0.1)": lambda: MovingAverageMinMaxObserver(0.1),
+    observers = {"MinMax": MinMaxObserver,
+                 "MovingAverageMinMax (0.1)": lambda: MovingAverageMinMaxObserver(0.1),
                  "Percentile 99.99": PercentileObserver, "MSE": MSEObserver}
     print(f"\n{'activation observer':<26} {'per-tensor weights':>19} {'per-channel weights':>20}")
     acc = {}
     for name, obs in observers.items():
-        acc[name] = [_accuracy(quantize_model(model, calib, per_channel=pc, observer=obs), Xte, y_test)
+        acc[name] = [_accuracy(quantize_model(model, calib, per_channel=pc, observer=obs),
+                               Xte, y_test)
                      for pc in (False, True)]
         print(f"{name:<26} {acc[name][0]:>10.2%} ({(acc[name][0] - fp32) * 100:+.2f}) "
               f"{acc[name][1]:>11.2%} ({(acc[name][1] - fp32) * 100:+.2f})")
@@ -80,7 +84,8 @@ def lenet_part(args) -> bool:
           f"(scales and zero points included): {prof['weight_ratio']:.3f}x smaller; all state {prof['total_ratio']:.3f}x")
     for tag, name, kind, w, other in prof["rows"]:
         print(f"  {tag:<9} {name:>3} {kind:<16} weights {w:>8,} B  other {other:>6,} B")
-    qpath = save_checkpoint(Path(args.out) / "fashion_lenet_int8.npz", q, calibration_seed=args.seed)
+    qpath = save_checkpoint(Path(args.out) / "fashion_lenet_int8.npz", q,
+                            calibration_seed=args.seed)
     # the same format, float
     fpath = save_checkpoint(Path(args.out) / "fashion_lenet_fp32_model.npz", model)
     sizes = {}
@@ -110,7 +115,8 @@ def lenet_part(args) -> bool:
           f"int8 {fmt_seconds(c['int8'].median)}: {c.ratio('int8', 'float32'):.2f}x (benchmarks/bench_quant.py has more)")
 
     print("\nweight bit width (activations int8; 16 = float16 weights):")
-    rows = QuantizationSystemsAnalyzer(model, calib, (Xte, y_test)).analyze_precision_tradeoffs([32, 16, 8, 6, 5, 4, 3])
+    analyzer = QuantizationSystemsAnalyzer(model, calib, (Xte, y_test))
+    rows = analyzer.analyze_precision_tradeoffs([32, 16, 8, 6, 5, 4, 3])
     for r in rows:
         print(f"  {r['bits']:>2} bits: weight RMS error {r['weight_error']:.2e} (relative), "
               f"test accuracy {r['accuracy']:.2%} ({(r['accuracy'] - fp32) * 100:+.2f})")
@@ -132,7 +138,8 @@ def lenet_part(args) -> bool:
         manual_seed(args.seed)
         qat = prepare_qat(model, weight_bits=bits)
         t1 = time.perf_counter()
-        Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr), progress=not args.no_progress).fit(
+        Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr),
+                progress=not args.no_progress).fit(
             train, epochs=args.qat_epochs)
         qat_int = _accuracy(convert(qat, calib, weight_bits=bits), Xte, y_test)
         qat_rows.append((bits, ptq, qat_int))
@@ -156,11 +163,14 @@ def plot(rows, fp32, qat_rows, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     b = [r["bits"] for r in rows[1:]]
     ax.plot(b, [r["accuracy"] for r in rows[1:]], "o-", label="post-training")
-    ax.plot([b for b, _, _ in qat_rows], [q for _, _, q in qat_rows], "s", label="QAT, then integer")
+    ax.plot([b for b, _, _ in qat_rows], [q for _, _, q in qat_rows], "s",
+            label="QAT, then integer")
     ax.axhline(fp32, color="gray", ls=":", label="float32")
-    ax.set(xscale="log", xlabel="weight bits (16: float16)", ylabel="test accuracy", title="LeNet on Fashion-MNIST")
+    ax.set(xscale="log", xlabel="weight bits (16: float16)", ylabel="test accuracy",
+           title="LeNet on Fashion-MNIST")
     ax.set_xticks(b, [str(x) for x in b]); ax.legend()
-    fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=100); plt.close(fig)
+    fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100); plt.close(fig)
     return path
 
 
@@ -169,7 +179,8 @@ def gpt_part(args) -> bool:
     import tinygpt
     from tinytorch.core.training import read_checkpoint
     from tinytorch.models.transformer import GPT, GPTConfig
-    from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4WeightOnlyLinear, quantize_dynamic,
+    from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4WeightOnlyLinear,
+                                                     quantize_dynamic,
                                                      quantize_weight_only_int4)
     from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
     path = Path(args.out) / "tinygpt.npz"
@@ -181,7 +192,8 @@ def gpt_part(args) -> bool:
     info = load_checkpoint(path, model)
     tok = CharTokenizer("".join(info["vocab"]))
     val_ids = np.array(tok.encode(load_shakespeare("val")), dtype=np.int64)
-    Xv, Yv = tinygpt.windows(val_ids, 256, cfg.block_size, np.random.default_rng(12345))   # the milestone's set
+    Xv, Yv = tinygpt.windows(val_ids, 256, cfg.block_size,
+                             np.random.default_rng(12345))   # the milestone's set
     models = {"float32": model.eval(), "dynamic int8": quantize_dynamic(model),
               "4-bit weights": quantize_weight_only_int4(model)}
     print(f"\nTinyGPT from {path} ({cfg}); validation loss on the milestone's 256 fixed windows:")
@@ -190,7 +202,8 @@ def gpt_part(args) -> bool:
     fbytes = sum(m.weight.data.nbytes for m in linear)
     dbytes = sum(m.weight_int8.data.nbytes + m.weight_scale.data.nbytes
                  for m in models["dynamic int8"].modules() if isinstance(m, DynamicQuantizedLinear))
-    qbytes = sum(m.weight_nbytes for m in models["4-bit weights"].modules() if isinstance(m, Int4WeightOnlyLinear))
+    qbytes = sum(m.weight_nbytes for m in models["4-bit weights"].modules()
+                 if isinstance(m, Int4WeightOnlyLinear))
     size = {"float32": fbytes, "dynamic int8": dbytes, "4-bit weights": qbytes}
     prompt = np.array([tok.encode("\n")])
     c = compare({name: (lambda m=m: m.generate(prompt, 100, temperature=0.8, top_k=20, seed=1))
@@ -214,12 +227,18 @@ def options() -> argparse.Namespace:
     ap.add_argument("--gpt", action="store_true", help="also quantize TinyGPT (runs/tinygpt.npz)")
     ap.add_argument("--qat-bits", type=lambda v: [int(b) for b in v.split(",")], default=[4, 3],
                     help="comma-separated weight bit widths of the PTQ-against-QAT cases (default 4,3)")
-    ap.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs over the QAT images (default 1)")
-    ap.add_argument("--qat-images", type=int, default=20000, help="training images used for QAT (default 20000)")
-    ap.add_argument("--qat-lr", type=float, default=2e-4, help="QAT learning rate, Adam (default 2e-4)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and QAT (default 0)")
-    ap.add_argument("--root", default=None, help="folder holding the data files (default: the usual search path)")
-    ap.add_argument("--out", default="runs", help="folder of the checkpoints and the plot (default runs/)")
+    ap.add_argument("--qat-epochs", type=int, default=1,
+                    help="QAT epochs over the QAT images (default 1)")
+    ap.add_argument("--qat-images", type=int, default=20000,
+                    help="training images used for QAT (default 20000)")
+    ap.add_argument("--qat-lr", type=float, default=2e-4,
+                    help="QAT learning rate, Adam (default 2e-4)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the calibration sample and QAT (default 0)")
+    ap.add_argument("--root", default=None,
+                    help="folder holding the data files (default: the usual search path)")
+    ap.add_argument("--out", default="runs",
+                    help="folder of the checkpoints and the plot (default runs/)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args()
 
