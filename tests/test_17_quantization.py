@@ -29,7 +29,8 @@ def test_choose_qparams_covers_range_and_zero(bounds, symmetric):
     x = np.array([lo, hi, 0.], np.float32)
     q = quantize_per_tensor(x, s, z)
     assert q.dequantize()[2] == 0.0                               # zero is exact
-    if lo < hi:                                                   # inside the range: error <= S/2 (plus float32)
+    # inside the range: error <= S/2 (plus float32)
+    if lo < hi:
         assert np.all(np.abs(q.dequantize() - x) <= s / 2 * (1 + 1e-5) + 1e-6 * np.abs(x))
 
 
@@ -70,9 +71,11 @@ def test_quantize_per_channel_is_per_slice_quantize(a, b, axis, data):
 def test_bad_inputs_name_op_and_value():
     x = np.ones(3, np.float32)
     for bad in (0., -1., np.inf, np.nan):
-        with pytest.raises(ValueError, match=f"quantize_per_tensor: scale must be positive and finite, got {bad}"):
+        with pytest.raises(ValueError, match="quantize_per_tensor: scale must be positive and "
+                                             f"finite, got {bad}"):
             quantize_per_tensor(x, bad, 0)
-    with pytest.raises(ValueError, match=r"quantize_per_tensor: zero_point must lie in \[-128, 127\].*got 128"):
+    with pytest.raises(ValueError, match=r"quantize_per_tensor: zero_point must lie in \[-128, "
+                                          "127\].*got 128"):
         quantize_per_tensor(x, 1., 128)
     with pytest.raises(ValueError, match="quantize_per_channel: input must be finite, found inf"):
         quantize_per_channel(np.array([[1., np.inf]]), np.ones(1), np.zeros(1), 0)
@@ -154,7 +157,8 @@ def test_quantized_linear_bit_exact(n, k, o, sx, zx, so, zo, relu, per_channel, 
 def reference_conv_int(q, zx, w, stride, padding):
     "Integer convolution by its definition in int64, the input padded with its zero point."
     (sh, sw), (ph, pw) = stride, padding
-    x = np.pad(q.astype(np.int64) - zx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))    # pad with real zero
+    # pad with real zero
+    x = np.pad(q.astype(np.int64) - zx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     O, C, KH, KW = w.shape
     OH, OW = (x.shape[2] - KH) // sh + 1, (x.shape[3] - KW) // sw + 1
     out = np.zeros((q.shape[0], O, OH, OW), np.int64)
@@ -221,7 +225,8 @@ def test_quantized_linear_matches_pytorch_fbgemm():
         ref.scale, ref.zero_point = so, zo + 128
         theirs = ref(tx).int_repr().numpy().astype(np.int16) - 128
         ours = ql(QuantizedTensor(qx, sx, zx)).int_repr()
-        assert np.abs(ours - theirs).max() <= 1                       # bias and rounding details may differ by 1
+        # bias and rounding details may differ by 1
+        assert np.abs(ours - theirs).max() <= 1
 
 
 # ---- BatchNorm folding and quantize_model
@@ -276,7 +281,8 @@ def test_quantize_model_structure_and_accuracy_to_float():
     assert [m.relu for m in q if hasattr(m, 'relu')] == [True, True, True, False]
     out, ref = q(Tensor(X)).data, model(Tensor(X)).data
     assert out.dtype == np.float32 and out.shape == (64, 10)
-    assert np.abs(out - ref).max() <= 0.1 * np.abs(ref).max()                # a loose sanity bound: 8 bits
+    # a loose sanity bound: 8 bits
+    assert np.abs(out - ref).max() <= 0.1 * np.abs(ref).max()
     for mod in ('weight_int8',):
         assert all(b.dtype == np.int8 for n, b in q.named_buffers() if n.endswith(mod))
 
@@ -317,5 +323,124 @@ def test_constant_input_and_observers_run():
     for obs in (MinMaxObserver, PercentileObserver, MSEObserver):
         out = quantize_model(model, [X], observer=obs)(Tensor(X)).data
         assert np.isfinite(out).all()
-    zero = quantize_model(Sequential(Linear(3, 2)), [np.zeros((4, 3), np.float32)])   # min = max = 0
+    # min = max = 0
+    zero = quantize_model(Sequential(Linear(3, 2)), [np.zeros((4, 3), np.float32)])
     assert np.isfinite(zero(Tensor(np.zeros((1, 3), np.float32))).data).all()
+
+
+# ---- dynamic, 4-bit, QAT, the original interface
+
+from tinytorch.core.autograd import gradcheck
+from tinytorch.models.transformer import GPT
+from tinytorch.optimization.quantization import (DynamicQuantizedLinear, FakeQuantize, INT8Quantizer,
+                                                 Int4WeightOnlyLinear, QuantizationMemoryProfiler, QuantizedCNN,
+                                                 QuantizationSystemsAnalyzer, convert, fake_quantize,
+                                                 layer_sensitivity, pack_int4, prepare_qat, quantize_dynamic,
+                                                 quantize_weight_only_int4, unpack_int4)
+
+
+@given(st.integers(1, 4), st.integers(1, 20), st.integers(0, 2**32 - 1))
+def test_pack_int4_roundtrip(rows, half, seed):
+    q = np.random.default_rng(seed).integers(-8, 8, (rows, 2 * half)).astype(np.int8)
+    p = pack_int4(q)
+    assert p.dtype == np.uint8 and p.shape == (rows, half)
+    np.testing.assert_array_equal(unpack_int4(p), q)
+
+
+def test_int4_linear_error_and_size():
+    rng = np.random.default_rng(0)
+    # 70: the last block of 32 is padded
+    lin = Linear(70, 9)
+    q = Int4WeightOnlyLinear(lin)
+    w, wq = lin.weight.data, q.dequantized_weight()
+    blocks = np.pad(w, ((0, 0), (0, 26))).reshape(9, 3, 32)
+    step = np.repeat(np.abs(blocks).max(axis=2) / 7, 32, axis=1)[:, :70]
+    # half a step, float16 scale rounding
+    assert np.all(np.abs(wq - w) <= step / 2 * 1.01 + 1e-7)
+    # packed nibbles + float16 scales
+    assert q.weight_nbytes == 9 * 96 // 2 + 9 * 3 * 2
+    x = rng.standard_normal((5, 70)).astype(np.float32)
+    np.testing.assert_allclose(q(Tensor(x)).data, x @ wq.T + lin.bias.data, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_linear_against_dequantized_reference():
+    rng = np.random.default_rng(0)
+    lin = Linear(600, 7)                                                 # K > 518: two chunks
+    d = DynamicQuantizedLinear(lin)
+    x = rng.standard_normal((2, 3, 600)).astype(np.float32)
+    s, z = choose_qparams(x.min(), x.max())
+    qx = quantize_per_tensor(x, s, z)
+    acc = (qx.int_repr().astype(np.int64) - z).reshape(-1, 600) @ d.weight_int8.data.astype(np.int64).T
+    ref = (acc * (np.float64(s) * d.weight_scale.data) + lin.bias.data).reshape(2, 3, 7)
+    np.testing.assert_allclose(d(Tensor(x)).data, ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="DynamicQuantizedLinear: input must be finite"):
+        d(Tensor(np.full((1, 600), np.inf, np.float32)))
+
+
+def test_quantize_dynamic_gpt_close_and_original_untouched():
+    manual_seed(0)
+    gpt = GPT(20, block_size=8, n_layer=1, n_head=2, n_embd=32).eval()
+    idx = np.random.default_rng(0).integers(0, 20, (2, 8))
+    before = gpt(idx)[0].data.copy()
+    dq = quantize_dynamic(gpt)
+    assert sum(isinstance(m, DynamicQuantizedLinear) for m in dq.modules()) == 5
+    assert not any(isinstance(m, DynamicQuantizedLinear) for m in gpt.modules())
+    np.testing.assert_array_equal(gpt(idx)[0].data, before)
+    assert np.abs(dq(idx)[0].data - before).max() < 0.05 * np.abs(before).max()
+    q4 = quantize_weight_only_int4(gpt)
+    assert sum(isinstance(m, Int4WeightOnlyLinear) for m in q4.modules()) == 5
+
+
+def test_fake_quantize_forward_and_straight_through_gradient():
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.uniform(-3, 3, 50), dtype=np.float64, requires_grad=True)
+    y = fake_quantize(x, 0.25, 2, -8, 8)
+    expected = (np.clip(np.rint(x.data / 0.25) + 2, -8, 8) - 2) * 0.25
+    np.testing.assert_array_equal(y.data, expected)
+    g = rng.standard_normal(50)
+    y.backward(g)
+    inside = (np.rint(x.data / 0.25) + 2 >= -8) & (np.rint(x.data / 0.25) + 2 <= 8)
+    np.testing.assert_array_equal(x.grad, g * inside)
+
+
+def test_qat_prepare_train_step_and_convert():
+    model, rng = small_cnn()
+    X = rng.uniform(0, 1, (32, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    qat = prepare_qat(model, weight_bits=4)
+    assert not any(isinstance(m, BatchNorm2d) for m in qat) and isinstance(qat[0], FakeQuantize)
+    from tinytorch.core.losses import cross_entropy
+    loss = cross_entropy(qat(Tensor(X)), y)
+    loss.backward()
+    grads = [p.grad for p in qat.parameters()]
+    assert all(g is not None and np.isfinite(g).all() for g in grads) and any(np.abs(g).sum() > 0 for g in grads)
+    q = convert(qat, [X], weight_bits=4)
+    assert all(np.abs(m.weight.int_repr()).max() <= 7 for m in q if hasattr(m, 'weight_int8'))
+    with pytest.raises(ValueError, match="prepare_qat: weight_bits must be in 2..8, got 1"):
+        prepare_qat(model, weight_bits=1)
+
+
+def test_original_interface_reports_measurements():
+    model, rng = small_cnn()
+    X = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    # labels the float model gets right
+    y = model(Tensor(X)).data.argmax(1)
+    qz = INT8Quantizer()
+    s, z = qz.compute_quantization_params(X)
+    assert z == 0 and np.isclose(s, X.max() / 127)
+    assert set(qz.quantize_weights(model)) == {'0.weight', '4.weight', '9.weight', '12.weight'}
+    wrapped = QuantizedCNN(model)
+    with pytest.raises(RuntimeError, match="calibrate_and_quantize first"): wrapped.predict(X)
+    wrapped.calibrate_and_quantize([X])
+    assert wrapped.predict(X).shape == (64,)
+    prof = QuantizationMemoryProfiler().profile_memory_usage(model, wrapped.model)
+    wq = sum(m.weight_int8.data.nbytes + 5 * m.out_features if hasattr(m, 'out_features') else
+             m.weight_int8.data.nbytes + 5 * m.out_channels for m in wrapped.model if hasattr(m, 'weight_int8'))
+    assert prof['weight_bytes']['quantized'] == wq
+    assert prof['weight_bytes']['baseline'] == 4 * sum(m.weight.size for m in model if hasattr(m, 'weight')
+                                                       and not isinstance(m, (BatchNorm2d,)))
+    rows = QuantizationSystemsAnalyzer(model, [X], (X, y)).analyze_precision_tradeoffs([32, 8, 2])
+    assert rows[0]['accuracy'] == 1.0 and rows[0]['weight_error'] == 0
+    assert rows[1]['weight_error'] < rows[2]['weight_error']
+    sens = layer_sensitivity(model, [X], lambda m: float((m(Tensor(X)).data.argmax(1) == y).mean()))
+    assert [n for n, _, _ in sens] == ['0', '4', '9', '12']
