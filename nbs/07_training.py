@@ -381,7 +381,8 @@ def save_checkpoint(path,                              # file to write, conventi
                     'scheduler': scheduler.state_dict() if scheduler is not None else None, 'extra': extra},
                    arrays, 'ckpt')
     path = Path(path)
-    with atomic_write(path) as f: np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+    text = np.frombuffer(json.dumps(meta).encode(), np.uint8)  # UTF-8 bytes: a str array would take 4 per char
+    with atomic_write(path) as f: np.savez(f, __meta__=text, **arrays)
     return path
 
 # %% [markdown]
@@ -399,7 +400,8 @@ def read_checkpoint(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop('__meta__')))
+        text = arrays.pop('__meta__')
+        meta = json.loads(text.tobytes().decode() if text.dtype == np.uint8 else str(text))  # or an older str
         content = _decode(meta, arrays)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"load_checkpoint: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None

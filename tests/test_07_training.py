@@ -10,7 +10,7 @@ from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.optimizers import SGD, Adam, CosineWarmupLR
 from tinytorch.core.tensor import manual_seed
-from tinytorch.core.training import Batches, Trainer, load_checkpoint, save_checkpoint
+from tinytorch.core.training import Batches, Trainer, load_checkpoint, read_checkpoint, save_checkpoint
 
 HYPOTHESIS = settings(max_examples=40)  # applied to this file's property tests by conftest.py
 
@@ -87,7 +87,17 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
     for i in s1["state"]:
         for k, v in s1["state"][i].items(): np.testing.assert_array_equal(s2["state"][i][k], v)
     with np.load(path, allow_pickle=False) as z:              # the file is plain arrays: loads without pickle
-        assert "__meta__" in z.files
+        assert z["__meta__"].dtype == np.uint8                # the description as UTF-8 bytes
+
+
+def test_checkpoint_with_a_str_description_still_loads(tmp_path):
+    "Checkpoints written before the description became UTF-8 bytes stored it as a NumPy str array."
+    m, _ = make()
+    path = save_checkpoint(tmp_path / "new.npz", m, epoch=1)
+    with np.load(path, allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}
+    arrays["__meta__"] = np.array(arrays["__meta__"].tobytes().decode())
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert read_checkpoint(tmp_path / "old.npz")["epoch"] == 1
 
 
 def test_mismatched_model_is_refused_and_left_unchanged(tmp_path):
