@@ -45,7 +45,7 @@ import numpy as np
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.tensor import manual_seed
 from tinytorch.models.transformer import GPT, GPTConfig
-from tinytorch.optimization.caching import Int8KVCache, KVCache
+from tinytorch.optimization.caching import Int8KVCache, KVCache, generate_recompute
 from tinytorch.utils.timing import blas_threads, compare, fmt_seconds, machine_info
 
 V, BLOCK, L, H, C = 65, 512, 4, 4, 128
@@ -89,16 +89,6 @@ class NumpyDecoder:
             h = 0.5 * h * (1 + np.tanh(self.gelu_c * (h + 0.044715 * (h * h * h))))  # not h**3
             x = x + self.lin(h, p + "mlp.proj")
         return self.ln(x, "transformer.ln_f") @ w["transformer.wte.weight"].T      # (B, T, V), tied
-
-
-def generate_recompute(model: GPT, idx: np.ndarray, n: int) -> np.ndarray:
-    "Greedy decoding with a full pass over the (cropped) sequence for every new token."
-    out = np.array(idx)
-    with no_grad():
-        for _ in range(n):
-            logits = model(out[:, -model.block_size:])[0].numpy()[:, -1]                 # (B, V)
-            out = np.concatenate([out, logits.argmax(-1)[:, None]], 1)
-    return out
 
 
 def new_cache(model: GPT, cls=KVCache, batch_size: int = 1, max_len=None) -> KVCache:

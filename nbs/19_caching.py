@@ -346,6 +346,7 @@ for p in (1, 5, 16):
 # sequence at every step, nanoGPT's way, written out here as the reference.
 
 # %%
+#| export
 def generate_recompute(model: GPT, idx: np.ndarray, n: int) -> np.ndarray:
     "Greedy decoding with a full pass over the whole sequence for every new token (no cache)."
     out = np.array(idx)
