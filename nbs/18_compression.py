@@ -151,48 +151,51 @@ def _hooks(module: Module) -> dict:
 
 # %%
 #| export
-def _reparametrize(op: str, module: Module, name: str) -> np.ndarray:
-    "Make `module.name` pruned (if it is not yet) and return its current mask array, to be updated in place."
-    if name in _hooks(module): return module._buffers[name + '_mask'].data
+def _current(op: str, module: Module, name: str) -> tuple:
+    "(effective values, mask) of `module.name`; the mask is all ones if it is not pruned. Raises if it is missing."
+    if name in _hooks(module):
+        w, m = module._parameters[name + '_orig'].data, module._buffers[name + '_mask'].data
+        return w * m, m
     p = module._parameters.get(name)
     if p is None:
         have = [k for k, v in module._parameters.items() if v is not None]
         raise ValueError(f"{op}: {type(module).__name__} has no parameter {name!r} (it has {have})")
-    del module._parameters[name]
-    setattr(module, name + '_orig', p)                                  # the same Parameter object
-    module.register_buffer(name + '_mask', Tensor(np.ones(p.shape, p.dtype)))
-    _hooks(module)[name] = module.register_forward_pre_hook(_PruningHook(name))
-    return module._buffers[name + '_mask'].data
+    return p.data, np.ones(p.shape, p.dtype)
+
+def _set_mask(module: Module, name: str, mask: np.ndarray):
+    "Give `module.name` the mask `mask`, moving the parameter to `name_orig` and adding the hook the first time."
+    if name not in _hooks(module):
+        p = module._parameters.pop(name)
+        setattr(module, name + '_orig', p)                              # the same Parameter object
+        module.register_buffer(name + '_mask', Tensor(np.ones(p.shape, p.dtype)))
+        _hooks(module)[name] = module.register_forward_pre_hook(_PruningHook(name))
+    module._buffers[name + '_mask'].data[...] = mask
+    _apply_mask(module, name)
 
 def _effective(module: Module, name: str) -> np.ndarray:
     "The values the layer computes with: `name_orig * name_mask` if pruned, else the parameter."
-    if name in _hooks(module):
-        return module._parameters[name + '_orig'].data * module._buffers[name + '_mask'].data
-    return module._parameters[name].data
+    return _current('_effective', module, name)[0]
 
 # %% [markdown]
 # `l1_unstructured` prunes the `amount` entries of smallest $|w|$ in one parameter. Pruning a parameter that is
 # already pruned combines the masks as PyTorch's `PruningContainer` does: the new `amount` applies to the
-# entries still alive, and a pruned entry stays pruned.
+# entries still alive, and a pruned entry stays pruned. Every check runs before anything changes, so a failed
+# call leaves the module as it was.
 
 # %%
 #| export
-def _prune_alive(op: str, module: Module, name: str, amount, scores_of=np.abs):
-    "Prune `amount` of the live entries of `module.name`, smallest `scores_of(weight)` first."
-    w = _effective(module, name) if (name in _hooks(module) or name in module._parameters) else None
-    mask = _reparametrize(op, module, name)
-    alive = np.flatnonzero(mask)                                        # entries not yet pruned
-    k = _count(op, amount, alive.size)
-    mask.flat[alive] = magnitude_mask(scores_of(w).ravel()[alive], k)
-    _apply_mask(module, name)
-    return module
-
 def l1_unstructured(module: Module,       # a layer such as Linear or Conv2d
                     name: str = 'weight', # the parameter to prune
                     amount=0.5,           # fraction in [0, 1] or int count of its live entries
                    ) -> Module:
     "Prune the `amount` entries of `module.name` with the smallest absolute value; masks persist."
-    return _prune_alive('l1_unstructured', module, name, amount)
+    w, mask = _current('l1_unstructured', module, name)
+    alive = np.flatnonzero(mask)                                        # entries not yet pruned
+    k = _count('l1_unstructured', amount, alive.size)
+    mask = mask.copy()
+    mask.flat[alive] = magnitude_mask(np.abs(w).ravel()[alive], k)
+    _set_mask(module, name, mask)
+    return module
 
 # %%
 manual_seed(0)
@@ -250,14 +253,15 @@ def global_unstructured(parameters,  # list of (module, name) pairs
     op = 'global_unstructured'
     parameters = list(parameters)
     if not parameters: raise ValueError(f"{op}: no parameters given")
-    ws = [_effective(m, n) if (n in _hooks(m) or n in m._parameters) else None for m, n in parameters]
-    masks = [_reparametrize(op, m, n) for m, n in parameters]
+    ws, masks = zip(*[_current(op, m, n) for m, n in parameters])
     alive = [np.flatnonzero(mk) for mk in masks]
     scores = np.concatenate([np.abs(w).ravel()[a] for w, a in zip(ws, alive)])
     new = magnitude_mask(scores, _count(op, amount, scores.size))
-    for (m, n), mk, a, part in zip(parameters, masks, alive, np.split(new, np.cumsum([len(a) for a in alive])[:-1])):
+    parts = np.split(new, np.cumsum([len(a) for a in alive])[:-1])
+    for (m, n), mk, a, part in zip(parameters, masks, alive, parts):
+        mk = mk.copy()
         mk.flat[a] = part
-        _apply_mask(m, n)
+        _set_mask(m, n, mk)
 
 # %%
 a, b = Linear(2, 2, bias=False), Linear(2, 2, bias=False)
@@ -279,19 +283,18 @@ def ln_structured(module: Module,       # a layer such as Conv2d or Linear
                  ) -> Module:
     "Prune the `amount` slices along `dim` of `module.name` with the smallest L`n` norm; masks persist."
     op = 'ln_structured'
-    w = _effective(module, name) if (name in _hooks(module) or name in module._parameters) else None
+    w, mask = _current(op, module, name)
     if n not in (1, 2, np.inf): raise ValueError(f"{op}: n must be 1, 2 or np.inf, got {n!r}")
-    if w is not None and not -w.ndim <= dim < w.ndim:
+    if not -w.ndim <= dim < w.ndim:
         raise ValueError(f"{op}: dim {dim} is out of range for {name!r} of shape {w.shape}")
-    mask = _reparametrize(op, module, name)
-    dim = dim % w.ndim
+    mask, dim = mask.copy(), dim % w.ndim
     rest = tuple(i for i in range(w.ndim) if i != dim)
     norms = np.linalg.norm(np.moveaxis(w, dim, 0).reshape(w.shape[dim], -1), ord=n, axis=1)  # (w.shape[dim],)
     alive = np.flatnonzero(mask.any(axis=rest))                         # slices with a live entry
     keep = magnitude_mask(norms[alive], _count(op, amount, alive.size))
     cut = alive[keep == 0]
     np.moveaxis(mask, dim, 0)[cut] = 0                                   # a view: zeroes whole slices
-    _apply_mask(module, name)
+    _set_mask(module, name, mask)
     return module
 
 # %%
@@ -322,14 +325,13 @@ def remove(module: Module, name: str = 'weight') -> Module:
     _hooks(module).pop(name).remove()
     p = module._parameters.pop(name + '_orig')
     p.data *= module._buffers.pop(name + '_mask').data
-    object.__delattr__(module, name)
+    module.__dict__.pop(name, None)                                      # the plain attribute
     setattr(module, name, p)
     return module
 
 def identity(module: Module, name: str = 'weight') -> Module:
     "Prune nothing, but give `module.name` an all-ones mask (to load a pruned state dict into it)."
-    _reparametrize('identity', module, name)
-    _apply_mask(module, name)
+    _set_mask(module, name, _current('identity', module, name)[1])
     return module
 
 def is_pruned(module: Module) -> bool:
@@ -342,10 +344,8 @@ def sparsity(model: Module) -> dict:
     "Fraction of zeros in every weight with 2 or more axes (Linear, Conv2d), by dotted name, and 'overall'."
     out, zeros, total = {}, 0, 0
     for mname, m in model.named_modules():
-        if 'weight' not in m._parameters and 'weight' not in _hooks(m): continue
-        w = _effective(m, 'weight') if 'weight' in _hooks(m) else m._parameters['weight']
-        if w is None: continue
-        w = w.data if isinstance(w, Tensor) else w
+        if m._parameters.get('weight') is None and 'weight' not in _hooks(m): continue
+        w = _effective(m, 'weight')
         if w.ndim < 2: continue
         z = int((w == 0).sum())
         out[f"{mname}.weight" if mname else 'weight'] = z / w.size
