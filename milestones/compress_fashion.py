@@ -4,6 +4,8 @@ Starts from runs/fashion_lenet.npz (run `tito milestone fashion_lenet` first). E
 the 60,000 training images and reports accuracy on the 10,000 test images. Targets (issue 18), all against the
 loaded model's accuracy:
   A  70% of the weights pruned (one shot, global magnitude), at most 0.5 points lost after fine-tuning;
+     the first convolution and the last Linear (1% of the weights, the most sensitive) stay dense, so the
+     other layers are pruned a little further to make 70% (90% in B) of all Conv2d and Linear weights;
   B  90% pruned with the cubic schedule of Zhu and Gupta (from A's model), at most 1 point lost;
   C  channel pruning to at most half the FLOPs, at least 1.6x faster at batch 64, at most 1 point lost;
   D  a small student distilled from the LeNet beats the same student trained alone (same epochs, seed, batches);
@@ -29,13 +31,13 @@ from fashion_mlp import prepare
 from tinytorch.core.activations import ReLU
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.losses import CrossEntropyLoss, cross_entropy
+from tinytorch.core.losses import cross_entropy
 from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.spatial import Flatten
 from tinytorch.core.tensor import Tensor, manual_seed
-from tinytorch.core.training import Batches, Trainer, atomic_write
+from tinytorch.core.training import Batches, atomic_write
 from tinytorch.data.loader import load_fashion_mnist
-from tinytorch.optimization.compression import (cubic_sparsity, distillation_loss, global_unstructured,
+from tinytorch.optimization.compression import (cubic_sparsity, distillation_loss,
                                                 prunable, prune_channels, prune_to, sparsity, to_csr, _effective,
                                                 _hooks)
 from tinytorch.utils.timing import blas_threads, compare, machine_info
@@ -58,22 +60,33 @@ def finetune(model, data, epochs: float, lr: float, seed: int, on_step=None):
     batches = Batches(X, y, BATCH, shuffle=True, seed=seed)
     total = int(round(epochs * len(batches)))
     opt = Adam(model.parameters(), lr=lr)
-    trainer = Trainer(model.train(), CrossEntropyLoss(), opt, scheduler=CosineWarmupLR(opt, 0, total), progress=False)
-    while trainer.step < total:
+    sched = CosineWarmupLR(opt, 0, total)
+    model.train()
+    t = 0
+    while t < total:
         for xb, yb in batches:
-            if on_step: on_step(trainer.step)
-            trainer._train_step(xb, yb, len(yb))
-            trainer.scheduler.step()
-            trainer.step += 1
-            if trainer.step == total: break
+            if on_step: on_step(t)
+            opt.zero_grad()
+            cross_entropy(model(xb), yb).backward()
+            opt.step(); sched.step()
+            t += 1
+            if t == total: break
     return model.eval()
+
+
+def prune_overall(model, target: float):
+    "Prune the inner layers globally by magnitude so that `target` of ALL Conv2d/Linear weights are zero."
+    everything = prunable(model)
+    inner = everything[1:-1]           # the first conv (400 weights) and the last Linear (840) stay dense
+    total, inner_total = (sum(m.weight.size for m, _ in ps) for ps in (everything, inner))
+    prune_to(inner, target * total / inner_total)
 
 
 def stage_prune70(base, train, test, args):
     m = copy.deepcopy(base)
-    global_unstructured(prunable(m), amount=0.7)
+    prune_overall(m, 0.7)
     cut = accuracy(m, *test)
-    finetune(m, train, args.ft_epochs, 5e-4, args.seed)
+    finetune(m, train, args.ft_epochs, args.ft_lr, args.seed)
     return m, cut, accuracy(m, *test)
 
 
@@ -85,8 +98,8 @@ def stage_gradual90(start, train, test, args):
     s_i = sparsity(m)['overall']
 
     def on_step(t):
-        if t % dt == 0 and t <= n * dt: prune_to(prunable(m), cubic_sparsity(t, s_i, 0.9, 0, n, dt))
-    finetune(m, train, args.gradual_epochs, 5e-4, args.seed + 1, on_step)
+        if t % dt == 0 and t <= n * dt: prune_overall(m, cubic_sparsity(t, s_i, 0.9, 0, n, dt))
+    finetune(m, train, args.gradual_epochs, args.ft_lr, args.seed + 1, on_step)
     return m, accuracy(m, *test)
 
 
@@ -94,7 +107,7 @@ def stage_channels(base, train, test, args):
     from tinytorch.optimization.profiling import count_flops
     slim = prune_channels(base, amount=args.channel_amount, n=1)
     cut = accuracy(slim, *test)
-    finetune(slim, train, args.channel_epochs, 1e-3, args.seed + 2)
+    finetune(slim, train, args.channel_epochs, 2 * args.ft_lr, args.seed + 2)
     acc = accuracy(slim, *test)
     x1 = Tensor(test[0][:1])
     flops = [count_flops(mdl.eval(), x1).total_flops for mdl in (base, slim)]
@@ -183,6 +196,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=f"runs/{CHECKPOINT}", help="the trained LeNet (default runs/%(default)s)")
     ap.add_argument("--ft-epochs", type=float, default=1.0, help="fine-tuning epochs after 70%% pruning")
+    ap.add_argument("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate of every fine-tuning")
     ap.add_argument("--gradual-epochs", type=float, default=2.0, help="epochs of gradual pruning to 90%%")
     ap.add_argument("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
     ap.add_argument("--channel-epochs", type=float, default=2.0, help="fine-tuning epochs after channel pruning")
