@@ -107,7 +107,7 @@ def stage_gradual90(start, train, test, args):
 def stage_channels(base, train, test, args):
     slim = prune_channels(base, amount=args.channel_amount, n=1)
     cut = accuracy(slim, *test)
-    finetune(slim, train, args.channel_epochs, 2 * args.ft_lr, args.seed + 2)
+    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2)
     acc = accuracy(slim, *test)
     x1 = Tensor(test[0][:1])
     flops = [count_flops(mdl.eval(), x1).total_flops for mdl in (base, slim)]
@@ -123,7 +123,7 @@ def stage_channels(base, train, test, args):
 
 
 def stage_distill(base, train, test, args):
-    "A 784-32-10 MLP trained alone and from the LeNet's logits: same init, batches and epochs."
+    "An MLP 784-hidden-10 trained alone and from the LeNet's logits: same init, batches and epochs."
     X, y = train
     with no_grad():
         zt = np.concatenate([base.eval()(Tensor(X[i:i + 1000])).data for i in range(0, len(X), 1000)])
@@ -131,7 +131,7 @@ def stage_distill(base, train, test, args):
 
     def student():
         manual_seed(args.seed + 3)
-        return Sequential(Flatten(), Linear(784, 32), ReLU(), Linear(32, 10))
+        return Sequential(Flatten(), Linear(784, args.hidden), ReLU(), Linear(args.hidden, 10))
 
     def train_student(distill: bool):
         s = student().train()
@@ -183,13 +183,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=f"runs/{CHECKPOINT}", help="the trained LeNet (default runs/%(default)s)")
     ap.add_argument("--ft-epochs", type=float, default=1.0, help="fine-tuning epochs after 70%% pruning")
-    ap.add_argument("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate of every fine-tuning")
+    ap.add_argument("--ft-lr", type=float, default=1e-4, help="peak Adam learning rate of every fine-tuning")
     ap.add_argument("--gradual-epochs", type=float, default=2.0, help="epochs of gradual pruning to 90%%")
     ap.add_argument("--channel-amount", type=float, default=0.5, help="fraction of each conv's channels cut")
+    ap.add_argument("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate after channel pruning")
     ap.add_argument("--channel-epochs", type=float, default=2.0, help="fine-tuning epochs after channel pruning")
-    ap.add_argument("--student-epochs", type=int, default=5, help="epochs for each student")
-    ap.add_argument("--T", type=float, default=4.0, help="distillation temperature")
-    ap.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden units of the student MLP")
+    ap.add_argument("--student-epochs", type=int, default=15, help="epochs for each student")
+    ap.add_argument("--T", type=float, default=2.0, help="distillation temperature")
+    ap.add_argument("--alpha", type=float, default=0.3, help="weight of the distillation term")
     ap.add_argument("--rounds", type=int, default=15, help="alternating timing rounds")
     ap.add_argument("--stages", default="ABCDE", help="which stages to run (default ABCDE)")
     ap.add_argument("--seed", type=int, default=0)
@@ -238,7 +240,7 @@ def main() -> int:
             flops[1] <= flops[0] / 2 and speed >= 1.6 and base_acc - acc <= 0.01)
     if 'D' in args.stages:
         alone, taught = stage_distill(base, train, test, args)
-        row("D distillation", f"MLP 784-32-10, {args.student_epochs} epochs, T={args.T}, alpha={args.alpha}: "
+        row("D distillation", f"MLP 784-{args.hidden}-10, {args.student_epochs} epochs, T={args.T}, alpha={args.alpha}: "
             f"alone {alone:.2%}, distilled {taught:.2%} ({100 * (taught - alone):+.2f} pt)",
             "distilled > alone", taught > alone)
     if 'E' in args.stages:
