@@ -1,6 +1,7 @@
-"""Tests for `tinytorch.optimization.compression`: masks that persist through optimizers, state dicts and
-checkpoints; exact prune counts and tie handling; distillation loss against a float64 NumPy reference and finite
-differences; CSR against dense; channel removal against the masked model; low rank against Eckart-Young."""
+"""Tests for `tinytorch.optimization.compression`: masks that persist through optimizers, state
+dicts and checkpoints; exact prune counts and tie handling; distillation loss against a float64 NumPy
+reference, finite differences and PyTorch; CSR against dense; channel removal against the model
+with those channels zeroed; low rank against Eckart-Young."""
 import copy
 
 import numpy as np
@@ -15,10 +16,10 @@ from tinytorch.core.optimizers import SGD, Adam
 from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.core.training import load_checkpoint, save_checkpoint
-from tinytorch.optimization.compression import (CSR, csr_matmul, cubic_sparsity, distillation_loss,
-                                                global_unstructured, identity, is_pruned, l1_unstructured,
-                                                ln_structured, low_rank, magnitude_mask, prunable, prune_channels,
-                                                prune_to, remove, remove_channels, sparsity, to_csr)
+from tinytorch.optimization.compression import (
+    CSR, csr_matmul, cubic_sparsity, distillation_loss, global_unstructured, identity, is_pruned,
+    l1_unstructured, ln_structured, low_rank, magnitude_mask, prunable, prune_channels, prune_to,
+    remove, remove_channels, sparsity, to_csr)
 
 prop = settings(max_examples=40, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -26,8 +27,8 @@ seeds = st.integers(0, 2**32 - 1)
 
 def net(seed=0):
     manual_seed(seed)
-    return Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 4 * 4, 8), ReLU(),
-                      Linear(8, 3))
+    return Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(4 * 4 * 4, 8), ReLU(), Linear(8, 3))
 
 
 def train_steps(model, opt, steps=5, seed=0):
@@ -47,21 +48,21 @@ def weights(model):
     return [m.weight.numpy() for m, _ in prunable(model)]
 
 
-# --- masks persist -------------------------------------------------------------------------------------------------
+# --- masks persist --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make_opt", [lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
                                       lambda p: Adam(p, lr=0.05, weight_decay=0.1)])
 def test_pruned_weights_stay_zero_through_training(make_opt):
     m = net()
-    opt = make_opt(m.parameters())                          # built before pruning: weight_orig is the same object
-    train_steps(m, opt, 2)                                  # the optimizer has momentum state for every entry
+    opt = make_opt(m.parameters())        # built before pruning: weight_orig is the same object
+    train_steps(m, opt, 2)                # the optimizer has momentum state for every entry
     global_unstructured(prunable(m), amount=0.6)
     before = masks(m)
     train_steps(m, opt, 10)
     for w, mk in zip(weights(m), before):
         assert np.all(w[mk == 0] == 0)                      # exactly zero, not small
         assert np.count_nonzero(w[mk == 1]) == np.count_nonzero(mk)
-    for mod, _ in prunable(m):                              # the gradient reaching weight_orig is masked
+    for mod, _ in prunable(m):            # the gradient reaching weight_orig is masked
         assert np.all(mod.weight_orig.grad[mod.weight_mask.numpy() == 0] == 0)
     assert abs(sparsity(m)['overall'] - 0.6) < 1 / sum(mk.size for mk in before)
 
@@ -83,7 +84,7 @@ def test_masks_survive_state_dict_and_checkpoint(tmp_path):
     for a, b in zip(masks(fresh), masks(m)): np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(fresh(x).numpy(), m(x).numpy())
     saved = masks(fresh)
-    train_steps(fresh, Adam(fresh.parameters(), lr=0.05, weight_decay=0.1), 5)   # still pruned after loading
+    train_steps(fresh, Adam(fresh.parameters(), lr=0.05, weight_decay=0.1), 5)  # still pruned
     for w, mk in zip(weights(fresh), saved): assert np.all(w[mk == 0] == 0)
 
 
@@ -110,7 +111,7 @@ def test_deepcopy_of_pruned_model_is_independent():
     assert np.count_nonzero(m[0].weight.numpy() == 0) == 18
 
 
-# --- exact counts and ties -----------------------------------------------------------------------------------------
+# --- exact counts and ties ------------------------------------------------------------------------
 
 @prop
 @given(st.integers(1, 60), seeds, st.data())
@@ -123,7 +124,7 @@ def test_magnitude_mask_exact_count_and_ties(n, seed, data):
     cut, kept = np.flatnonzero(mask == 0), np.flatnonzero(mask == 1)
     if k and n - k:
         assert scores[cut].max() <= scores[kept].min()
-        thr = scores[cut].max()                             # at the threshold, lower indices go first
+        thr = scores[cut].max()           # at the threshold, lower indices go first
         tied_cut, tied_kept = cut[scores[cut] == thr], kept[scores[kept] == thr]
         if tied_kept.size: assert tied_cut.max() < tied_kept.min()
     np.testing.assert_array_equal(mask, magnitude_mask(scores.copy(), k))   # deterministic
@@ -152,7 +153,8 @@ def test_global_and_prune_to_counts(seed, target):
     total = sum(mod.weight.size for mod, _ in params)
     prune_to(params, target / 2)
     prune_to(params, target)
-    assert sum(int((mod.weight_mask.numpy() == 0).sum()) for mod, _ in params) == int(round(target * total))
+    pruned = sum(int((mod.weight_mask.numpy() == 0).sum()) for mod, _ in params)
+    assert pruned == int(round(target * total))
     if round(target * total) > 0:
         with pytest.raises(ValueError, match="already are"): prune_to(params, 0.)
 
@@ -178,32 +180,38 @@ def test_ln_structured_whole_slices_and_combination():
     dead = np.flatnonzero(mk.sum(axis=(1, 2, 3)) == 0)
     assert dead.size == 3
     assert int((mk == 0).sum()) >= 3 * 27
-    live = np.setdiff1d(np.arange(6), dead)                 # the cut filters had the smallest L2 norms
-    norms = np.sqrt(((conv.weight_orig.numpy() * first) ** 2).sum(axis=(1, 2, 3)))  # of the live entries
+    live = np.setdiff1d(np.arange(6), dead)   # the cut filters had the smallest L2 norms
+    norms = np.sqrt(((conv.weight_orig.numpy() * first) ** 2).sum(axis=(1, 2, 3)))  # live entries
     assert norms[dead].max() <= norms[live].min()
-    ln_structured(conv, amount=1, n=1, dim=1)                # input channels: combined with what is there
+    ln_structured(conv, amount=1, n=1, dim=1)   # input channels, combined with what is there
     mk2 = conv.weight_mask.numpy()
     assert np.all(mk2[mk == 0] == 0) and int((mk2.sum(axis=(0, 2, 3)) == 0).sum()) == 1
 
 
 def test_bad_input_errors():
     lin = Linear(3, 2)
-    with pytest.raises(ValueError, match="l1_unstructured: amount 1.5 is not a fraction in"): l1_unstructured(lin, amount=1.5)
-    with pytest.raises(ValueError, match=r"amount -0.5 is not a fraction"): l1_unstructured(lin, amount=-0.5)
-    with pytest.raises(ValueError, match=r"amount 7 is not a count in \[0, 6\]"): l1_unstructured(lin, amount=7)
-    with pytest.raises(TypeError, match="amount must be a float fraction or an int count, got '0.5'"):
+    with pytest.raises(ValueError, match="l1_unstructured: amount 1.5 is not a fraction in"):
+        l1_unstructured(lin, amount=1.5)
+    with pytest.raises(ValueError, match=r"amount -0.5 is not a fraction"):
+        l1_unstructured(lin, amount=-0.5)
+    with pytest.raises(ValueError, match=r"amount 7 is not a count in \[0, 6\]"):
+        l1_unstructured(lin, amount=7)
+    with pytest.raises(TypeError, match="a float fraction or an int count, got '0.5'"):
         l1_unstructured(lin, amount='0.5')
-    with pytest.raises(ValueError, match="Linear has no parameter 'wieght'"): l1_unstructured(lin, 'wieght')
+    with pytest.raises(ValueError, match="Linear has no parameter 'wieght'"):
+        l1_unstructured(lin, 'wieght')
     with pytest.raises(ValueError, match="global_unstructured: Linear has no parameter 'scale'"):
         global_unstructured([(lin, 'scale')])
-    with pytest.raises(ValueError, match="remove: parameter 'weight' of Linear is not pruned"): remove(lin)
+    with pytest.raises(ValueError, match="remove: parameter 'weight' of Linear is not pruned"):
+        remove(lin)
     with pytest.raises(ValueError, match="temperature T must be > 0, got -1"):
         distillation_loss(Tensor([[1., 2.]]), Tensor([[1., 2.]]), [0], T=-1)
-    with pytest.raises(ValueError, match="need 0 <= s_i <= s_f <= 1"): cubic_sparsity(0, 0.2, 1.5, 0, 1, 1)
+    with pytest.raises(ValueError, match="need 0 <= s_i <= s_f <= 1"):
+        cubic_sparsity(0, 0.2, 1.5, 0, 1, 1)
     assert not is_pruned(lin)                                # nothing was half-done by the failures
 
 
-# --- distillation ---------------------------------------------------------------------------------------------------
+# --- distillation ---------------------------------------------------------------------------------
 
 def reference_distillation(zs, zt, y, T, alpha):
     "float64 NumPy: alpha T^2 KL(p_t || q_s) + (1 - alpha) CE, batch mean."
@@ -225,29 +233,34 @@ def test_distillation_loss_reference_and_gradcheck(n, c, T, alpha, seed):
     s = Tensor(zs, dtype=np.float64, requires_grad=True)
     t = Tensor(zt, dtype=np.float64, requires_grad=True)
     out = distillation_loss(s, t, y, T, alpha)
-    np.testing.assert_allclose(out.item(), reference_distillation(zs, zt, y, T, alpha), rtol=1e-10, atol=1e-12)
+    ref = reference_distillation(zs, zt, y, T, alpha)
+    np.testing.assert_allclose(out.item(), ref, rtol=1e-10, atol=1e-12)
     t.requires_grad = False
     assert gradcheck(lambda a: distillation_loss(a, t, y, T, alpha), s)
 
 
 def test_distillation_gradient_is_soft_minus_hard_scaled():
-    "d/dz_s of T^2 KL is T (q - p) / N: the T^2 factor keeps the soft gradient on the scale of the hard one."
+    "d/dz_s of T^2 KL is T (q - p) / N: T^2 keeps the soft gradient on the scale of the hard one."
     rng = np.random.default_rng(0)
     zs, zt, T = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), 5.
     s = Tensor(zs, dtype=np.float64, requires_grad=True)
     distillation_loss(s, Tensor(zt, dtype=np.float64), [0, 1, 2], T=T, alpha=1.).backward()
-    sm = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    def sm(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
     np.testing.assert_allclose(s.grad, T * (sm(zs / T) - sm(zt / T)) / 3, rtol=1e-10, atol=1e-14)
 
 
 def test_distillation_matches_pytorch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
-    zs, zt, y, T, alpha = rng.standard_normal((5, 4)), rng.standard_normal((5, 4)), rng.integers(0, 4, 5), 3., 0.6
+    zs, zt, y = rng.standard_normal((5, 4)), rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    T, alpha = 3., 0.6
     F = torch.nn.functional
     ts, tt = torch.tensor(zs, requires_grad=True), torch.tensor(zt)
-    ref = (alpha * T * T * F.kl_div(F.log_softmax(ts / T, 1), F.log_softmax(tt / T, 1), reduction='batchmean',
-                                    log_target=True) + (1 - alpha) * F.cross_entropy(ts, torch.tensor(y)))
+    kl = F.kl_div(F.log_softmax(ts / T, 1), F.log_softmax(tt / T, 1), reduction='batchmean',
+                  log_target=True)
+    ref = alpha * T * T * kl + (1 - alpha) * F.cross_entropy(ts, torch.tensor(y))
     ref.backward()
     s = Tensor(zs, dtype=np.float64, requires_grad=True)
     out = distillation_loss(s, Tensor(zt, dtype=np.float64), y, T, alpha)
@@ -267,22 +280,25 @@ def test_l1_unstructured_matches_pytorch():
     np.testing.assert_array_equal(lin.weight_mask.numpy(), tl.weight_mask.numpy())
 
 
-# --- CSR --------------------------------------------------------------------------------------------------------------
+# --- CSR ------------------------------------------------------------------------------------------
 
 @prop
 @given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.floats(0, 1), seeds)
 def test_csr_roundtrip_and_matmul_equal_dense(rows, cols, n, density, seed):
     rng = np.random.default_rng(seed)
-    a = (rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)).astype(np.float32)
+    keep = rng.random((rows, cols)) < density
+    a = (rng.standard_normal((rows, cols)) * keep).astype(np.float32)
     b = rng.standard_normal((cols, n)).astype(np.float32)
     s = to_csr(a)
     assert isinstance(s, CSR) and s.nnz == np.count_nonzero(a) and s.indptr[-1] == s.nnz
     np.testing.assert_array_equal(s.to_dense(), a)
     assert s.nbytes == 4 * s.nnz + 4 * s.nnz + 4 * (rows + 1)
     # float32 sums of at most `cols` products in a different order
-    np.testing.assert_allclose(csr_matmul(s, b), a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5 * cols)
+    np.testing.assert_allclose(csr_matmul(s, b), a.astype(np.float64) @ b, rtol=1e-5,
+                               atol=1e-5 * cols)
     s16 = to_csr(a, np.uint16)
-    assert s16.indices.dtype == np.uint16 and s16.nbytes == 4 * s16.nnz + 2 * s16.nnz + 2 * (rows + 1)
+    assert s16.indices.dtype == np.uint16
+    assert s16.nbytes == 4 * s16.nnz + 2 * s16.nnz + 2 * (rows + 1)
 
 
 def test_csr_errors():
@@ -291,7 +307,7 @@ def test_csr_errors():
     with pytest.raises(ValueError, match="to_csr: expected a 2-D array"): to_csr(np.ones((2, 2, 2)))
 
 
-# --- structured pruning ------------------------------------------------------------------------------------------------
+# --- structured pruning ---------------------------------------------------------------------------
 
 @settings(max_examples=15, deadline=None)
 @given(seeds, st.integers(1, 3), st.integers(1, 4))
@@ -299,7 +315,8 @@ def test_removing_zero_channels_keeps_outputs(seed, cut1, cut2):
     manual_seed(seed % 1000)
     rng = np.random.default_rng(seed)
     m = Sequential(Conv2d(2, 4, 3, padding=1), BatchNorm2d(4), ReLU(), MaxPool2d(2),
-                   Conv2d(4, 6, 3, padding=1), BatchNorm2d(6), ReLU(), Flatten(), Linear(6 * 4 * 4, 5)).eval()
+                   Conv2d(4, 6, 3, padding=1), BatchNorm2d(6), ReLU(), Flatten(),
+                   Linear(6 * 4 * 4, 5)).eval()
     for bn in (m[1], m[5]):
         bn.running_mean.data[...] = rng.standard_normal(bn.num_features)
         bn.running_var.data[...] = rng.uniform(0.5, 2, bn.num_features)
@@ -316,18 +333,21 @@ def test_removing_zero_channels_keeps_outputs(seed, cut1, cut2):
 
 
 def test_prune_channels_keeps_largest_filters():
-    m = Sequential(Conv2d(1, 4, 3), ReLU(), Conv2d(4, 2, 3), ReLU(), Flatten(), Linear(2 * 4 * 4, 3))
+    m = Sequential(Conv2d(1, 4, 3), ReLU(), Conv2d(4, 2, 3), ReLU(), Flatten(),
+                   Linear(2 * 4 * 4, 3))
     for i in range(4): m[0].weight.data[i] = [0.5, 3., 0.1, 2.][i]
     small = prune_channels(m, amount=0.5, n=1)
     np.testing.assert_array_equal(small[0].weight.numpy()[:, 0, 0, 0], [3., 2.])
     sub = m[2].weight.numpy()[:, [1, 3]]                      # conv 2 after its inputs shrank
     best = np.abs(sub).sum(axis=(1, 2, 3)).argmax()          # and half of its own filters are cut
     np.testing.assert_array_equal(small[2].weight.numpy(), sub[[best]])
-    np.testing.assert_array_equal(small[5].weight.numpy(), m[5].weight.numpy()[:, best * 16:(best + 1) * 16])
-    with pytest.raises(TypeError, match=r"model\[1\] is a ReLU, not a Conv2d"): remove_channels(m, 1, [0])
+    cols = m[5].weight.numpy()[:, best * 16:(best + 1) * 16]
+    np.testing.assert_array_equal(small[5].weight.numpy(), cols)
+    with pytest.raises(TypeError, match=r"model\[1\] is a ReLU, not a Conv2d"):
+        remove_channels(m, 1, [0])
 
 
-# --- low rank ------------------------------------------------------------------------------------------------------
+# --- low rank -------------------------------------------------------------------------------------
 
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 8), st.integers(1, 8), seeds, st.data())
