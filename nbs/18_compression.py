@@ -255,7 +255,9 @@ test_eq(int((lin.weight.numpy() != 0).sum()), 12)
 # weights loses more of them than one with few: one threshold for the whole network. `ln_structured`
 # prunes whole slices along `dim` (for a convolution weight `(O, C, KH, KW)` and `dim=0`, whole
 # output filters), ranking them by their $L_n$ norm. Both act on live entries only when the
-# parameter is already pruned.
+# parameter is already pruned. Slices are ranked by the weight the layer uses, `weight_orig *
+# weight_mask`; PyTorch ranks by `weight_orig`, which differs only when a parameter is pruned twice
+# (`tests/test_18_compression.py` compares single calls with PyTorch's masks).
 
 # %%
 #| export

@@ -270,8 +270,9 @@ def test_distillation_matches_pytorch():
 
 
 def test_l1_unstructured_matches_pytorch():
-    torch = pytest.importorskip("torch")
-    prune = torch.nn.utils.prune
+    pytest.importorskip("torch")
+    import torch
+    import torch.nn.utils.prune as prune
     lin = Linear(20, 10)
     tl = torch.nn.Linear(20, 10)
     with torch.no_grad(): tl.weight.copy_(torch.from_numpy(lin.weight.numpy()))
@@ -362,3 +363,17 @@ def test_low_rank_is_the_truncated_svd(i, o, seed, data):
     np.testing.assert_allclose(np.linalg.norm(prod - W), np.sqrt((S[r:] ** 2).sum()), atol=1e-5)
     assert np.linalg.matrix_rank(prod, tol=1e-5) <= r
     np.testing.assert_array_equal(two[1].bias.numpy(), lin.bias.numpy())
+
+
+def test_ln_structured_matches_pytorch():
+    """One structured pruning of a fresh weight; on an already pruned weight we rank slices by the
+    effective weight (orig * mask), PyTorch by the original, so only a first call is compared."""
+    pytest.importorskip("torch")
+    import torch
+    import torch.nn.utils.prune as prune
+    for n, dim in ((1, 0), (2, 1), (np.inf, 0)):
+        conv, tc = Conv2d(4, 6, 3), torch.nn.Conv2d(4, 6, 3)
+        with torch.no_grad(): tc.weight.copy_(torch.from_numpy(conv.weight.numpy()))
+        ln_structured(conv, amount=0.5, n=n, dim=dim)
+        prune.ln_structured(tc, 'weight', amount=0.5, n=n, dim=dim)
+        np.testing.assert_array_equal(conv.weight_mask.numpy(), tc.weight_mask.numpy())
