@@ -189,10 +189,10 @@ def stage_deep(p90, train, test, args):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=f"runs/{CHECKPOINT}", help="the trained LeNet (default runs/%(default)s)")
-    ap.add_argument("--ft-epochs", type=float, default=2.0, help="fine-tuning epochs after 70%% pruning")
+    ap.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs after 70%% pruning")
     ap.add_argument("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate in stages A and B")
-    ap.add_argument("--gradual-epochs", type=float, default=3.0, help="epochs of gradual pruning to 90%%")
-    ap.add_argument("--channel-amount", type=float, default=0.5, help="fraction of each conv's channels cut")
+    ap.add_argument("--gradual-epochs", type=float, default=4.0, help="epochs of gradual pruning to 90%%")
+    ap.add_argument("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
     ap.add_argument("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate after channel pruning")
     ap.add_argument("--channel-epochs", type=float, default=3.0, help="fine-tuning epochs after channel pruning")
     ap.add_argument("--hidden", type=int, default=128, help="hidden units of the student MLP")
