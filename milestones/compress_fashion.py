@@ -64,6 +64,7 @@ def accuracy(model, X, y) -> float:
 
 def finetune(model, data, epochs: float, lr: float, seed: int, on_step=None):
     "Adam with cosine decay for `epochs` (may be fractional) over `data`; `on_step(t)` runs before step t."
+    manual_seed(seed)                      # dropout draws from here: each stage repeats on its own
     X, y = data
     batches = Batches(X, y, BATCH, shuffle=True, seed=seed)
     total = int(round(epochs * len(batches)))
