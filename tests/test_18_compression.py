@@ -1,7 +1,7 @@
 """Tests for `tinytorch.optimization.compression`: masks that persist through optimizers, state
-dicts and checkpoints; exact prune counts and tie handling; distillation loss against a float64 NumPy
-reference, finite differences and PyTorch; CSR against dense; channel removal against the model
-with those channels zeroed; low rank against Eckart-Young."""
+dicts and checkpoints; exact prune counts and tie handling; distillation loss against a float64
+NumPy reference, finite differences and PyTorch; CSR against dense; channel removal against the
+model with those channels zeroed; low rank against Eckart-Young."""
 import copy
 
 import numpy as np
