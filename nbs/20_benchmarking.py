@@ -444,7 +444,8 @@ def single_stream(model: Module, X: np.ndarray, reference: Module | None = None,
     lat, names = {k: [] for k in fns}, list(fns)
     with no_grad():
         for n in itertools.count():
-            if len(lat['submission']) >= min_queries and sum(lat['submission']) >= min_duration: break
+            enough = len(lat['submission']) >= min_queries and sum(lat['submission']) >= min_duration
+            if enough and (reference is None or n % 2 == 0): break   # as many chunks in each order
             order = names if n % 2 == 0 else names[::-1]  # who goes first alternates by chunk
             c = compare({k: fns[k] for k in order}, rounds=chunk, warmup=warmup if n == 0 else 0,
                         number=1, max_spread=math.inf)    # query latencies spread by design
@@ -454,7 +455,7 @@ def single_stream(model: Module, X: np.ndarray, reference: Module | None = None,
 # %%
 lat = single_stream(reference, data.performance(64), reference, min_queries=100, min_duration=0.0,
                     chunk=50)
-test_eq(len(lat['submission']), 100)                       # two chunks of 50 rounds
+test_eq(len(lat['submission']), 100)                       # two chunks of 50 rounds, one per order
 test_eq(len(lat['reference']), 100)
 s = latency_summary(lat['submission'])
 assert s['p50'] <= s['p90'] <= s['p99']
@@ -1101,7 +1102,7 @@ def _quality(r: dict) -> str:
     return f"{q['value']:.2%}" if q['metric'] == 'accuracy' else f"{q['value']:.4f}"
 
 def _cmp_text(c: dict) -> str:
-    return f"{c['ratio']:.2f}x [{c['low']:.2f}, {c['high']:.2f}] {c['verdict']}"
+    return f"{c['ratio']:.3f}x [{c['low']:.3f}, {c['high']:.3f}] {c['verdict']}"
 
 @patch
 def rows(self: Leaderboard, task: str) -> list:

@@ -168,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?", metavar="NAME", help="the milestone, e.g. digits_cnn")
     s.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script, e.g. --epochs 3")
     s.set_defaults(func=cmd_milestone)
+    from .benchmark import add_parser as add_benchmark_parser  # `tito benchmark`: tito/benchmark.py
+    add_benchmark_parser(sub)
     return p
 
 
