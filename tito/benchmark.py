@@ -37,10 +37,18 @@ def _save_reference(ctx: Context, path: Path):
     save_checkpoint(path, ctx.reference)
 
 
+def _train_small(ctx: Context, path: Path):
+    from tinytorch.benchmarking.tinymlperf import digits_student, train_classifier
+    from tinytorch.core.tensor import manual_seed
+    from tinytorch.core.training import save_checkpoint
+    manual_seed(ctx.seed)
+    save_checkpoint(path, train_classifier(digits_student(), ctx.data, seed=ctx.seed), seed=ctx.seed)
+
+
 # The course's submissions per task, in display order. INT8 (module 17) and pruning/distillation (module 18)
 # entries are added here when those modules are merged.
 ENTRIES = {
-    'digits': [Entry('fp32.py', _save_reference)],
+    'digits': [Entry('fp32.py', _save_reference), Entry('small_cnn.py', _train_small)],
     'fashion_mnist': [Entry('fp32.py', _save_reference)],
     'shakespeare_char': [Entry('fp32.py', _save_reference)],
     'cifar10': [Entry('fp32.py', _save_reference)],
