@@ -194,7 +194,7 @@ def run_config(args):
 def cmd_benchmark(project: Project, args) -> int:
     "`tito benchmark [run|submit FILE]`."
     start = time.perf_counter()
-    runs = project.root / 'runs'
+    runs = Path(args.runs) if args.runs else project.root / 'runs'
     out = Path(args.out) if args.out else runs / 'benchmark'
     (out / 'results').mkdir(parents=True, exist_ok=True)
     from tinytorch.benchmarking.tinymlperf import Submission
@@ -249,7 +249,8 @@ def add_parser(sub) -> None:
     s.add_argument('file', nargs='?', metavar='FILE', help="submit: the submission's Python file")
     s.add_argument('--task', default='digits', help="digits (default), fashion_mnist, shakespeare_char or cifar10")
     s.add_argument('--checkpoint', metavar='PATH', help="submit: the checkpoint (default: the file's CHECKPOINT)")
-    s.add_argument('--out', metavar='DIR', help="output folder (default runs/benchmark)")
+    s.add_argument('--runs', metavar='DIR', help="folder of the reference checkpoints (default runs/)")
+    s.add_argument('--out', metavar='DIR', help="output folder (default RUNS/benchmark)")
     s.add_argument('--queries', type=int, default=1024, help="single-stream queries, at least (default 1024)")
     s.add_argument('--min-duration', type=float, default=1.0,
                    help="seconds of single-stream queries, at least (default 1.0)")
