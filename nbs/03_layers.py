@@ -108,13 +108,17 @@ class Module:
         d = self.__dict__  # bypass our __setattr__, which needs these dictionaries to exist
         d['training'] = True
         d['_parameters'], d['_buffers'], d['_modules'] = {}, {}, {}
+        d['_forward_pre_hooks'] = {}  # handle id -> hook(module, args), run before each forward
 
     def forward(self, *args, **kwargs):
         "The computation; every subclass defines it."
         raise NotImplementedError(f"{type(self).__name__}.forward: a subclass of Module must define forward()")
 
     def __call__(self, *args, **kwargs):
-        "`module(x)` runs `module.forward(x)`."
+        "`module(x)` runs the forward pre-hooks, then `module.forward(x)`."
+        for hook in list(self.__dict__.get('_forward_pre_hooks', {}).values()):
+            out = hook(self, args)  # a hook may return new positional arguments
+            if out is not None: args = out if isinstance(out, tuple) else (out,)
         return self.forward(*args, **kwargs)
 
     def __getattr__(self, name: str):
@@ -446,6 +450,49 @@ print(f"scale lost per layer with the default init, first step: {default[0] / de
 # finite width moves each stack's rms by a few percent per layer; four stacks averaged over six layers
 test_close(default / default_pred, 1., eps=0.15)
 test_close(kaiming / kaiming_pred, 1., eps=0.15)
+
+# %% [markdown]
+# ### Forward pre-hooks
+#
+# A forward pre-hook is a function `hook(module, args)` that `module(x)` calls before `forward`, as in
+# PyTorch's `register_forward_pre_hook`. It may return new positional arguments, or None to keep them.
+# Pruning uses one to recompute a masked weight before every forward pass. Registering returns a handle
+# whose `remove()` unregisters the hook.
+
+# %%
+#| export
+class RemovableHandle:
+    "Returned by `register_forward_pre_hook`; `remove()` unregisters the hook."
+    _next_id = 0
+
+    def __init__(self, hooks: dict):
+        self.hooks, self.id = hooks, RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self): self.hooks.pop(self.id, None)
+
+@patch
+def register_forward_pre_hook(self: Module, hook) -> RemovableHandle:
+    "Run `hook(module, args)` before every `forward`; a non-None result replaces the positional arguments."
+    if not callable(hook):
+        raise TypeError(f"register_forward_pre_hook: hook must be callable, got {type(hook).__name__}")
+    hooks = self.__dict__.setdefault('_forward_pre_hooks', {})
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    return handle
+
+# %%
+s = Scale(2)
+calls = []
+h1 = s.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape))
+h2 = s.register_forward_pre_hook(lambda m, args: (args[0] * 10,))   # replaces the input
+test_eq(s(Tensor([1., 2.])).numpy(), [10., 20.])
+test_eq(calls, [(2,)])
+h2.remove(); h2.remove()                                            # removing twice is harmless
+test_eq(s(Tensor([1., 2.])).numpy(), [1., 2.])
+h1.remove()
+test_eq(len(s._forward_pre_hooks), 0)
+test_fail(lambda: s.register_forward_pre_hook(3), contains="hook must be callable, got int")
 
 # %% [markdown]
 # ## Walking the module tree
