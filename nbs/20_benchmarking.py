@@ -58,6 +58,7 @@ from tinytorch.core.training import Trainer, Batches, atomic_write, load_checkpo
 from tinytorch.data.loader import load_digits, load_fashion_mnist, load_cifar10
 from tinytorch.utils.timing import measure, compare, blas_threads, machine_info, fmt_seconds
 from tinytorch.optimization.profiling import count_flops
+from tinytorch.optimization.quantization import quantize_model
 
 # %%
 #| hide
@@ -638,20 +639,46 @@ def load_model(sub: Submission) -> Module:
     return model.eval()
 
 # %% [markdown]
+# An INT8 submission's `build_model()` must return the quantized model's structure for its
+# checkpoint to fill. `quantize_model` builds that structure from the float architecture;
+# `int8_skeleton` runs it on one seeded random batch only to create the layers. Every value it
+# calibrates (scales, zero points, integer weights) is a buffer, and `load_checkpoint` replaces
+# them all, or fails.
+
+# %%
+#| export
+def int8_skeleton(float_model: Module,    # the float architecture, e.g. `digits_cnn()`
+                  input_shape: tuple,     # the shape of one batch, e.g. (1, 1, 8, 8)
+                  per_channel: bool = True,
+                 ) -> Module:
+    "The layers `quantize_model(float_model, ...)` makes, with placeholder values for a checkpoint to fill."
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    return quantize_model(float_model, [x], per_channel=per_channel)
+
+# %%
+int8 = quantize_model(reference, [data.calibration(100)])   # calibrated on training images
+q = int8_skeleton(digits_cnn(), (1, 1, 8, 8))
+q.load_state_dict(int8.state_dict())
+test_eq(predict(q, data.X_test[:50]), predict(int8, data.X_test[:50]))   # the same integers
+test_eq(q.state_dict()['1.weight_int8'].dtype, np.int8)
+
+# %% [markdown]
 # ## The closed division
 #
 # In the closed division the model is the reference architecture; only its number format may
-# change. The check compares the two models' architectures: the leaf modules in order, each with
-# the shape of its weight. Quantization keeps both (an INT8 weight has the float weight's shape,
-# one byte per element); a smaller student or an extra layer changes them. The check does not
+# change. The check compares the weighted layers of the two models in order, by the shape of
+# their weights (their paths may differ: `quantize_model` adds `Quantize` in front and fuses each
+# ReLU into the layer before it). Quantization keeps the shapes (an INT8 weight has the float
+# weight's shape, one byte per element); a smaller student or an extra layer changes them. The check does not
 # look at the weights' values, so it cannot tell fine-tuned or pruned weights from the
 # reference's: those belong in the open division, by the rules the submitter signs.
 
 # %%
 #| export
 def _weight_shape(m: Module):
+    "The shape of `m.weight` (a Tensor, or a `QuantizedTensor` in an INT8 layer); None if it has none."
     w = getattr(m, 'weight', None)
-    return tuple(np.shape(w.data if isinstance(w, Tensor) else w)) if w is not None else None
+    return None if w is None else tuple(w.shape)
 
 def architecture(model: Module) -> list:
     "(path, weight shape) of every leaf module that has a weight, in order: the closed-division key."
@@ -659,11 +686,11 @@ def architecture(model: Module) -> list:
             if not m._modules and _weight_shape(m) is not None]
 
 def check_closed(model: Module, reference: Module) -> str | None:
-    "None if `model` has the reference's architecture; else the first difference, in words."
+    "None if `model`'s weighted layers have the reference's shapes, in order; else the first difference."
     a, r = architecture(model), architecture(reference)
     for i, (x, y) in enumerate(itertools.zip_longest(a, r)):
-        if x != y:
-            return (f"closed division: layer {i} is {x or 'missing'}, the reference's is "
+        if x is None or y is None or x[1] != y[1]:
+            return (f"closed division: weighted layer {i} is {x or 'missing'}, the reference's is "
                     f"{y or 'missing'}")
     return None
 
@@ -672,7 +699,9 @@ test_eq(architecture(digits_cnn())[0], ('0', (16, 1, 3, 3)))
 test_eq(len(architecture(digits_cnn())), 4)
 test_eq(check_closed(digits_cnn(), digits_cnn()), None)
 small = Sequential(Conv2d(1, 8, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(), Linear(8 * 16, 10))
-assert "layer 0 is ('0', (8, 1, 3, 3))" in check_closed(small, digits_cnn())
+assert "weighted layer 0 is ('0', (8, 1, 3, 3))" in check_closed(small, digits_cnn())
+test_eq([w for _, w in architecture(int8)], [w for _, w in architecture(reference)])
+test_eq(check_closed(int8, reference), None)
 
 # %% [markdown]
 # ## Checking outputs
@@ -789,8 +818,10 @@ def read_result(path) -> dict:
 # the gate; and only for a submission that passes, the **performance runs**: single-stream
 # (alternating with the reference, whose latencies are stored beside the submission's) and
 # offline, all with the BLAS threads pinned. Size is the bytes of the checkpoint file; FLOPs per
-# sample come from `count_flops` on one test sample. A failed or erroring submission gets a
-# result too, with the reason.
+# sample come from `count_flops` on one test sample. `count_flops` counts the operations that go
+# through `Tensor`; the integer kernels of `quantize_model`'s layers work on NumPy arrays directly,
+# so for an INT8 model it sees no multiply-adds and the field is left empty rather than wrong. A
+# failed or erroring submission gets a result too, with the reason.
 
 # %%
 #| export
@@ -803,6 +834,11 @@ class RunConfig:
     offline_repeats: int = 5     # timed passes of the offline scenario
     threads: int = 1             # BLAS threads during the performance runs
     seed: int = 0                # subsets and bootstrap
+
+def flops_per_sample(model: Module, x: np.ndarray) -> int | None:
+    "`count_flops` of one sample; None when it sees no multiply-adds (INT8 kernels run outside it)."
+    with no_grad(): fc = count_flops(model, Tensor(x))
+    return fc.total_flops if fc.macs > 0 or not architecture(model) else None
 
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
@@ -848,7 +884,7 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
                         'reference': reference_score, 'samples': len(data.y_test)}
         r['params'] = int(sum(np.size(v) for v in model.state_dict().values()))
         r['size_bytes'] = sub.checkpoint.stat().st_size
-        with no_grad(): r['flops_per_sample'] = count_flops(model, Tensor(data.X_test[:1])).total_flops
+        r['flops_per_sample'] = flops_per_sample(model, data.X_test[:1])
         if not passes_gate(value, target, task.metric):
             return _fail(r, 'fail', f"{task.metric} {value:.4f} misses the target {target:.4f}; "
                                     "not measured for speed")
@@ -984,7 +1020,7 @@ assert 'shape (2, 64)' in cases['wrong shape']['reason']
 assert 'not finite' in cases['NaN outputs']['reason']
 assert 'does not fit' in cases['checkpoint mismatch']['reason']
 assert 'misses the target' in cases['random weights']['reason']
-assert 'closed division: layer 3' in cases['closed, other model']['reason']
+assert 'closed division: weighted layer 3' in cases['closed, other model']['reason']
 for r in cases.values(): validate_result(r)       # failed runs are valid results too
 
 # %% [markdown]
@@ -1279,6 +1315,33 @@ c = compare_latencies(lat['submission'], lat['reference'], paired=True)
 print(f"separate runs, copy / model: median {loaded.median / alone.median:.2f}x")
 print(f"alternating, both under load: median {c['ratio']:.3f}x [{c['low']:.3f}, {c['high']:.3f}], "
       f"{c['verdict']}")
+
+# %% [markdown]
+# ### Choosing calibration data from the test set
+#
+# Quantization looks at data to choose its activation ranges. If that data, or the choice among
+# several candidates, comes from the test set, the test score no longer measures unseen data: it
+# measures how well the choice fits those particular images. To make the effect visible, each
+# candidate below calibrates on a single image (a deliberately tiny calibration set, whose ranges
+# depend on which image it is). Twenty candidates are drawn from the first half of the test
+# split and the one with the best accuracy on that half is kept; its score on that half is the
+# number such a submitter would report. The second half, which the choice never saw, gives its
+# real accuracy. The harness's rule, calibration drawn from the training split only
+# (`TaskData.calibration`), is last.
+
+# %%
+half = len(data.X_test) // 2
+A, yA, B, yB = data.X_test[:half], data.y_test[:half], data.X_test[half:], data.y_test[half:]
+pick = np.random.default_rng(0)
+cands = [quantize_model(reference, [A[pick.permutation(half)[:1]]]) for _ in range(20)]
+on_A = [score('accuracy', predict(q, A), yA) for q in cands]
+best = cands[int(np.argmax(on_A))]
+ruled = quantize_model(reference, [data.calibration(digits.calibration_size)])
+print(f"20 one-image calibrations from test half A score {min(on_A):.2%} to {max(on_A):.2%} on A")
+print(f"the one chosen on A: {max(on_A):.2%} on A (reported), "
+      f"{score('accuracy', predict(best, B), yB):.2%} on the unseen half B")
+print(f"calibrated on {digits.calibration_size} training images: "
+      f"{score('accuracy', predict(ruled, A), yA):.2%} on A, {score('accuracy', predict(ruled, B), yB):.2%} on B")
 
 # %% [markdown]
 # ### Reporting speed without the quality gate

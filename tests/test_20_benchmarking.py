@@ -160,7 +160,7 @@ def test_write_result_refuses_an_invalid_result_and_keeps_the_old_file(setup, tm
      'ref.npz', 'does not fit'),
     (BUILD, 'missing.npz', 'no checkpoint at'),
     ("from tinytorch.benchmarking.tinymlperf import digits_student\ndef build_model(): return digits_student()",
-     'student.npz', 'closed division: layer 0'),
+     'student.npz', 'closed division: weighted layer 0'),
 ])
 def test_crashing_submissions_are_reported_with_the_reason(setup, body, ckpt, reason):
     r = run(setup, submission(setup[0], 'bad', body, ckpt))

@@ -37,18 +37,90 @@ def _save_reference(ctx: Context, path: Path):
     save_checkpoint(path, ctx.reference)
 
 
+def _save(path: Path, model, ctx: Context):
+    from tinytorch.core.training import save_checkpoint
+    save_checkpoint(path, model, seed=ctx.seed)
+
+
+def _copy_reference(ctx: Context):
+    "A copy of the reference with its own weights, so the entries built from it leave it unchanged."
+    model = ctx.task.reference()
+    model.load_state_dict(ctx.reference.state_dict())
+    return model.eval()
+
+
+def _calibration_batches(ctx: Context, batch: int = 50) -> list:
+    "The task's calibration subset (training images only), in batches: the only data quantization sees."
+    X = ctx.data.calibration(ctx.task.calibration_size, ctx.seed)
+    return [X[i:i + batch] for i in range(0, len(X), batch)]
+
+
+def _int8(per_channel: bool):
+    def make(ctx: Context, path: Path):
+        from tinytorch.optimization.quantization import quantize_model
+        _save(path, quantize_model(ctx.reference, _calibration_batches(ctx), per_channel=per_channel), ctx)
+    return make
+
+
+def _fit(model, ctx: Context, loss_fn, epochs: int, lr: float):
+    "Adam on the training split, one BLAS thread; `loss_fn(logits, x, y)` gives the loss of a batch."
+    from tinytorch.core.optimizers import Adam
+    from tinytorch.core.training import Batches
+    from tinytorch.utils.timing import blas_threads
+    opt = Adam(model.parameters(), lr=lr)
+    model.train()
+    with blas_threads(1):
+        for _ in range(epochs):
+            for x, y in Batches(ctx.data.X_train, ctx.data.y_train, 32, shuffle=True, seed=ctx.seed):
+                opt.zero_grad()
+                loss_fn(model(x), x, y).backward()
+                opt.step()
+    return model.eval()
+
+
+def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3):
+    "Prune `amount` of the reference's weights by global magnitude, fine-tune with the masks kept, then INT8."
+    from tinytorch.core.losses import cross_entropy
+    from tinytorch.core.tensor import manual_seed
+    from tinytorch.optimization.compression import global_unstructured, prunable, remove, sparsity
+    from tinytorch.optimization.quantization import quantize_model
+    manual_seed(ctx.seed)
+    model = _copy_reference(ctx)
+    global_unstructured(prunable(model), amount=amount)
+    _fit(model, ctx, lambda out, x, y: cross_entropy(out, y), epochs, lr=1e-3)
+    for m, name in prunable(model): remove(m, name)
+    _save(path, quantize_model(model, _calibration_batches(ctx), per_channel=True), ctx)
+
+
+def _distilled(ctx: Context, path: Path, T: float = 4.0, alpha: float = 0.9, epochs: int = 12):
+    "Train `digits_student` on the reference's softened outputs and the labels (`distillation_loss`)."
+    from tinytorch.benchmarking.tinymlperf import digits_student
+    from tinytorch.core.autograd import no_grad
+    from tinytorch.core.tensor import manual_seed
+    from tinytorch.optimization.compression import distillation_loss
+    manual_seed(ctx.seed)
+    student, teacher = digits_student(), ctx.reference
+
+    def loss(out, x, y):
+        with no_grad(): t = teacher(x)
+        return distillation_loss(out, t, y, T=T, alpha=alpha)
+    _save(path, _fit(student, ctx, loss, epochs, lr=3e-3), ctx)
+
+
 def _train_small(ctx: Context, path: Path):
+    "`digits_student` trained on the labels alone, with the reference's recipe."
     from tinytorch.benchmarking.tinymlperf import digits_student, train_classifier
     from tinytorch.core.tensor import manual_seed
-    from tinytorch.core.training import save_checkpoint
     manual_seed(ctx.seed)
-    save_checkpoint(path, train_classifier(digits_student(), ctx.data, seed=ctx.seed), seed=ctx.seed)
+    _save(path, train_classifier(digits_student(), ctx.data, seed=ctx.seed), ctx)
 
 
-# The course's submissions per task, in display order. INT8 (module 17) and pruning/distillation (module 18)
-# entries are added here when those modules are merged.
+# The course's submissions per task, in display order. The larger tasks run their FP32 reference; their INT8
+# entries need a submission file with the task's input shape (see submissions/digits/int8.py).
 ENTRIES = {
-    'digits': [Entry('fp32.py', _save_reference), Entry('small_cnn.py', _train_small)],
+    'digits': [Entry('fp32.py', _save_reference), Entry('int8.py', _int8(per_channel=True)),
+               Entry('pruned_int8.py', _pruned_int8), Entry('distilled.py', _distilled),
+               Entry('small_cnn.py', _train_small), Entry('int8_per_tensor.py', _int8(per_channel=False))],
     'fashion_mnist': [Entry('fp32.py', _save_reference)],
     'shakespeare_char': [Entry('fp32.py', _save_reference)],
     'cifar10': [Entry('fp32.py', _save_reference)],

@@ -8,8 +8,9 @@ __all__ = ['METRICS', 'FASHION_MEAN', 'FASHION_STD', 'CIFAR_MEAN', 'CIFAR_STD', 
            'Benchmark', 'passes_gate', 'digits_cnn', 'digits_student', 'train_classifier', 'fashion_lenet',
            'ResidualBlock', 'ResNet8', 'tinygpt', 'percentile', 'latency_summary', 'single_stream', 'offline',
            'bootstrap_ratio_ci', 'latency_verdict', 'compare_latencies', 'Submission', 'SubmissionError', 'load_model',
-           'architecture', 'check_closed', 'check_outputs', 'validate_result', 'write_result', 'read_result',
-           'RunConfig', 'run_submission', 'pareto_front', 'escape_html', 'escape_md', 'Leaderboard']
+           'int8_skeleton', 'architecture', 'check_closed', 'check_outputs', 'validate_result', 'write_result',
+           'read_result', 'RunConfig', 'flops_per_sample', 'run_submission', 'pareto_front', 'escape_html', 'escape_md',
+           'Leaderboard']
 
 # %% ../../nbs/20_benchmarking.ipynb #b7ea8c8b
 import ast
@@ -39,6 +40,7 @@ from ..core.training import Trainer, Batches, atomic_write, load_checkpoint, sav
 from ..data.loader import load_digits, load_fashion_mnist, load_cifar10
 from ..utils.timing import measure, compare, blas_threads, machine_info, fmt_seconds
 from ..optimization.profiling import count_flops
+from ..optimization.quantization import quantize_model
 
 # %% ../../nbs/20_benchmarking.ipynb #8f1093d2
 @dataclass
@@ -393,9 +395,19 @@ def load_model(sub: Submission) -> Module:
     return model.eval()
 
 # %% ../../nbs/20_benchmarking.ipynb #73b6f5a0
+def int8_skeleton(float_model: Module,    # the float architecture, e.g. `digits_cnn()`
+                  input_shape: tuple,     # the shape of one batch, e.g. (1, 1, 8, 8)
+                  per_channel: bool = True,
+                 ) -> Module:
+    "The layers `quantize_model(float_model, ...)` makes, with placeholder values for a checkpoint to fill."
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    return quantize_model(float_model, [x], per_channel=per_channel)
+
+# %% ../../nbs/20_benchmarking.ipynb #47a96dba
 def _weight_shape(m: Module):
+    "The shape of `m.weight` (a Tensor, or a `QuantizedTensor` in an INT8 layer); None if it has none."
     w = getattr(m, 'weight', None)
-    return tuple(np.shape(w.data if isinstance(w, Tensor) else w)) if w is not None else None
+    return None if w is None else tuple(w.shape)
 
 def architecture(model: Module) -> list:
     "(path, weight shape) of every leaf module that has a weight, in order: the closed-division key."
@@ -403,11 +415,11 @@ def architecture(model: Module) -> list:
             if not m._modules and _weight_shape(m) is not None]
 
 def check_closed(model: Module, reference: Module) -> str | None:
-    "None if `model` has the reference's architecture; else the first difference, in words."
+    "None if `model`'s weighted layers have the reference's shapes, in order; else the first difference."
     a, r = architecture(model), architecture(reference)
     for i, (x, y) in enumerate(itertools.zip_longest(a, r)):
-        if x != y:
-            return (f"closed division: layer {i} is {x or 'missing'}, the reference's is "
+        if x is None or y is None or x[1] != y[1]:
+            return (f"closed division: weighted layer {i} is {x or 'missing'}, the reference's is "
                     f"{y or 'missing'}")
     return None
 
@@ -498,6 +510,11 @@ class RunConfig:
     threads: int = 1             # BLAS threads during the performance runs
     seed: int = 0                # subsets and bootstrap
 
+def flops_per_sample(model: Module, x: np.ndarray) -> int | None:
+    "`count_flops` of one sample; None when it sees no multiply-adds (INT8 kernels run outside it)."
+    with no_grad(): fc = count_flops(model, Tensor(x))
+    return fc.total_flops if fc.macs > 0 or not architecture(model) else None
+
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 # %% ../../nbs/20_benchmarking.ipynb #d5eede0d
@@ -540,7 +557,7 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
                         'reference': reference_score, 'samples': len(data.y_test)}
         r['params'] = int(sum(np.size(v) for v in model.state_dict().values()))
         r['size_bytes'] = sub.checkpoint.stat().st_size
-        with no_grad(): r['flops_per_sample'] = count_flops(model, Tensor(data.X_test[:1])).total_flops
+        r['flops_per_sample'] = flops_per_sample(model, data.X_test[:1])
         if not passes_gate(value, target, task.metric):
             return _fail(r, 'fail', f"{task.metric} {value:.4f} misses the target {target:.4f}; "
                                     "not measured for speed")
