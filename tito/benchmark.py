@@ -235,6 +235,7 @@ def plots(board, out: Path) -> list[Path]:
             ax.step([xs[i] for i in front], [ys[i] for i in front], where='post', color='gray', ls='--',
                     label='Pareto front')
             ax.axhline(ranked[0]['quality']['target'], color='C3', ls=':', label='quality target')
+            ax.set_xscale('log')
             ax.set(xlabel=xlabel, ylabel=metric, title=f"{task}: {metric} against {kind} (circles closed, squares open)")
             ax.legend(fontsize=8); fig.tight_layout()
             path = out / f"{task}_{kind}_vs_{metric}.png"

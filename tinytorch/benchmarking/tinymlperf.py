@@ -57,7 +57,7 @@ class TaskData:
         return self.X_train[np.sort(idx)]
 
     def performance(self, n: int, seed: int = 0) -> np.ndarray:
-        "`n` test inputs drawn without replacement with `seed`: what the timed queries cycle through."
+        "`n` test inputs drawn without replacement with `seed`: what the timed queries cycle over."
         idx = np.random.default_rng(seed + 1).permutation(len(self.X_test))[:n]
         return self.X_test[np.sort(idx)]
 
@@ -80,7 +80,8 @@ def score(metric: str, outputs: np.ndarray, y: np.ndarray) -> float:
     if metric == 'accuracy': return float((outputs.argmax(-1) == y).mean())
     if metric == 'loss':
         V = outputs.shape[-1]
-        with no_grad(): return float(cross_entropy(Tensor(outputs.reshape(-1, V)), y.reshape(-1)).item())
+        with no_grad(): loss = cross_entropy(Tensor(outputs.reshape(-1, V)), y.reshape(-1))
+        return float(loss.item())
     raise ValueError(f"score: metric must be one of {list(METRICS)}, got {metric!r}")
 
 # %% ../../nbs/20_benchmarking.ipynb #cd0ae0e5
@@ -93,7 +94,7 @@ class Benchmark:
     load: Callable                   # () -> TaskData
     reference: Callable              # () -> Module: the reference architecture, untrained
     checkpoint: str                  # the reference checkpoint's file name in the runs folder
-    target: float | None = None      # absolute quality target; None: `target_ratio` of the reference
+    target: float | None = None      # absolute quality target; None: `target_ratio` of reference
     target_ratio: float = 0.99       # the MLPerf Inference rule
     calibration_size: int = 500      # training inputs a quantizer may look at
     performance_size: int = 256      # test inputs the timed queries cycle through
@@ -115,7 +116,7 @@ def passes_gate(value: float,   # the submission's score on the full test split
                 target: float,  # the task's quality target
                 metric: str,    # 'accuracy' (higher is better) or 'loss' (lower is better)
                ) -> bool:
-    "True if `value` is a finite number at least as good as `target` for `metric`; NaN never passes."
+    "True if `value` is finite and at least as good as `target` for `metric`; NaN never passes."
     if metric not in METRICS: raise ValueError(f"passes_gate: unknown metric {metric!r}")
     ### BEGIN SOLUTION
     if not math.isfinite(value): return False
@@ -130,7 +131,7 @@ def digits_cnn() -> Sequential:
                       Flatten(), Linear(32 * 4 * 4, 64), ReLU(), Linear(64, 10))   # (N, 10)
 
 def digits_student() -> Sequential:
-    "A smaller digits CNN for the open division: one 3x3 convolution, max-pooling, two linear layers."
+    "A smaller digits CNN for the open division: one 3x3 convolution, max-pooling, two linears."
     return Sequential(Conv2d(1, 32, 3, padding=1), ReLU(), MaxPool2d(2),            # (N, 32, 4, 4)
                       Flatten(), Linear(32 * 4 * 4, 64), ReLU(), Linear(64, 10))     # (N, 10)
 
@@ -142,7 +143,8 @@ def train_classifier(model: Module, data: TaskData, epochs: int = 12, lr: float 
     manual_seed(seed)
     trainer = Trainer(model, CrossEntropyLoss(), Adam(model.parameters(), lr=lr), progress=False)
     with blas_threads(threads):   # small models: a second BLAS thread mostly spins
-        trainer.fit(Batches(data.X_train, data.y_train, batch_size, shuffle=True, seed=seed), epochs)
+        batches = Batches(data.X_train, data.y_train, batch_size, shuffle=True, seed=seed)
+        trainer.fit(batches, epochs)
     return model.eval()
 
 def _train_digits(seed: int = 0) -> Module:
@@ -155,19 +157,19 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530   # the fashion milestones' constants
 
 def fashion_lenet() -> Sequential:
     "The `fashion_lenet` milestone's CNN: two 5x5 convolutions with BatchNorm, three linear layers."
-    return Sequential(Conv2d(1, 16, 5, padding=2), BatchNorm2d(16), ReLU(), MaxPool2d(2),  # (N,16,14,14)
-                      Conv2d(16, 32, 5), BatchNorm2d(32), ReLU(), MaxPool2d(2),            # (N,32,5,5)
-                      Flatten(), Linear(32 * 5 * 5, 120), ReLU(), Dropout(0.25),            # (N, 120)
-                      Linear(120, 84), ReLU(), Linear(84, 10))                               # (N, 10)
+    return Sequential(Conv2d(1, 16, 5, padding=2), BatchNorm2d(16), ReLU(), MaxPool2d(2),
+                      Conv2d(16, 32, 5), BatchNorm2d(32), ReLU(), MaxPool2d(2),  # (N, 32, 5, 5)
+                      Flatten(), Linear(32 * 5 * 5, 120), ReLU(), Dropout(0.25),  # (N, 120)
+                      Linear(120, 84), ReLU(), Linear(84, 10))                     # (N, 10)
 
 def _fashion() -> TaskData:
     X_train, y_train, X_test, y_test = load_fashion_mnist()
-    prep = lambda X: ((X.astype(np.float32) / 255 - FASHION_MEAN) / FASHION_STD)[:, None]  # (N,1,28,28)
+    prep = lambda X: ((X.astype(np.float32) / 255 - FASHION_MEAN) / FASHION_STD)[:, None]
     return TaskData(prep(X_train), y_train, prep(X_test), y_test)
 
 # %% ../../nbs/20_benchmarking.ipynb #03f4d103
 class ResidualBlock(Module):
-    "Two 3x3 convolutions with BatchNorm and a shortcut (a strided 1x1 convolution when shapes change)."
+    "Two 3x3 convolutions with BatchNorm, and a shortcut (a strided 1x1 convolution if needed)."
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
         self.conv1, self.bn1 = Conv2d(c_in, c_out, 3, stride=stride, padding=1), BatchNorm2d(c_out)
@@ -181,24 +183,24 @@ class ResidualBlock(Module):
         return self.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 class ResNet8(Module):
-    "MLPerf Tiny's CIFAR-10 reference layout: a 3x3 stem, three residual stacks (16, 32, 64), dense."
+    "MLPerf Tiny's CIFAR-10 reference: a 3x3 stem, three residual stacks (16, 32, 64), dense."
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.stem = Sequential(Conv2d(3, 16, 3, padding=1), BatchNorm2d(16), ReLU())   # (N, 16, 32, 32)
-        self.stacks = Sequential(ResidualBlock(16, 16), ResidualBlock(16, 32, 2),      # (N, 32, 16, 16)
-                                 ResidualBlock(32, 64, 2))                             # (N, 64, 8, 8)
+        self.stem = Sequential(Conv2d(3, 16, 3, padding=1), BatchNorm2d(16), ReLU())  # (N,16,32,32)
+        self.stacks = Sequential(ResidualBlock(16, 16), ResidualBlock(16, 32, 2),     # (N,32,16,16)
+                                 ResidualBlock(32, 64, 2))                            # (N,64,8,8)
         self.fc = Linear(64, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stacks(self.stem(x))
         return self.fc(h.mean(axis=(2, 3)))                                            # (N, 10)
 
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)[:, None, None]  # per channel, training set
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)[:, None, None]  # per channel, training
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)[:, None, None]
 
 def _cifar10() -> TaskData:
     X_train, y_train, X_test, y_test = load_cifar10(download=False)
-    prep = lambda X: (X.astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD           # (N, 3, 32, 32)
+    prep = lambda X: (X.astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD        # (N, 3, 32, 32)
     return TaskData(prep(X_train), y_train, prep(X_test), y_test)
 
 # %% ../../nbs/20_benchmarking.ipynb #191e040f
@@ -237,7 +239,8 @@ TASKS = {
         'fashion_mnist', 'Fashion-MNIST (10,000 test images); LeNet-style CNN reference',
         'accuracy', _fashion, fashion_lenet, 'fashion_lenet.npz', target=0.90,
         how_to_get='data: `sudo apt-get install dataset-fashion-mnist` or let load_fashion_mnist() '
-                   'download it; checkpoint: `tito milestone fashion_lenet` writes runs/fashion_lenet.npz'),
+                   'download it; checkpoint: `tito milestone fashion_lenet` writes '
+                   'runs/fashion_lenet.npz'),
     'shakespeare_char': Benchmark(
         'shakespeare_char', "Shakespeare's works, next character; TinyGPT reference",
         'loss', _shakespeare, tinygpt, 'tinygpt.npz', target=2.0, calibration_size=64,
@@ -268,7 +271,8 @@ def percentile(samples,   # latencies, any order
 def latency_summary(samples) -> dict:
     "p50, p90 and p99 (nearest rank), mean and count of per-query latencies in seconds."
     return {'p50': percentile(samples, 50), 'p90': percentile(samples, 90),
-            'p99': percentile(samples, 99), 'mean': float(np.mean(samples)), 'queries': len(samples)}
+            'p99': percentile(samples, 99), 'mean': float(np.mean(samples)),
+            'queries': len(samples)}
 
 # %% ../../nbs/20_benchmarking.ipynb #17b3ec45
 def _query(model: Module, X: np.ndarray) -> Callable:
@@ -282,7 +286,7 @@ def _query(model: Module, X: np.ndarray) -> Callable:
 def single_stream(model: Module, X: np.ndarray, reference: Module | None = None,
                   min_queries: int = 1024, min_duration: float = 1.0, warmup: int = 32,
                   chunk: int = 256) -> dict:
-    "Per-query latencies (s) of `model` (and of `reference`, alternating), until both minimums hold."
+    "Per-query latencies (s) of `model` (and `reference`, alternating) until both minimums hold."
     if min_queries < 1 or min_duration < 0:
         raise ValueError(f"single_stream: need min_queries >= 1 and min_duration >= 0, "
                          f"got {min_queries} and {min_duration}")
@@ -291,7 +295,8 @@ def single_stream(model: Module, X: np.ndarray, reference: Module | None = None,
     lat, names = {k: [] for k in fns}, list(fns)
     with no_grad():
         for n in itertools.count():
-            enough = len(lat['submission']) >= min_queries and sum(lat['submission']) >= min_duration
+            done = lat['submission']
+            enough = len(done) >= min_queries and sum(done) >= min_duration
             if enough and (reference is None or n % 2 == 0): break   # as many chunks in each order
             order = names if n % 2 == 0 else names[::-1]  # who goes first alternates by chunk
             c = compare({k: fns[k] for k in order}, rounds=chunk, warmup=warmup if n == 0 else 0,
@@ -301,7 +306,7 @@ def single_stream(model: Module, X: np.ndarray, reference: Module | None = None,
 
 # %% ../../nbs/20_benchmarking.ipynb #be82287a
 def offline(model: Module, X: np.ndarray, batch_size: int = 256, repeats: int = 5) -> dict:
-    "Throughput (samples/s) over all of `X` in batches: the median of `repeats` passes after warm-up."
+    "Throughput (samples/s) over all of `X` in batches: median of `repeats` passes after warm-up."
     with no_grad():
         m = measure(predict, model, X, batch_size, warmup=1, repeats=repeats, number=1,
                     max_spread=math.inf)
@@ -319,7 +324,8 @@ def bootstrap_ratio_ci(a,                    # latencies of candidate a (seconds
                       ) -> tuple:
     "(P_q(a)/P_q(b), low, high): percentile bootstrap interval of the ratio of q-th percentiles."
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if paired and len(a) != len(b): raise ValueError(f"bootstrap_ratio_ci: paired {len(a)=} != {len(b)=}")
+    if paired and len(a) != len(b):
+        raise ValueError(f"bootstrap_ratio_ci: paired {len(a)=} != {len(b)=}")
     P = lambda x, axis=None: np.percentile(x, q, axis=axis, method='inverted_cdf')   # nearest rank
     ### BEGIN SOLUTION
     rng, ratios = np.random.default_rng(seed), []
@@ -372,7 +378,8 @@ class Submission:
         ckpt = checkpoint or get('CHECKPOINT')
         if ckpt is None: raise ValueError(f"Submission.from_file: {path} sets no CHECKPOINT")
         return cls(str(get('NAME')), get('DIVISION'), get('TASK'), path,
-                   path.parent / ckpt if checkpoint is None else Path(ckpt), str(get('DESCRIPTION', '')))
+                   path.parent / ckpt if checkpoint is None else Path(ckpt),
+                   str(get('DESCRIPTION', '')))
 
 # %% ../../nbs/20_benchmarking.ipynb #b0a70dc7
 class SubmissionError(Exception):
@@ -403,23 +410,23 @@ def int8_skeleton(float_model: Module,    # the float architecture, e.g. `digits
                   input_shape: tuple,     # the shape of one batch, e.g. (1, 1, 8, 8)
                   per_channel: bool = True,
                  ) -> Module:
-    "The layers `quantize_model(float_model, ...)` makes, with placeholder values for a checkpoint to fill."
+    "The layers `quantize_model(float_model, ...)` makes, holding placeholders for a checkpoint."
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
     return quantize_model(float_model, [x], per_channel=per_channel)
 
 # %% ../../nbs/20_benchmarking.ipynb #47a96dba
 def _weight_shape(m: Module):
-    "The shape of `m.weight` (a Tensor, or a `QuantizedTensor` in an INT8 layer); None if it has none."
+    "The shape of `m.weight` (a Tensor, or an INT8 layer's `QuantizedTensor`); None if none."
     w = getattr(m, 'weight', None)
     return None if w is None else tuple(w.shape)
 
 def architecture(model: Module) -> list:
-    "(path, weight shape) of every leaf module that has a weight, in order: the closed-division key."
+    "(path, weight shape) of every leaf module with a weight, in order: the closed-division key."
     return [(name, _weight_shape(m)) for name, m in model.named_modules()
             if not m._modules and _weight_shape(m) is not None]
 
 def check_closed(model: Module, reference: Module) -> str | None:
-    "None if `model`'s weighted layers have the reference's shapes, in order; else the first difference."
+    "None if `model`'s weighted layers have the reference's shapes in order; else the difference."
     a, r = architecture(model), architecture(reference)
     for i, (x, y) in enumerate(itertools.zip_longest(a, r)):
         if x is None or y is None or x[1] != y[1]:
@@ -431,12 +438,15 @@ def check_closed(model: Module, reference: Module) -> str | None:
 def check_outputs(model: Module, reference: Module, X: np.ndarray) -> None:
     "Raise `SubmissionError` unless `model(X)` has the reference's output shape and is finite."
     try: out = predict(model, X)
-    except Exception as e: raise SubmissionError(f"forward raised {type(e).__name__}: {e}") from None
+    except Exception as e:
+        raise SubmissionError(f"forward raised {type(e).__name__}: {e}") from None
     want = predict(reference, X).shape
     if out.shape != want:
-        raise SubmissionError(f"outputs have shape {out.shape} on {len(X)} samples; expected {want}")
+        raise SubmissionError(f"outputs have shape {out.shape} on {len(X)} samples; "
+                              f"expected {want}")
     if not np.isfinite(out).all():
-        raise SubmissionError(f"{int((~np.isfinite(out)).sum())} of {out.size} outputs are not finite")
+        bad = int((~np.isfinite(out)).sum())
+        raise SubmissionError(f"{bad} of {out.size} outputs are not finite")
 
 # %% ../../nbs/20_benchmarking.ipynb #9385e277
 RESULT_SCHEMA, RESULT_VERSION = 'tinytorch-tinymlperf-result', 1
@@ -454,7 +464,8 @@ def _num(r: dict, key: str, lo=-math.inf, hi=math.inf, optional=False):
 # %% ../../nbs/20_benchmarking.ipynb #43f5f6c7
 def validate_result(r: dict) -> dict:
     "Return `r` if it is a valid result (schema, version, status, quality, latencies); else raise."
-    if not isinstance(r, dict): raise ValueError(f"a result must be a JSON object, got {type(r).__name__}")
+    if not isinstance(r, dict):
+        raise ValueError(f"a result must be a JSON object, got {type(r).__name__}")
     if r.get('schema') != RESULT_SCHEMA or r.get('version') != RESULT_VERSION:
         raise ValueError(f"not a {RESULT_SCHEMA} version {RESULT_VERSION} file "
                          f"(schema {r.get('schema')!r}, version {r.get('version')!r})")
@@ -467,7 +478,8 @@ def validate_result(r: dict) -> dict:
         raise ValueError(f"field 'division' must be one of {DIVISIONS}, got {r.get('division')!r}")
     if r.get('status') not in STATUSES:
         raise ValueError(f"field 'status' must be one of {STATUSES}, got {r.get('status')!r}")
-    if not isinstance(r.get('seed'), int): raise ValueError(f"field 'seed' must be an int, got {r.get('seed')!r}")
+    if not isinstance(r.get('seed'), int):
+        raise ValueError(f"field 'seed' must be an int, got {r.get('seed')!r}")
     q = r.get('quality')
     if r['status'] != 'error':
         if not isinstance(q, dict) or q.get('metric') not in METRICS:
@@ -480,7 +492,8 @@ def validate_result(r: dict) -> dict:
     s = r.get('single_stream')
     if s is not None:
         p = [_num(s, k, 0) for k in ('p50', 'p90', 'p99')]
-        if not (0 < p[0] <= p[1] <= p[2]): raise ValueError(f"latencies must be 0 < p50 <= p90 <= p99, got {p}")
+        if not (0 < p[0] <= p[1] <= p[2]):
+            raise ValueError(f"latencies must be 0 < p50 <= p90 <= p99, got {p}")
         _num(s, 'queries', 1)
     if r.get('offline') is not None: _num(r['offline'], 'samples_per_second', 0)
     _num(r, 'size_bytes', 0, optional=True); _num(r, 'flops_per_sample', 0, optional=True)
@@ -554,7 +567,8 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
             step('accuracy')
             check_outputs(model, reference, data.X_test[:2])
             out = predict(model, data.X_test, task.batch_size)
-            if not np.isfinite(out).all(): raise SubmissionError("outputs on the test split are not finite")
+            if not np.isfinite(out).all():
+                raise SubmissionError("outputs on the test split are not finite")
         except SubmissionError as e: return _fail(r, 'error', str(e))
         value, target = score(task.metric, out, data.y_test), task.quality_target(reference_score)
         r['quality'] = {'metric': task.metric, 'value': value, 'target': target,
@@ -607,10 +621,11 @@ def pareto_front(points,  # (latency, quality) pairs; lower latency and higher q
 
 # %% ../../nbs/20_benchmarking.ipynb #b9581e41
 def escape_html(text) -> str:
-    "`str(text)` with & < > \" ' replaced by &amp; &lt; &gt; &quot; &#x27;, so HTML shows it as text."
+    "`str(text)` with & < > \" ' as &amp; &lt; &gt; &quot; &#x27;: HTML shows it as text."
     ### BEGIN SOLUTION
     s = str(text).replace('&', '&amp;')
-    for c, ref in (('<', '&lt;'), ('>', '&gt;'), ('"', '&quot;'), ("'", '&#x27;')): s = s.replace(c, ref)
+    for c, ref in (('<', '&lt;'), ('>', '&gt;'), ('"', '&quot;'), ("'", '&#x27;')):
+        s = s.replace(c, ref)
     return s
     ### END SOLUTION
 
@@ -642,7 +657,8 @@ class Leaderboard:
     def ranked(self, task: str, scenario: str = 'single_stream') -> list:
         "Passing results of `task`, best first: lowest p90 latency, or highest throughput."
         key, higher = SCENARIOS[scenario]
-        rs = [r for r in self.results if r['task'] == task and r['status'] == 'pass' and r[scenario]]
+        rs = [r for r in self.results
+              if r['task'] == task and r['status'] == 'pass' and r[scenario]]
         return sorted(rs, key=lambda r: -r[scenario][key] if higher else r[scenario][key])
 
     def unranked(self, task: str) -> list:
@@ -677,8 +693,8 @@ def rows(self: Leaderboard, task: str) -> list:
     return out
 
 # %% ../../nbs/20_benchmarking.ipynb #337a68ba
-COLUMNS = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference', 'p90 vs above',
-           'offline', 'size', 'FLOPs']
+COLUMNS = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference',
+           'p90 vs above', 'offline', 'size', 'FLOPs']
 
 @patch
 def markdown(self: Leaderboard) -> str:
@@ -687,7 +703,8 @@ def markdown(self: Leaderboard) -> str:
     for task in self.tasks():
         lines += [f"## {escape_md(task)}", '', '| ' + ' | '.join(COLUMNS) + ' |',
                   '|' + '---|' * len(COLUMNS)]
-        lines += ['| ' + ' | '.join(escape_md(row[c]) for c in COLUMNS) + ' |' for row in self.rows(task)]
+        lines += ['| ' + ' | '.join(escape_md(row[c]) for c in COLUMNS) + ' |'
+                  for row in self.rows(task)]
         lines += [''] + [f"- not ranked: {escape_md(r['name'])} ({r['division']}): {r['status']}, "
                          f"{escape_md(r['reason'])}" for r in self.unranked(task)] + ['']
     lines += [f"- rejected file {escape_md(n)}: {escape_md(why)}" for n, why in self.rejected]
@@ -695,22 +712,24 @@ def markdown(self: Leaderboard) -> str:
 
 # %% ../../nbs/20_benchmarking.ipynb #fcd124d5
 _CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2){text-align:left}")
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:nth-child(2){text-align:left}")
 
 @patch
 def html(self: Leaderboard, title: str = 'TinyMLPerf leaderboard') -> str:
     "The leaderboard as one self-contained HTML page; every user-given text is escaped."
-    e, parts = escape_html, [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
-                             f"<title>{escape_html(title)}</title><style>{_CSS}</style></head><body>",
-                             f"<h1>{escape_html(title)}</h1>"]
+    e = escape_html
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     for task in self.tasks():
         parts.append(f"<h2>{e(task)}</h2><table><tr>" + ''.join(f"<th>{e(c)}</th>" for c in COLUMNS)
                      + "</tr>")
-        parts += ["<tr>" + ''.join(f"<td title='{e(row['description'])}'>{e(row[c])}</td>"
-                                   for c in COLUMNS) + "</tr>" for row in self.rows(task)]
+        td = lambda row, c: f"<td title='{e(row['description'])}'>" if c == 'name' else "<td>"
+        parts += ["<tr>" + ''.join(f"{td(row, c)}{e(row[c])}</td>" for c in COLUMNS) + "</tr>"
+                  for row in self.rows(task)]
         parts.append("</table><ul>" + ''.join(f"<li>not ranked: {e(r['name'])} ({e(r['division'])})"
                                               f": {e(r['status'])}, {e(r['reason'])}</li>"
                                               for r in self.unranked(task)) + "</ul>")
-    parts.append("<ul>" + ''.join(f"<li>rejected file {e(n)}: {e(why)}</li>" for n, why in self.rejected)
-                 + "</ul></body></html>")
+    parts.append("<ul>" + ''.join(f"<li>rejected file {e(n)}: {e(why)}</li>"
+                                  for n, why in self.rejected) + "</ul></body></html>")
     return '\n'.join(parts)
