@@ -195,12 +195,13 @@ def test_submission_constants_are_read_without_running_the_file(tmp_path):
 def test_tito_benchmark_end_to_end(tmp_path, capsys):
     fast = ['--runs', str(tmp_path), '--queries', '30', '--min-duration', '0', '--warmup', '2',
             '--offline-repeats', '1', '--quiet']
-    assert main(['benchmark', *fast]) == 0
+    assert main(['benchmark', '--only', 'fp32,int8', *fast]) == 0
     out = capsys.readouterr().out
-    assert 'digits-fp32' in out and 'passed the quality gate' in out
+    assert 'digits-fp32' in out and 'digits-int8' in out and '2 of 2 submission(s) passed' in out
     bench = tmp_path / 'benchmark'
     results = sorted(p.name for p in (bench / 'results').iterdir())
-    assert 'digits--digits-fp32.json' in results and (tmp_path / 'digits_cnn.npz').is_file()
+    assert results == ['digits--digits-fp32.json', 'digits--digits-int8.json']
+    assert (tmp_path / 'digits_cnn.npz').is_file()
     assert (bench / 'leaderboard.html').is_file() and (bench / 'digits_latency_vs_accuracy.png').is_file()
     ref_acc = read_result(bench / 'results' / 'digits--digits-fp32.json')['quality']['value']
     # a user submission that crashes: reported, exit code 1, the earlier entries stay on the leaderboard
@@ -220,3 +221,5 @@ def test_tito_benchmark_unknown_task_and_missing_checkpoint(tmp_path, capsys):
     assert "no task 'imagenet'" in capsys.readouterr().err
     assert main(['benchmark', '--task', 'shakespeare_char', '--runs', str(tmp_path)]) == 2
     assert 'tito milestone tinygpt' in capsys.readouterr().err
+    assert main(['benchmark', '--only', 'fp64', '--runs', str(tmp_path)]) == 2
+    assert "no entries ['fp64'] for task digits" in capsys.readouterr().err

@@ -281,6 +281,13 @@ def cmd_benchmark(project: Project, args) -> int:
     else:
         if args.file: raise TitoError(f"benchmark: unexpected argument {args.file!r} (did you mean `submit`?)")
         task_name = args.task
+        entries = ENTRIES.get(task_name, [])
+        if args.only:
+            only = args.only.split(',')
+            unknown = set(only) - {Path(e.file).stem for e in entries}
+            if unknown: raise TitoError(f"benchmark --only: no entries {sorted(unknown)} for task {task_name}; "
+                                        f"entries are {', '.join(Path(e.file).stem for e in entries)}")
+            entries = [e for e in entries if Path(e.file).stem in only]
     with blas_threads(args.threads):
         info = machine_info()
         print(f"tito benchmark: task {task_name}; {info['cores']} cores, NumPy {info['numpy']}, "
@@ -292,7 +299,7 @@ def cmd_benchmark(project: Project, args) -> int:
         if args.action != 'submit':
             subs = []
             folder = project.root / 'submissions' / task.name
-            for e in ENTRIES[task.name]:
+            for e in entries:
                 ckpt = out / 'checkpoints' / f"{task.name}--{Path(e.file).stem}.npz"
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 t = time.perf_counter()
@@ -322,6 +329,7 @@ def add_parser(sub) -> None:
     s.add_argument('file', nargs='?', metavar='FILE', help="submit: the submission's Python file")
     s.add_argument('--task', default='digits', help="digits (default), fashion_mnist, shakespeare_char or cifar10")
     s.add_argument('--checkpoint', metavar='PATH', help="submit: the checkpoint (default: the file's CHECKPOINT)")
+    s.add_argument('--only', metavar='NAMES', help="run: only these entries, by file name, e.g. fp32,int8")
     s.add_argument('--runs', metavar='DIR', help="folder of the reference checkpoints (default runs/)")
     s.add_argument('--out', metavar='DIR', help="output folder (default RUNS/benchmark)")
     s.add_argument('--queries', type=int, default=1024, help="single-stream queries, at least (default 1024)")
