@@ -223,3 +223,10 @@ def test_tito_benchmark_unknown_task_and_missing_checkpoint(tmp_path, capsys):
     assert 'tito milestone tinygpt' in capsys.readouterr().err
     assert main(['benchmark', '--only', 'fp64', '--runs', str(tmp_path)]) == 2
     assert "no entries ['fp64'] for task digits" in capsys.readouterr().err
+
+
+def test_closed_division_allows_int8_with_folded_batchnorm_and_rejects_other_shapes():
+    from tinytorch.benchmarking.tinymlperf import check_closed, fashion_lenet, int8_skeleton
+    assert check_closed(int8_skeleton(fashion_lenet(), (1, 1, 28, 28)), fashion_lenet()) is None
+    assert check_closed(int8_skeleton(digits_cnn(), (1, 1, 8, 8), per_channel=False), digits_cnn()) is None
+    assert 'weighted layer 0' in check_closed(digits_student(), digits_cnn())

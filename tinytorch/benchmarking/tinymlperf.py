@@ -421,9 +421,9 @@ def _weight_shape(m: Module):
     return None if w is None else tuple(w.shape)
 
 def architecture(model: Module) -> list:
-    "(path, weight shape) of every leaf module with a weight, in order: the closed-division key."
+    "(path, weight shape) of every leaf module with a weight matrix or kernel (2+ dims), in order."
     return [(name, _weight_shape(m)) for name, m in model.named_modules()
-            if not m._modules and _weight_shape(m) is not None]
+            if not m._modules and len(_weight_shape(m) or ()) >= 2]
 
 def check_closed(model: Module, reference: Module) -> str | None:
     "None if `model`'s weighted layers have the reference's shapes in order; else the difference."
