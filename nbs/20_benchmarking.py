@@ -893,6 +893,7 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
         return _fail(r, 'error', f"division must be one of {DIVISIONS}, got {sub.division!r}")
     if sub.task != task.name: return _fail(r, 'error', f"submission is for task {sub.task!r}")
     with blas_threads(cfg.threads):
+        r['machine'] = machine_info()          # with the thread count of the runs
         step('load')
         try:
             model = load_model(sub)
@@ -922,7 +923,6 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
                                                                 cfg.seed, paired=True, q=90)}
         step('offline')
         r['offline'] = offline(model, X, task.batch_size, cfg.offline_repeats)
-        r['machine'] = machine_info()
     r.update(status='pass', reason='')
     return r
 
@@ -955,6 +955,7 @@ quick = RunConfig(min_queries=200, min_duration=0.1, warmup=8, offline_repeats=3
 res = run_submission(sub, digits, data, reference, ref_acc, quick)
 test_eq(res['status'], 'pass')
 test_eq(res['quality']['value'], ref_acc)
+test_eq(res['machine']['blas_threads'], 1)
 ss = res['single_stream']
 print(f"{res['name']}: accuracy {res['quality']['value']:.2%}, p50 {fmt_seconds(ss['p50'])}, "
       f"p90 {fmt_seconds(ss['p90'])}, p99 {fmt_seconds(ss['p99'])} over {ss['queries']} queries; "

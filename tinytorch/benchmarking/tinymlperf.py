@@ -559,6 +559,7 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
         return _fail(r, 'error', f"division must be one of {DIVISIONS}, got {sub.division!r}")
     if sub.task != task.name: return _fail(r, 'error', f"submission is for task {sub.task!r}")
     with blas_threads(cfg.threads):
+        r['machine'] = machine_info()          # with the thread count of the runs
         step('load')
         try:
             model = load_model(sub)
@@ -588,7 +589,6 @@ def run_submission(sub: Submission, task: Benchmark, data: TaskData, reference: 
                                                                 cfg.seed, paired=True, q=90)}
         step('offline')
         r['offline'] = offline(model, X, task.batch_size, cfg.offline_repeats)
-        r['machine'] = machine_info()
     r.update(status='pass', reason='')
     return r
 
