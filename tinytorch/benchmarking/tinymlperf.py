@@ -250,7 +250,7 @@ TASKS = {
         'cifar10', 'CIFAR-10 (10,000 test images); ResNet-8 reference as in MLPerf Tiny',
         'accuracy', _cifar10, ResNet8, 'cifar10_resnet8.npz', target=0.85,
         how_to_get='data: put cifar-10-binary.tar.gz (https://www.cs.toronto.edu/~kriz/) in '
-                   'get_data_home()/cifar10 ($TINYTORCH_DATA/cifar10 or ~/.cache/tinytorch/cifar10); '
+                   'get_data_home()/cifar10 (~/.cache/tinytorch/cifar10 by default); '
                    'checkpoint: save a trained ResNet8() with save_checkpoint to '
                    'runs/cifar10_resnet8.npz'),
 }
