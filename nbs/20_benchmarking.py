@@ -769,7 +769,20 @@ def _num(r: dict, key: str, lo=-math.inf, hi=math.inf, optional=False):
     return v
 
 # %% [markdown]
-# **Exercise.** Write `validate_result`, using `_num` for the numbers.
+# **Exercise.** Write `validate_result`, using `_num` for the numbers. After the schema check
+# (given), raise a `ValueError` with these messages:
+#
+# - `field 'name' must be a non-empty string, got ...` (the same for `task` and `date`; the date
+#   must also parse with `datetime.datetime.fromisoformat`);
+# - `field 'division' must be one of ...`, `field 'status' must be one of ...` (`STATUSES`),
+#   `field 'seed' must be an int, got ...`;
+# - unless the status is `'error'`: `quality` is a dict whose `metric` is in `METRICS`, its `value`
+#   and `target` lie in [0, 1] for accuracy and [0, inf) for a loss (`_num`), and the status is
+#   `'pass'` exactly when `passes_gate` says so (`status ... contradicts quality ...`);
+# - if `single_stream` is present: `p50`, `p90`, `p99` are numbers >= 0 with
+#   `0 < p50 <= p90 <= p99` (`latencies must be 0 < p50 <= p90 <= p99, got [...]`), `queries >= 1`;
+# - `offline['samples_per_second'] >= 0` if present; `size_bytes` and `flops_per_sample` >= 0 or
+#   None.
 
 # %%
 #| export
