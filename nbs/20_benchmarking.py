@@ -380,11 +380,12 @@ test_eq(passes_gate(ref_acc, target, 'accuracy'), True)
 # %% [markdown]
 # ## Latency percentiles
 #
-# Single-stream latency is reported as percentiles of the per-query latencies. MLPerf uses the
+# Single-stream latency is reported as percentiles of the per-query latencies, here by the
 # nearest-rank definition: the $q$-th percentile of $n$ sorted samples is the sample at rank
-# $\lceil q n / 100 \rceil$ (counting from 1), a value that was really measured, with at least
-# $q$% of queries at or below it. The 90th percentile is MLPerf's single-stream figure; the 99th
-# shows the tail a user meets once in a hundred queries.
+# $\lceil q n / 100 \rceil$ (counting from 1), a latency that was really measured, with at least
+# $q$% of queries at or below it (no interpolation between two queries). The 90th percentile is
+# MLPerf Inference's single-stream figure; the 99th shows the tail a user meets once in a hundred
+# queries.
 
 # %% [markdown]
 # **Exercise.** Write `percentile`.
@@ -1303,9 +1304,9 @@ print(board.markdown())
 # %% [markdown]
 # ### Timing without warm-up
 #
-# The first query of a freshly loaded model pays for work later queries do not: the
-# convolutions allocate their column buffers, NumPy and the allocator fill caches. Timing only
-# the first query, or averaging it in, reports that cost as the model's latency.
+# The first query of a freshly loaded model pays for work later queries do not: memory the
+# allocator must first obtain, caches that are cold, code paths taken for the first time. Timing
+# only the first query, or averaging it in, reports that cost as the model's latency.
 
 # %%
 with blas_threads(1), no_grad():
