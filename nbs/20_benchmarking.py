@@ -1223,6 +1223,13 @@ def rows(self: Leaderboard, task: str) -> list:
 
 # %%
 #| export
+@patch
+def offline_ranking(self: Leaderboard, task: str) -> str:
+    "The offline scenario's ranking of `task` in one line: names and throughputs, best first."
+    return 'Offline ranking: ' + '; '.join(
+        f"{i + 1}. {r['name']} {r['offline']['samples_per_second']:,.0f} samples/s"
+        for i, r in enumerate(self.ranked(task, 'offline')))
+
 COLUMNS = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference',
            'p90 vs above', 'offline', 'size', 'FLOPs']
 
@@ -1235,6 +1242,7 @@ def markdown(self: Leaderboard) -> str:
                   '|' + '---|' * len(COLUMNS)]
         lines += ['| ' + ' | '.join(escape_md(row[c]) for c in COLUMNS) + ' |'
                   for row in self.rows(task)]
+        lines += ['', escape_md(self.offline_ranking(task))]
         lines += [''] + [f"- not ranked: {escape_md(r['name'])} ({r['division']}): {r['status']}, "
                          f"{escape_md(r['reason'])}" for r in self.unranked(task)] + ['']
     lines += [f"- rejected file {escape_md(n)}: {escape_md(why)}" for n, why in self.rejected]
@@ -1264,7 +1272,8 @@ def html(self: Leaderboard, title: str = 'TinyMLPerf leaderboard') -> str:
         td = lambda row, c: f"<td title='{e(row['description'])}'>" if c == 'name' else "<td>"
         parts += ["<tr>" + ''.join(f"{td(row, c)}{e(row[c])}</td>" for c in COLUMNS) + "</tr>"
                   for row in self.rows(task)]
-        parts.append("</table><ul>" + ''.join(f"<li>not ranked: {e(r['name'])} ({e(r['division'])})"
+        parts.append(f"</table><p>{e(self.offline_ranking(task))}</p>")
+        parts.append("<ul>" + ''.join(f"<li>not ranked: {e(r['name'])} ({e(r['division'])})"
                                               f": {e(r['status'])}, {e(r['reason'])}</li>"
                                               for r in self.unranked(task)) + "</ul>")
     parts.append("<ul>" + ''.join(f"<li>rejected file {e(n)}: {e(why)}</li>"
@@ -1290,6 +1299,7 @@ assert '<script>' not in page and '<img' not in page
 assert '&lt;script&gt;alert(1)&lt;/script&gt;' in page
 test_eq(len(board.ranked('digits')), 2)
 test_eq([r['name'] for r in board.unranked('digits')], ['raises', 'random'])
+assert board.offline_ranking('digits').startswith('Offline ranking: 1. digits-fp32')  # tie: by file
 test_eq(board.rejected[0][0], 'edited.json')
 print(board.markdown())
 

@@ -693,6 +693,13 @@ def rows(self: Leaderboard, task: str) -> list:
     return out
 
 # %% ../../nbs/20_benchmarking.ipynb #337a68ba
+@patch
+def offline_ranking(self: Leaderboard, task: str) -> str:
+    "The offline scenario's ranking of `task` in one line: names and throughputs, best first."
+    return 'Offline ranking: ' + '; '.join(
+        f"{i + 1}. {r['name']} {r['offline']['samples_per_second']:,.0f} samples/s"
+        for i, r in enumerate(self.ranked(task, 'offline')))
+
 COLUMNS = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference',
            'p90 vs above', 'offline', 'size', 'FLOPs']
 
@@ -705,6 +712,7 @@ def markdown(self: Leaderboard) -> str:
                   '|' + '---|' * len(COLUMNS)]
         lines += ['| ' + ' | '.join(escape_md(row[c]) for c in COLUMNS) + ' |'
                   for row in self.rows(task)]
+        lines += ['', escape_md(self.offline_ranking(task))]
         lines += [''] + [f"- not ranked: {escape_md(r['name'])} ({r['division']}): {r['status']}, "
                          f"{escape_md(r['reason'])}" for r in self.unranked(task)] + ['']
     lines += [f"- rejected file {escape_md(n)}: {escape_md(why)}" for n, why in self.rejected]
@@ -727,7 +735,8 @@ def html(self: Leaderboard, title: str = 'TinyMLPerf leaderboard') -> str:
         td = lambda row, c: f"<td title='{e(row['description'])}'>" if c == 'name' else "<td>"
         parts += ["<tr>" + ''.join(f"{td(row, c)}{e(row[c])}</td>" for c in COLUMNS) + "</tr>"
                   for row in self.rows(task)]
-        parts.append("</table><ul>" + ''.join(f"<li>not ranked: {e(r['name'])} ({e(r['division'])})"
+        parts.append(f"</table><p>{e(self.offline_ranking(task))}</p>")
+        parts.append("<ul>" + ''.join(f"<li>not ranked: {e(r['name'])} ({e(r['division'])})"
                                               f": {e(r['status'])}, {e(r['reason'])}</li>"
                                               for r in self.unranked(task)) + "</ul>")
     parts.append("<ul>" + ''.join(f"<li>rejected file {e(n)}: {e(why)}</li>"
