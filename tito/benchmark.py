@@ -207,7 +207,7 @@ def console_table(board, task: str) -> str:
     rows = [[row[c] for c in cols] for row in board.rows(task)]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = lambda cells: '  '.join(f"{x:<{w}}" for x, w in zip(cells, widths)).rstrip()
-    lines = [fmt(cols), fmt(['-' * w for w in widths]), *map(fmt, rows)]
+    lines = [fmt(cols), fmt(['-' * w for w in widths]), *map(fmt, rows), board.offline_ranking(task)]
     lines += [f"not ranked: {r['name']} ({r['division']}): {r['status']}, {r['reason']}" for r in board.unranked(task)]
     return '\n'.join(lines)
 
