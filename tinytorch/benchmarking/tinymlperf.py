@@ -20,7 +20,6 @@ import importlib.util
 import itertools
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
