@@ -226,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
                        description=DOCS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--no-render", action="store_true", help="stop before `quarto render`: process and check the pages only")
     s.set_defaults(func=cmd_docs)
+    from .benchmark import add_parser as add_benchmark_parser  # `tito benchmark`: tito/benchmark.py
+    add_benchmark_parser(sub)
     return p
 
 
