@@ -50,15 +50,26 @@ from tinytorch.core.spatial import (Conv2d, MaxPool2d, Flatten, conv2d, im2col, 
 
 # %%
 #| hide
-import time
+import os
+import tempfile
+import zipfile
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
-
 from threadpoolctl import threadpool_limits
 
 from tinytorch.core.tensor import manual_seed
-from tinytorch.utils.timing import compare, blas_threads, fmt_seconds
+from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_checkpoint
+from tinytorch.core.losses import CrossEntropyLoss
+from tinytorch.core.optimizers import Adam, AdamW
+from tinytorch.data.loader import load_digits
+from tinytorch.models.transformer import GPT
+from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
+from tinytorch.utils.timing import Timer, compare, blas_threads, fmt_seconds
 
+# %%
+#| hide
 blas_limit = threadpool_limits(1, 'blas')   # one BLAS thread throughout: see the note above
 
 # %% [markdown]
@@ -1283,23 +1294,18 @@ def _accuracy(model, X: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
     return float((pred == np.asarray(y)).mean())
 
 # %%
-from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_checkpoint
-from tinytorch.core.losses import CrossEntropyLoss
-from tinytorch.core.optimizers import Adam
-from tinytorch.data.loader import load_digits
-
 X_train, y_train, X_test, y_test = load_digits()                          # (N, 1, 8, 8) in [0, 1]
 
 accuracy = _accuracy
 manual_seed(0)
 cnn = BaselineCNN(1, 10, image_size=8)
-t0 = time.perf_counter()
-Trainer(cnn, CrossEntropyLoss(), Adam(cnn.parameters(), lr=3e-3), progress=False).fit(
-    Batches(X_train, y_train, 32, shuffle=True, seed=0), epochs=8)
+with Timer() as t_train:
+    Trainer(cnn, CrossEntropyLoss(), Adam(cnn.parameters(), lr=3e-3), progress=False).fit(
+        Batches(X_train, y_train, 32, shuffle=True, seed=0), epochs=8)
 fp32_acc = accuracy(cnn, X_test, y_test)
 print(f"BaselineCNN on digits: {sum(p.size for p in cnn.parameters()):,} parameters, test accuracy "
       f"{fp32_acc:.2%} "
-      f"after {time.perf_counter() - t0:.1f} s of training")
+      f"after {t_train.elapsed:.1f} s of training")
 
 # %% [markdown]
 # Calibration uses 512 images of the training set, never the test set. The quantized model is a new
@@ -1409,9 +1415,6 @@ test_eq(prof['weight_ratio'] > 3.8, True)
 # bit-identical outputs.
 
 # %%
-import os, tempfile, zipfile
-from pathlib import Path
-
 tmp = Path(tempfile.mkdtemp())
 f_path, q_path = save_checkpoint(tmp / "fp32.npz", cnn), save_checkpoint(tmp / "int8.npz", qcnn)
 with zipfile.ZipFile(q_path) as z:
@@ -1584,10 +1587,6 @@ print(f"Linear(128, 64): float32 weight {lin.weight.data.nbytes:,} B, 4-bit {q4l
 # weights. The figures for the 15-minute TinyGPT come from `milestones/quantize_fashion.py --gpt`.
 
 # %%
-from tinytorch.models.transformer import GPT
-from tinytorch.core.optimizers import AdamW
-from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
-
 text, val_text = load_shakespeare('train'), load_shakespeare('val')
 tok = CharTokenizer(text + val_text)
 ids, val_ids = np.array(tok.encode(text)), np.array(tok.encode(val_text))
@@ -1599,9 +1598,9 @@ def gpt_windows(data, n, T=32):
 manual_seed(0)
 gpt = GPT(tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=64)
 opt = AdamW(gpt.parameters(), lr=3e-3)
-t0 = time.perf_counter()
-for step in range(60):
-    _, loss = gpt(*gpt_windows(ids, 16)); opt.zero_grad(); loss.backward(); opt.step()
+with Timer() as t_gpt:
+    for step in range(60):
+        _, loss = gpt(*gpt_windows(ids, 16)); opt.zero_grad(); loss.backward(); opt.step()
 Xv, Yv = gpt_windows(val_ids, 64)
 def val_loss(model) -> float:
     model.eval()
@@ -1609,7 +1608,7 @@ def val_loss(model) -> float:
 gpt_dyn, gpt_q4 = quantize_dynamic(gpt), quantize_weight_only_int4(gpt)
 variants = (('float32', gpt), ('dynamic int8', gpt_dyn), ('4-bit weights', gpt_q4))
 losses = {name: val_loss(m) for name, m in variants}
-print(f"GPT trained 60 steps in {time.perf_counter() - t0:.1f} s; validation loss (nats per "
+print(f"GPT trained 60 steps in {t_gpt.elapsed:.1f} s; validation loss (nats per "
       "character):")
 for name, v in losses.items(): print(f"  {name:<14} {v:.4f} ({v - losses['float32']:+.4f})")
 # qkv, proj, fc, proj; head
@@ -1916,7 +1915,6 @@ test_eq([r['bits'] for r in tradeoffs], [32, 16, 8, 6, 4, 3, 2])
 test_eq(tradeoffs[0]['accuracy'], fp32_acc)
 
 # %%
-import matplotlib.pyplot as plt
 fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.2))
 bits = [r['bits'] for r in tradeoffs][1:]
 ax1.plot(bits, [r['accuracy'] for r in tradeoffs][1:], 'o-', label='PTQ')

@@ -65,7 +65,7 @@ from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_chec
 from tinytorch.data.loader import load_digits
 from tinytorch.optimization.profiling import count_flops
 from tinytorch.optimization.quantization import quantize_model
-from tinytorch.utils.timing import compare, blas_threads, machine_info, UnstableMeasurementWarning
+from tinytorch.utils.timing import Timer, compare, blas_threads, machine_info, UnstableMeasurementWarning
 
 warnings.simplefilter('ignore', UnstableMeasurementWarning)  # the tables flag unstable timings
 
@@ -432,13 +432,12 @@ def accuracy(model, X=X_test, y=y_test) -> float:
     model.eval()
     with no_grad(): return float((model(Tensor(X)).numpy().argmax(1) == y).mean())
 
-start = time.perf_counter()
 manual_seed(0)
-base = fit(digits_cnn(), epochs=8)
+with Timer() as t_base: base = fit(digits_cnn(), epochs=8)
 base_acc = accuracy(base)
 print(f"digits CNN: {sum(p.size for p in base.parameters()):,} parameters, "
       f"test accuracy {base_acc:.2%} "
-      f"on {len(y_test)} images, trained in {time.perf_counter() - start:.1f} s")
+      f"on {len(y_test)} images, trained in {t_base.elapsed:.1f} s")
 
 # %% [markdown]
 # ## Sensitivity of each layer
