@@ -40,12 +40,7 @@ from tinytorch.core.layers import Module, Parameter, uniform_
 
 # %%
 #| hide
-import ctypes
-import ctypes.util
 import gzip
-import platform
-import resource
-import time
 from importlib.resources import files
 
 from fastcore.test import test_eq, test_fail, test_close
@@ -388,15 +383,15 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((2, 2, 9, 8), (3
 # matrix to C order costs next to nothing and gives BLAS its fastest layout. And the weight gradient $G X_{col}^T$
 # sums over the long axis $N O_H O_W$ and has two short ones, $O$ and $C K_H K_W$. It can be computed as written
 # or as $(X_{col} G^T)^T$, the same numbers. On one thread the two run alike. On two threads, while the other core
-# was busy with other work, OpenBLAS ran this kind of product many times slower whenever its first operand had
-# fewer rows than the result has columns (for both benchmark layers, whichever way round their sizes were); on an
-# idle machine the two ran alike. So the rule puts the operand with more rows first.
+# was busy with other work, OpenBLAS ran this kind of product slower whenever its first operand had fewer rows
+# than the result has columns (the cell under "Where the time goes" prints both orientations on one and two
+# threads; what it shows depends on the load at the time). So the rule puts the operand with more rows first.
 #
 # Another concerns memory. $\partial L/\partial X_{col}$ is as large as the column matrix, tens of megabytes for a
 # typical layer, and lives only until col2im has read it. Allocating it afresh in every backward pass costs more
 # than it seems: the C library may return the freed memory to the operating system, and take it back page by page,
-# with a page fault per page, on the next pass (the last section of this notebook measures that). So the product is
-# written with `np.matmul(..., out=)` into one buffer kept between calls, which grows to the largest size needed.
+# with a page fault per page, on the next pass (`keep_freed_memory`, in the autograd module, avoids that; the
+# acceleration module measures it). So the product is written with `np.matmul(..., out=)` into one buffer kept between calls, which grows to the largest size needed.
 
 # %%
 #| export
@@ -832,51 +827,6 @@ hist = trainer.fit(Batches(Xd[train_idx], yd[train_idx], 64, shuffle=True, seed=
 print(f"CNN, 10 epochs in {sum(hist['seconds']):.1f} s: test accuracy {hist['val_acc'][-1]:.2%}, "
       f"train accuracy {hist['train_acc'][-1]:.2%}")
 assert hist['val_acc'][-1] >= 0.95
-
-# %% [markdown]
-# ## A hidden cost: returning memory to the operating system
-#
-# Every training step allocates and frees arrays of many megabytes: the column matrix, its gradient, the layer
-# outputs. NumPy takes them from the C library's `malloc`. When a lot of memory is free at the top of its heap,
-# glibc's `malloc` returns it to the operating system, and the next step gets it back one 4 KiB page at a time:
-# the first write to each page is a *page fault*, a trip into the kernel, which also fills the page with zeros.
-#
-# The scratch buffer of the conv2d rule avoids this for the largest temporary of one layer; a whole network has
-# many more. The cell counts minor page faults (`resource.getrusage`) and times one training step, forward and
-# backward, of the LeNet-style network of `benchmarks/bench_conv.py` on a batch of 128 random 28x28 images.
-# Then it asks glibc to keep 256 MiB of free memory at the top of the heap instead of returning it,
-# `mallopt(M_TOP_PAD, ...)`, the setting that the environment variable `MALLOC_TOP_PAD_` also controls, and
-# measures again. The setting belongs to the whole process, which is why this cell comes last; a training script
-# can set the environment variable before it starts. On a C library other than glibc the cell only reports that.
-
-# %%
-def faults_and_time(fn, n=3) -> tuple:
-    "Minor page faults and seconds per call of `fn`, over `n` calls after one warm-up call."
-    fn()
-    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    for _ in range(n): fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n, (time.perf_counter() - t0) / n
-
-manual_seed(0)
-lenet = Sequential(Conv2d(1, 32, 3, padding=1), ReLU(), MaxPool2d(2),            # (N, 32, 14, 14)
-                   Conv2d(32, 64, 3, padding=1), ReLU(), MaxPool2d(2),           # (N, 64, 7, 7)
-                   Flatten(), Linear(64 * 7 * 7, 128), ReLU(), Linear(128, 10))  # (N, 10)
-xb, yb = randn(128, 1, 28, 28), Tensor(rng.integers(0, 10, 128))
-
-def lenet_step():
-    lenet.zero_grad()
-    cross_entropy(lenet(xb), yb).backward()
-
-# %%
-M_TOP_PAD = -2                                                                # from glibc's malloc.h
-if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
-    f_before, t_before = faults_and_time(lenet_step)
-    test_eq(ctypes.CDLL(ctypes.util.find_library('c')).mallopt(M_TOP_PAD, 256 * 2**20), 1)   # 1: accepted
-    f_after, t_after = faults_and_time(lenet_step)
-    print(f"LeNet-style step, batch 128: {f_before:,.0f} page faults and {t_before*1e3:.1f} ms per step by default; "
-          f"{f_after:,.0f} page faults and {t_after*1e3:.1f} ms with M_TOP_PAD = 256 MiB")
-    assert f_after <= f_before
-else: print(f"C library {platform.libc_ver()}: not glibc, nothing measured")
 
 # %% [markdown]
 # ## Summary
