@@ -263,3 +263,13 @@ def test_real_module_student_fails_on_its_own_stubs_full_passes(name, full_editi
         lines = {l.strip() for l in text.splitlines()}
         assert not solution & lines, f"solution lines in the student edition: {sorted(solution & lines)}"
         assert not _marker_lines(text)  # prose may still mention the markers
+
+
+@pytest.mark.parametrize("name", REAL_MODULES)
+def test_every_stub_states_its_contract(name):
+    "A stub's message is its exercise's docstring; a bare 'implement NAME' tells a student nothing."
+    student = student_notebook(jupytext.read(REPO / "nbs" / f"{name}.py"), name)
+    messages = [m for c in student.cells if c.cell_type == "code" for m in _STUB.findall(c.source)]
+    assert messages, f"{name} has no stubs"
+    bare = [m for m in messages if m.startswith("implement ")]
+    assert not bare, f"{name}: stubs without a docstring: {bare}"

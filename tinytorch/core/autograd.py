@@ -85,6 +85,7 @@ def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 # %% ../../nbs/05_autograd.ipynb #2a0032bb
 @grad_rule('add')
 def _add_grad(g, out, a, b):
+    "Rule for `a + b`: (dL/da, dL/db), each `g` unbroadcast to that input's shape; None if not needed."
     ### BEGIN SOLUTION
     return (unbroadcast(g, a.shape) if a.requires_grad else None,
             unbroadcast(g, b.shape) if b.requires_grad else None)
@@ -97,6 +98,7 @@ def _sub_grad(g, out, a, b):
 
 @grad_rule('mul')
 def _mul_grad(g, out, a, b):
+    "Rule for `a * b`: (g*b, g*a), each unbroadcast to its input's shape; None where not needed."
     ### BEGIN SOLUTION
     return (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
             unbroadcast(g * a.data, b.shape) if b.requires_grad else None)
@@ -141,6 +143,7 @@ def _clip_grad(g, out, a, min, max):
 # %% ../../nbs/05_autograd.ipynb #4b2b8a1d
 @grad_rule('matmul')
 def _matmul_grad(g, out, a, b):
+    "Rule for `a @ b`: (g @ B.T, A.T @ g) for 2-D A, B (None where not needed); other ranks are given."
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:                                  # the common case, no reshaping
         ### BEGIN SOLUTION
@@ -173,6 +176,7 @@ def _count(shape: tuple, axis) -> int:
 # %% ../../nbs/05_autograd.ipynb #b1819433
 @grad_rule('sum')
 def _sum_grad(g, out, a, axis, keepdims):
+    "Rule for a sum: a 1-tuple, `g` given back the reduced axes (`_expand`) and broadcast to `a.shape`."
     ### BEGIN SOLUTION
     return (np.broadcast_to(_expand(g, a.shape, axis, keepdims), a.shape),)
     ### END SOLUTION
@@ -203,6 +207,7 @@ def _is_basic(key) -> bool:
 
 @grad_rule('getitem')
 def _getitem_grad(g, out, a, key):
+    "Rule for `a[key]`: a 1-tuple, zeros of `a.shape` with `g` added at `key` (repeats accumulate)."
     ### BEGIN SOLUTION
     ga = np.zeros(a.shape, a.dtype)
     if _is_basic(key): ga[key] = g
@@ -251,6 +256,7 @@ def _log_softmax_grad(g, out, a, dim): return (g - np.exp(out) * g.sum(axis=dim,
 # %% ../../nbs/05_autograd.ipynb #a0eda5d2
 @grad_rule('cross_entropy')
 def _cross_entropy_grad(g, out, z, target, reduction, label_smoothing):
+    "Rule for cross-entropy: (dL/dz,), softmax(z) minus the smoothed one-hot `target`, times `g` (/N for mean)."
     ### BEGIN SOLUTION
     N, C = z.shape
     e = np.exp(z.data - z.data.max(axis=1, keepdims=True))
@@ -335,6 +341,9 @@ def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
         if t._ctx is _RELEASED:
             raise RuntimeError("backward: trying to backward through a graph that was already released; "
                                "call backward(retain_graph=True) the first time if you need two passes")
+        # Look up the rule of `t`'s op (`t._ctx` is (op, parents, ctx)), call it with g, t.data, the parents and
+        # ctx, and add each parent's gradient (skip None and parents that need none) into `grads`; a gradient
+        # whose shape differs from its parent's is a RuntimeError naming the op and both shapes.
         ### BEGIN SOLUTION
         op, parents, ctx = t._ctx
         for p, pg in zip(parents, _grad_rules[op](g, t.data, *parents, **ctx)):
