@@ -99,7 +99,7 @@ def lenet_part(args) -> bool:
     print(f"checkpoints (save_checkpoint, model only): float32 {fs:,} B, int8 {qs:,} B on disk: "
           f"{fs / qs:.2f}x smaller. "
           f"Array data {fa:,} B against {qa:,} B ({fa / qa:.2f}x); the rest is per-array overhead (.npy headers, zip "
-          f"entries) and the JSON description ({fmeta:,} B and {qmeta:,} B, stored as UTF-32 text)")
+          f"entries) and the JSON description ({fmeta:,} B and {qmeta:,} B, UTF-8)")
     listed = ", ".join(f"{k.split('/')[-1]} {v.dtype} {v.nbytes:,} B" for k, v in qw.items())
     print(f"  weight arrays in the int8 file: {listed}")
     fresh = quantize_model(lenet().eval(), calib[:1])
