@@ -24,9 +24,6 @@ after a warm-up step, and the ratio is the median over rounds of the ratio of th
 times within a round. Target: tinytorch at most 1.5x PyTorch's time per step.
 """
 import os
-import sys
-from pathlib import Path
-
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
@@ -35,9 +32,7 @@ import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-# the milestone scripts are not a package: put their folder on the path to import the one `lenet()`
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "milestones"))
-from fashion_lenet import lenet  # noqa: E402
+from tinytorch.benchmarking.tinymlperf import fashion_lenet as lenet  # noqa: E402  (the milestone's model)
 
 from tinytorch.core.losses import cross_entropy  # noqa: E402
 from tinytorch.core.optimizers import Adam  # noqa: E402

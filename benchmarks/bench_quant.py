@@ -23,9 +23,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-MILESTONES = Path(__file__).resolve().parent.parent / "milestones"
-sys.path.insert(0, str(MILESTONES))  # to import the milestone's lenet(), not copy it
-from fashion_lenet import CHECKPOINT, lenet, load_lenet  # noqa: E402
+from tinytorch.benchmarking.tinymlperf import TASKS, fashion_lenet as lenet  # noqa: E402  (the milestone's model)
+from tinytorch.core.training import load_checkpoint  # noqa: E402
 
 from tinytorch.core.autograd import no_grad  # noqa: E402
 from tinytorch.core.layers import Linear  # noqa: E402
@@ -60,8 +59,11 @@ def report(title: str, c, base: str):
 
 def model_bench(rounds: int, batch: int):
     "Whole LeNet: float32 forward against the int8 model (float in, float out), same inputs."
-    path = Path("runs") / CHECKPOINT
-    if path.exists(): model, src = load_lenet(path), str(path)
+    path = Path("runs") / TASKS["fashion_mnist"].checkpoint
+    if path.exists():
+        model, src = lenet(), str(path)
+        load_checkpoint(path, model)
+        model.eval()
     else:
         manual_seed(0); model, src = lenet().eval(), "seeded initialisation (no checkpoint)"
     rng = np.random.default_rng(0)

@@ -9,14 +9,13 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(_var, "1")
 
 import argparse
-import time
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 from tinytorch.core.losses import CrossEntropyLoss
 from tinytorch.core.optimizers import Adam, CosineWarmupLR
 from tinytorch.core.training import Trainer
+from tinytorch.utils.timing import Timer
 
 
 def options(doc: str, epochs: int, batch_size: int, lr: float) -> argparse.Namespace:
@@ -64,12 +63,12 @@ def run(name: str, trainer: Trainer, train_data, test_data, epochs: int, target:
     "Train epoch by epoch, printing each; plot the curves; report the final test accuracy against `target`. Exit code."
     print(f"{name}: {sum(p.size for p in trainer.model.parameters()):,} parameters, "
           f"{len(train_data)} training batches per epoch, {os.cpu_count()} cores")
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        h = trainer.fit(train_data, epochs=1, val_data=test_data)
-        print(f"epoch {epoch:>2}/{epochs}: train loss {h['train_loss'][-1]:.4f} acc {h['train_acc'][-1]:.2%}, "
-              f"test loss {h['val_loss'][-1]:.4f} acc {h['val_acc'][-1]:.2%}, {h['seconds'][-1]:.1f} s", flush=True)
-    total = time.perf_counter() - start
+    with Timer() as run_time:
+        for epoch in range(1, epochs + 1):
+            h = trainer.fit(train_data, epochs=1, val_data=test_data)
+            print(f"epoch {epoch:>2}/{epochs}: train loss {h['train_loss'][-1]:.4f} acc {h['train_acc'][-1]:.2%}, "
+                  f"test loss {h['val_loss'][-1]:.4f} acc {h['val_acc'][-1]:.2%}, {h['seconds'][-1]:.1f} s", flush=True)
+    total = run_time.elapsed
     png = plot_history(trainer.history, Path(out) / f"{name}.png", f"{name}: test accuracy {h['val_acc'][-1]:.2%}")
     acc = h["val_acc"][-1]
     met = acc >= target and (time_limit is None or total <= time_limit)

@@ -5,24 +5,14 @@ from pathlib import Path
 from _common import adam_trainer, options, run  # first: it sets the BLAS threads before NumPy loads
 from fashion_mlp import check_stats, prepare
 
-from tinytorch.core.activations import ReLU
-from tinytorch.core.layers import Linear, Sequential
-from tinytorch.core.normalization import BatchNorm2d, Dropout
-from tinytorch.core.spatial import Conv2d, Flatten, MaxPool2d
+from tinytorch.benchmarking.tinymlperf import TASKS, fashion_lenet as lenet  # the benchmark's reference model
+from tinytorch.core.layers import Sequential
 from tinytorch.core.tensor import manual_seed
 from tinytorch.core.training import load_checkpoint, save_checkpoint
 from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
 
 
-def lenet() -> Sequential:
-    "LeNet-5's layout (two 5x5 convolutions with pooling, then three linear layers) with ReLU, max-pooling and BatchNorm."
-    return Sequential(Conv2d(1, 16, 5, padding=2), BatchNorm2d(16), ReLU(), MaxPool2d(2),   # (N, 16, 14, 14)
-                      Conv2d(16, 32, 5), BatchNorm2d(32), ReLU(), MaxPool2d(2),             # (N, 32, 5, 5)
-                      Flatten(), Linear(32 * 5 * 5, 120), ReLU(), Dropout(0.25),             # (N, 120)
-                      Linear(120, 84), ReLU(), Linear(84, 10))                                # (N, 10)
-
-
-CHECKPOINT = "fashion_lenet.npz"  # written under --out; the compression and quantization milestones start from it
+CHECKPOINT = TASKS["fashion_mnist"].checkpoint  # written under --out; quantize_fashion and compress_fashion start from it
 
 
 def load_lenet(path) -> Sequential:

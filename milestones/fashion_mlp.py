@@ -5,13 +5,12 @@ from _common import adam_trainer, options, run  # first: it sets the BLAS thread
 
 import numpy as np
 
+from tinytorch.benchmarking.tinymlperf import FASHION_MEAN as MEAN, FASHION_STD as STD  # of the training pixels
 from tinytorch.core.activations import ReLU
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.normalization import Dropout
 from tinytorch.core.tensor import manual_seed
 from tinytorch.data.loader import DataLoader, TensorDataset, load_fashion_mnist
-
-MEAN, STD = 0.2860, 0.3530   # of the training pixels scaled to [0, 1]; `check_stats` below recomputes them
 
 
 def prepare(X: np.ndarray, flatten: bool) -> np.ndarray:

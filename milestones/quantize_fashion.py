@@ -31,7 +31,7 @@ from tinytorch.optimization.quantization import (MinMaxObserver, MovingAverageMi
                                                  PercentileObserver, QuantizationMemoryProfiler,
                                                  QuantizationSystemsAnalyzer, _accuracy, convert, layer_sensitivity,
                                                  prepare_qat, quantize_model)
-from tinytorch.utils.timing import compare, fmt_seconds
+from tinytorch.utils.timing import Timer, compare, fmt_seconds
 
 # at most 0.5 points of test accuracy lost by int8 PTQ with per-channel weights
 TARGET_DROP = 0.005
@@ -137,10 +137,9 @@ def lenet_part(args) -> bool:
         ptq = _accuracy(quantize_model(model, calib, weight_bits=bits), Xte, y_test)
         manual_seed(args.seed)
         qat = prepare_qat(model, weight_bits=bits)
-        t1 = time.perf_counter()
-        Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr),
-                progress=not args.no_progress).fit(
-            train, epochs=args.qat_epochs)
+        with Timer() as qat_time:
+            Trainer(qat, CrossEntropyLoss(), Adam(qat.parameters(), lr=args.qat_lr),
+                    progress=not args.no_progress).fit(train, epochs=args.qat_epochs)
         qat_int = _accuracy(convert(qat, calib, weight_bits=bits), Xte, y_test)
         qat_rows.append((bits, ptq, qat_int))
         within = fp32 - qat_int <= 0.01
@@ -148,7 +147,7 @@ def lenet_part(args) -> bool:
         print(f"\n{bits}-bit weights (int8 activations): PTQ {ptq:.2%} "
               f"({(ptq - fp32) * 100:+.2f}); QAT for "
               f"{args.qat_epochs} epoch(s) over {len(sub):,} training images at lr {args.qat_lr:g} "
-              f"({time.perf_counter() - t1:.0f} s), converted to integers: "
+              f"({qat_time.elapsed:.0f} s), converted to integers: "
               f"{qat_int:.2%} ({(qat_int - fp32) * 100:+.2f}); within 1 point of float32: {'yes' if within else 'NO'}")
 
     png = plot(rows, fp32, qat_rows, Path(args.out) / "quantize_fashion.png")

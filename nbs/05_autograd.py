@@ -46,9 +46,10 @@ import gc
 import resource
 import tracemalloc
 import weakref
-from timeit import repeat
 
 from fastcore.test import test_eq, test_fail, test_close, test_is
+
+from tinytorch.utils.timing import compare
 
 from tinytorch.core.tensor import randn, zeros, cat, stack
 from tinytorch.core.activations import relu, sigmoid, tanh, gelu, softmax, log_softmax
@@ -846,12 +847,11 @@ else: print("no glibc malloc here: keep_freed_memory does nothing")
 # ## What recording costs
 #
 # The recording adds one check per input to every op. The benchmark in `benchmarks/` measures the per-op overhead
-# and a whole training step against raw NumPy; here, a quick look with this module's timing protocol
-# (median of 5 repetitions).
+# and a whole training step against raw NumPy; here, a quick look with `compare` (the two alternate over 5
+# rounds of 20,000 calls).
 
 # %%
 xs, ys = Tensor(np.ones(100, np.float32), requires_grad=True), Tensor(np.ones(100, np.float32))
 xa, ya = xs.data, ys.data
-k = 20_000
-for name, fn in [('NumPy add', lambda: xa + ya), ('Tensor add, recording', lambda: xs + ys)]:
-    print(f"{name:>22}: {float(np.median(repeat(fn, number=k, repeat=5))) / k * 1e6:.2f} us")
+c = compare({'NumPy add': lambda: xa + ya, 'Tensor add, recording': lambda: xs + ys}, rounds=5, number=20_000)
+for name, m in c.results.items(): print(f"{name:>22}: {m.median * 1e6:.2f} us")

@@ -657,7 +657,7 @@ print(f"decode step through the modules / through the cache: "
 # ## Summary
 #
 # `KVCache` holds the keys and values of every layer in two buffers allocated once,
-# $2 \cdot L \cdot B \cdot n_{head} \cdot T_{max} \cdot d_{head} \cdot  ext{itemsize}$ bytes
+# $2 \cdot L \cdot B \cdot n_{head} \cdot T_{max} \cdot d_{head} \cdot \text{itemsize}$ bytes
 # (`cache_nbytes`). `write` stores a layer's new positions in place and returns views of all of
 # them, `advance` moves `length` once every layer has written, `reset` and `crop` rewind it, and
 # `check` refuses a cache that does not fit the model or the tokens, before anything is written.

@@ -47,9 +47,11 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         "`module(x)` runs the forward pre-hooks, then `module.forward(x)`."
-        for hook in list(self.__dict__.get('_forward_pre_hooks', {}).values()):
-            out = hook(self, args)  # a hook may return new positional arguments
-            if out is not None: args = out if isinstance(out, tuple) else (out,)
+        hooks = self.__dict__.get('_forward_pre_hooks')
+        if hooks:                   # on every call: no list is built for the usual module without hooks
+            for hook in list(hooks.values()):
+                out = hook(self, args)  # a hook may return new positional arguments
+                if out is not None: args = out if isinstance(out, tuple) else (out,)
         return self.forward(*args, **kwargs)
 
     def __getattr__(self, name: str):

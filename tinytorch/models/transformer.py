@@ -322,9 +322,8 @@ def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
     return y if b is None else y + b.data
 
 def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
-    "`g` on an array; the tanh form cubes by two products: NumPy's float32 `x**3` is a slow `pow`."
-    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
+    "`g` on an array (under `no_grad`, `gelu` records nothing)."
+    return gelu(_wrap(x), g.approximate).data
 
 # %% ../../nbs/14_transformers.ipynb #580a4f8d
 def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -> np.ndarray:
