@@ -1034,8 +1034,8 @@ for name, model in models.items():
 #   below theirs; this profiler is how it was found.
 #
 # GPT-2's GELU is the tanh form $\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))$, and the
-# activation module used to compute $x^3$ as `x**3`. NumPy has fast paths for a few exponents (such as
-# 2, 0.5 and -1) but computes `x**3` with the general power function, element by element;
+# activation module used to compute $x^3$ as `x**3`. NumPy has fast paths for a few exponents
+# (such as 2, 0.5 and -1) but computes `x**3` with the general power function, element by element;
 # `x * x * x` is two multiplications. The two, on the shape of TinyGPT's hidden activations,
 # alternated by `compare`:
 

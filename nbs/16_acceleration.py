@@ -4,9 +4,7 @@
 # %% [markdown]
 # # Acceleration
 #
-# > Where the time of a NumPy framework goes, measured: Python loops against BLAS, direct
-# > convolution against im2col, composed expressions against fused ones, memory layout, precision
-# > and threads, and what Amdahl's law allows a speedup of one part to give the whole.
+# > Where a NumPy framework's time goes, measured, and the changes that make it faster.
 
 # %% [markdown]
 # The earlier modules made every op correct first. This one asks how fast they are and why, and

@@ -4,24 +4,25 @@
 # %% [markdown]
 # # TinyTorch
 #
-# > Build a machine-learning framework on NumPy, from tensors to transformers, one literate notebook at a time.
+# > Build a machine-learning framework on NumPy, from tensors to transformers, module by module.
 
 # %% [markdown]
 # TinyTorch is a course in twenty modules, numbered 01 to 20, after module 00, which sets up the one
-# timing protocol every measurement uses. Each module is a notebook: you read a short explanation, write
-# the code it describes, and run the tests under it, which tell you at once whether your code works.
-# The notebooks export, with nbdev, into the importable package `tinytorch`, so what you build in one
-# module is what the next module imports.
+# timing protocol every measurement uses. Each module is a notebook: you read a short explanation,
+# write the code it describes, and run the tests under it, which tell you at once whether your code
+# works. The notebooks export, with nbdev, into the importable package `tinytorch`, so what you
+# build in one module is what the next module imports.
 #
 # The first part builds the framework: `Tensor`, activations, layers, losses, automatic
 # differentiation, optimizers and a training loop. The second part adds data loading, convolution
 # and normalization; the third, tokenization, attention and a small GPT. The last part is systems
-# work on the models you built: profiling, acceleration, INT8 quantization, pruning, KV caching
-# and a benchmark.
+# work on the models you built: profiling, acceleration, INT8 quantization, pruning, KV caching and
+# a benchmark.
 #
-# Every number in the text is printed by a cell you can run, and these pages show each notebook as it
-# ran: the printed figures, tables and plots sit under the cells that made them. Where the text says
-# "int8", the data is stored in one byte per element; where it says a result matches, a test checks it.
+# Every number in the text is printed by a cell you can run, and these pages show each notebook as
+# it ran: the printed figures, tables and plots sit under the cells that made them. Where the text
+# says "int8", the data is stored in one byte per element; where it says a result matches, a test
+# checks it.
 
 # %% [markdown]
 # ## Who it is for
@@ -47,16 +48,17 @@
 # python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/python -m pytest
 # ```
 #
-# Then open a module's notebook in Jupyter (`.venv/bin/jupyter lab nbs/01_tensor.ipynb`), fill in each
-# `raise NotImplementedError(...)` stub, and run the cells under it: they are the tests. `tito export`
-# writes your code into the package, and `tito test 01` runs the module's notebook and its tests.
+# Then open a module's notebook in Jupyter (`.venv/bin/jupyter lab nbs/01_tensor.ipynb`), fill in
+# each `raise NotImplementedError(...)` stub, and run the cells under it: they are the tests. `tito
+# export` writes your code into the package, and `tito test 01` runs the module's notebook and its
+# tests.
 
 # %% [markdown]
 # ## Modules
 #
 # The table is made when this page is built, from the notebooks present: each row links to the
-# module's page and gives the summary line under its title. A module without a notebook yet is marked
-# "not written yet".
+# module's page and gives the summary line under its title. A module without a notebook yet is
+# marked "not written yet".
 
 # %%
 #| hide
@@ -66,17 +68,6 @@ from tito.project import Project
 # %%
 #| echo: false
 #| output: asis
-# one-line plans for the modules that have no notebook yet; a written module's own summary replaces its line
-PLANS = {
-    "profiling": "Where the time and the memory of a model go, measured layer by layer with the timing protocol.",
-    "acceleration": "Faster versions of the same computations, each checked against the original and timed.",
-    "quantization": "INT8 weights and activations, stored in one byte each, with matrix products run in integers.",
-    "compression": "Pruning that keeps pruned weights at zero, and what it saves in bytes and in time.",
-    "caching": "A key-value cache for generation that gives exactly the outputs of recomputation.",
-    "benchmarking": "A benchmark that re-runs what it ranks and reports the spread of every figure.",
-}
-
-
 def _title_and_summary(py):
     "The notebook's `# Title` and its `> summary` line, from the Jupytext source."
     lines = py.read_text(encoding="utf-8").splitlines()
@@ -91,7 +82,7 @@ for mod in Project.find().modules():
         title, summary = _title_and_summary(mod.py)
         rows.append(f"| {mod.num} | [{title}]({mod.stem}.ipynb) | {summary} |")
     else:
-        rows.append(f"| {mod.num} | {mod.name.capitalize()} (not written yet) | {PLANS.get(mod.name, '')} |")
+        rows.append(f"| {mod.num} | {mod.name.capitalize()} (not written yet) | |")
 Markdown("\n".join(rows))
 
 # %% [markdown]
@@ -102,9 +93,9 @@ Markdown("\n".join(rows))
 # %% [markdown]
 # ## What `import tinytorch` does
 #
-# Importing any part of the package first runs `tinytorch/__init__.py`, made of the two cells below. They
-# import the autograd module when the package has it, so that gradients are recorded whichever module a
-# program imports first. (A student edition that does not yet contain autograd skips it.)
+# Importing any part of the package first runs `tinytorch/__init__.py`, made of the two cells below.
+# They import the autograd module when the package has it, so that gradients are recorded whichever
+# module a program imports first. (A student edition that does not yet contain autograd skips it.)
 
 # %%
 #| exports

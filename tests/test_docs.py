@@ -4,8 +4,8 @@ import json
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from conftest import DEMO_NB, pair_and_export, write_project
-from tito.docs import (assign_anchors, auto_id, build_pages, check_links, check_page, check_pages, doc_entries,
-                       fix_api_pages, is_fresh, site_base)
+from tito.docs import (assign_anchors, auto_id, build_pages, check_links, check_page, check_pages, check_source,
+                       doc_entries, fix_api_pages, is_fresh, site_base)
 from tito.nbrun import META_KEY, executed_path, run_notebook
 from tito.project import Project
 
@@ -45,6 +45,19 @@ def test_check_fails_on_missing_prints_errors_and_unexecuted_or_stale_pages():
                                                    traceback=[])])
     assert check_page("p.ipynb", _nb(quiet, err), source, "k") == [
         "p.ipynb: error output ZeroDivisionError: division by zero"]
+
+
+def test_check_source_flags_wide_lines_and_a_summary_nbdev_would_cut(tmp_path):
+    py = tmp_path / "01_demo.py"
+    py.write_text("# %% [markdown]\n# # Demo\n#\n# > One line that says what the module builds.\n\n"
+                  "# %%\nx = 1\n", encoding="utf-8")
+    assert check_source(py) == []
+    py.write_text("# %% [markdown]\n# # Demo\n#\n# > A summary that goes on\n# > over two lines.\n\n"
+                  f"# %%\nx = {'1 + ' * 30}1\ny = {'2 + ' * 30}2\n", encoding="utf-8")
+    assert check_source(py) == [
+        "01_demo.py: 2 lines wider than 100 characters (lines 8, 9)",
+        "01_demo.py:5: the summary continues on a second '> ' line, which nbdev drops from the page's "
+        "description; keep it to one line"]
 
 
 def _doc(name: str, line: int, file: str = "tinytorch/core/demo.py", body: str = "") -> dict:

@@ -326,6 +326,25 @@ def exported_names(module_file: Path) -> list[str]:
     return []
 
 
+WIDTH = 100  # characters: a line wider than this scrolls sideways on the site and in Jupyter
+
+
+def check_source(py: Path) -> list[str]:
+    "Problems of a notebook's Jupytext source: lines wider than WIDTH, a summary that nbdev would cut."
+    lines, problems = py.read_text(encoding="utf-8").splitlines(), []
+    wide = [n for n, line in enumerate(lines, 1) if len(line) > WIDTH]
+    if wide:
+        shown = ", ".join(map(str, wide[:8])) + (", ..." if len(wide) > 8 else "")
+        problems.append(f"{py.name}: {len(wide)} lines wider than {WIDTH} characters (lines {shown})")
+    # nbdev makes the first `> ` line of the title cell the page's description and drops the rest
+    for n, line in enumerate(lines[:-1], 1):
+        if line.startswith("# > ") and lines[n].startswith("# > "):
+            problems.append(f"{py.name}:{n + 1}: the summary continues on a second '> ' line, which nbdev "
+                            f"drops from the page's description; keep it to one line")
+            break
+    return problems
+
+
 def check_pages(cache: Path, project: Project, log=print) -> list[str]:
     "Every check on the processed pages: one page per notebook, executed and fresh, API docs complete, links sound."
     problems, pkg = [], package_key(project)
@@ -334,6 +353,8 @@ def check_pages(cache: Path, project: Project, log=print) -> list[str]:
         if not proc.is_file(): problems.append(f"{nb_path.name}: no processed page"); continue
         page, source = json.loads(proc.read_text(encoding="utf-8")), json.loads(nb_path.read_text(encoding="utf-8"))
         found = check_page(nb_path.name, page, source, source_key(nb_path, project, pkg))
+        py = nb_path.with_suffix(".py")
+        if py.is_file(): found += check_source(py)
         exp = [l.split()[-1] for c in source["cells"] for l in "".join(c["source"]).splitlines()
                if l.startswith("#| default_exp")]
         documented = {n for n, _, _ in doc_entries(page)}
