@@ -58,6 +58,11 @@ def test_check_source_flags_wide_lines_and_a_summary_nbdev_would_cut(tmp_path):
         "01_demo.py: 2 lines wider than 100 characters (lines 8, 9)",
         "01_demo.py:5: the summary continues on a second '> ' line, which nbdev drops from the page's "
         "description; keep it to one line"]
+    py.write_text("# %% [markdown]\n# The product is `x * x\n# * x`, two multiplications.\n#\n"
+                  "# Steps:\n#\n# 1. first\n#    and more\n# 2. second\n#\n# $$\n# a\n# + b\n# $$\n# $$y = a\n# + b.$$\n",
+                  encoding="utf-8")
+    assert check_source(py) == ["01_demo.py:3: a wrapped line starts with a list marker ('* x`, two mu'); "
+                                "Jupyter shows it as a list item: rewrap the paragraph"]
 
 
 def _doc(name: str, line: int, file: str = "tinytorch/core/demo.py", body: str = "") -> dict:

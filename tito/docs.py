@@ -326,6 +326,7 @@ def exported_names(module_file: Path) -> list[str]:
     return []
 
 
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s")
 WIDTH = 100  # characters: a line wider than this scrolls sideways on the site and in Jupyter
 
 
@@ -336,6 +337,22 @@ def check_source(py: Path) -> list[str]:
     if wide:
         shown = ", ".join(map(str, wide[:8])) + (", ..." if len(wide) > 8 else "")
         problems.append(f"{py.name}: {len(wide)} lines wider than {WIDTH} characters (lines {shown})")
+    # a wrapped line that starts with "- ", "* " or "1. " right under a paragraph line: Jupyter (CommonMark)
+    # renders it as a list item and Quarto (Pandoc) as text, and neither as the sentence it was
+    markdown, fenced, prev = False, False, ""
+    for n, line in enumerate(lines, 1):
+        if line.startswith("# %%"):
+            markdown, fenced, prev = "[markdown]" in line, False, ""
+            continue
+        body = line[2:] if line.startswith("# ") else ""
+        if not markdown: continue
+        if body.lstrip().startswith("```") or body.count("$$") % 2:  # a code fence or display math
+            fenced = not fenced
+        elif (not fenced and _LIST_ITEM.match(body) and prev.strip() and not _LIST_ITEM.match(prev)
+              and not prev.startswith((" ", "|", "#", ">"))):
+            problems.append(f"{py.name}:{n}: a wrapped line starts with a list marker ({body[:12]!r}); "
+                            f"Jupyter shows it as a list item: rewrap the paragraph")
+        prev = body
     # nbdev makes the first `> ` line of the title cell the page's description and drops the rest
     for n, line in enumerate(lines[:-1], 1):
         if line.startswith("# > ") and lines[n].startswith("# > "):
