@@ -134,28 +134,24 @@ def slug(name: str) -> str:
 
 class Progress:
     "Stage updates: a tqdm bar on a terminal, one plain line per update otherwise."
-    def __init__(self, total: int, enabled: bool = True):
-        self.tty, self.enabled, self.total, self.i = sys.stdout.isatty(), enabled, total, 0
+    def __init__(self, names: list, enabled: bool = True):
+        self.tty, self.enabled, self.names = sys.stdout.isatty(), enabled, names
         self.bar = None
         if enabled and self.tty:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit='submission', leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=len(names), unit='submission', leave=False, dynamic_ncols=True)
 
-    def start(self, name: str):
-        self.i += 1
-        self.name = name
-        self.stage('start')
-
-    def stage(self, what: str):
+    def stage(self, i: int, what: str):
+        "Submission `i` is at stage `what`."
         if not self.enabled: return
         if self.bar is not None:
-            self.bar.set_description_str(f"{self.name}: {what}"); self.bar.refresh()
-        else: print(f"benchmark [{self.i}/{self.total}] {self.name}: {what}", flush=True)
+            self.bar.set_description_str(f"{self.names[i]}: {what}"); self.bar.refresh()
+        else: print(f"benchmark [{i + 1}/{len(self.names)}] {self.names[i]}: {what}", flush=True)
 
-    def done(self, result: dict):
+    def done(self, i: int, result: dict):
         if self.bar is not None: self.bar.update(1)
         elif self.enabled:
-            print(f"benchmark [{self.i}/{self.total}] {self.name}: {result['status']}"
+            print(f"benchmark [{i + 1}/{len(self.names)}] {self.names[i]}: {result['status']}"
                   + (f" ({result['reason']})" if result['reason'] else ''), flush=True)
 
     def close(self):
@@ -191,19 +187,22 @@ def load_task(name: str, runs: Path, seed: int, say=print):
     return task, data, reference, ref_score
 
 
-def run_one(sub, ctx: Context, ref_score: float, cfg, results: Path, progress: Progress) -> dict:
-    "Run one submission and write its result file atomically; return the result."
-    from tinytorch.benchmarking.tinymlperf import run_submission, write_result
-    progress.start(sub.name)
-    r = run_submission(sub, ctx.task, ctx.data, ctx.reference, ref_score, cfg, progress=progress.stage)
-    write_result(results / f"{ctx.task.name}--{slug(sub.name)}.json", r)
-    progress.done(r)
-    return r
+def run_all(subs: list, ctx: Context, ref_score: float, cfg, results: Path,
+            progress: Progress) -> list:
+    "Run the submissions as one experiment (blocks interleaved); write each result atomically."
+    from tinytorch.benchmarking.tinymlperf import run_submissions, write_result
+    rs = run_submissions(subs, ctx.task, ctx.data, ctx.reference, ref_score, cfg,
+                         progress=progress.stage)
+    for i, (sub, r) in enumerate(zip(subs, rs)):
+        write_result(results / f"{ctx.task.name}--{slug(sub.name)}.json", r)
+        progress.done(i, r)
+    return rs
 
 
 def console_table(board, task: str) -> str:
     "The leaderboard of `task` as fixed-width text, ranked entries first, then the others with reasons."
-    cols = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference', 'offline', 'size', 'FLOPs']
+    cols = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p50 vs reference',
+            'offline', 'size', 'FLOPs']
     rows = [[row[c] for c in cols] for row in board.rows(task)]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = lambda cells: '  '.join(f"{x:<{w}}" for x, w in zip(cells, widths)).rstrip()
@@ -260,8 +259,11 @@ def write_leaderboard(out: Path, say=print) -> object:
 
 def run_config(args):
     from tinytorch.benchmarking.tinymlperf import RunConfig
+    if args.blocks < 6:
+        raise TitoError(f"benchmark --blocks: a 95% interval needs 6 blocks or more, got {args.blocks}")
     return RunConfig(min_queries=args.queries, min_duration=args.min_duration, warmup=args.warmup,
-                     offline_repeats=args.offline_repeats, threads=args.threads, seed=args.seed)
+                     offline_repeats=args.offline_repeats, threads=args.threads,
+                     blocks=args.blocks, seed=args.seed)
 
 
 def cmd_benchmark(project: Project, args) -> int:
@@ -291,9 +293,10 @@ def cmd_benchmark(project: Project, args) -> int:
     with blas_threads(args.threads):
         info = machine_info()
         print(f"tito benchmark: task {task_name}; {info['cores']} cores, NumPy {info['numpy']}, "
-              f"BLAS {', '.join(info['blas'])} with {info['blas_threads']} thread(s); single-stream at least "
-              f"{cfg.min_queries} queries and {cfg.min_duration:g} s after {cfg.warmup} warm-up queries; "
-              f"seed {cfg.seed}", flush=True)
+              f"BLAS {', '.join(info['blas'])} with {info['blas_threads']} thread(s); "
+              f"single-stream at least {cfg.min_queries} queries and {cfg.min_duration:g} s in "
+              f"{cfg.blocks} interleaved blocks after {cfg.warmup} warm-up queries; seed {cfg.seed}",
+              flush=True)
         task, data, reference, ref_score = load_task(task_name, runs, cfg.seed)
         ctx = Context(task, data, reference, cfg.seed)
         if args.action != 'submit':
@@ -306,8 +309,8 @@ def cmd_benchmark(project: Project, args) -> int:
                 e.make(ctx, ckpt)
                 subs.append(Submission.from_file(folder / e.file, checkpoint=ckpt))
                 print(f"built {subs[-1].name} ({time.perf_counter() - t:.1f} s): {ckpt}", flush=True)
-        progress = Progress(len(subs), enabled=not args.quiet)
-        try: results = [run_one(s, ctx, ref_score, cfg, out / 'results', progress) for s in subs]
+        progress = Progress([s.name for s in subs], enabled=not args.quiet)
+        try: results = run_all(subs, ctx, ref_score, cfg, out / 'results', progress)
         finally: progress.close()
     board = write_leaderboard(out)
     print()
@@ -336,8 +339,10 @@ def add_parser(sub) -> None:
     s.add_argument('--min-duration', type=float, default=1.0,
                    help="seconds of single-stream queries, at least (default 1.0)")
     s.add_argument('--warmup', type=int, default=32, help="warm-up queries (default 32)")
+    s.add_argument('--blocks', type=int, default=11,
+                   help="single-stream blocks per submission, interleaved (default 11)")
     s.add_argument('--offline-repeats', type=int, default=5, help="timed offline passes (default 5)")
     s.add_argument('--threads', type=int, default=1, help="BLAS threads (default 1)")
-    s.add_argument('--seed', type=int, default=0, help="seed of training, subsets and bootstrap (default 0)")
+    s.add_argument('--seed', type=int, default=0, help="seed of training and subsets (default 0)")
     s.add_argument('--quiet', action='store_true', help="no progress display")
     s.set_defaults(func=cmd_benchmark)
