@@ -527,12 +527,12 @@ def validate_result(r: dict) -> dict:
             raise ValueError(f"latencies must be 0 < p50 <= p90 <= p99, got {p}")
         _num(s, 'queries', 1)
         lat, ref = s.get('latencies'), s.get('reference_latencies')
-        good = lambda b: isinstance(b, list) and len(b) > 0 and all(
+        good = lambda b: isinstance(b, list) and len(b) >= 6 and all(
             isinstance(k, list) and k and all(type(v) in (int, float) and 0 < v < math.inf
                                               for v in k) for k in b)
         if not (good(lat) and good(ref) and len(lat) == len(ref)):
-            raise ValueError("field 'latencies' must be as many blocks as 'reference_latencies', "
-                             "each a non-empty list of numbers > 0")
+            raise ValueError("field 'latencies' must be as many blocks (6 or more) as "
+                             "'reference_latencies', each a non-empty list of numbers > 0")
     if r.get('offline') is not None: _num(r['offline'], 'samples_per_second', 0)
     _num(r, 'size_bytes', 0, optional=True); _num(r, 'flops_per_sample', 0, optional=True)
     return r
@@ -774,7 +774,8 @@ def rows(self: Leaderboard, task: str) -> list:
     "One dict of display strings per ranked single-stream result, with its comparisons."
     out, ranked = [], self.ranked(task)
     for i, r in enumerate(ranked):
-        ss, off, vs = r['single_stream'], r['offline'], r['single_stream']['vs_reference']
+        ss, off = r['single_stream'], r['offline']
+        vs = compare_latencies(ss['latencies'], ss['reference_latencies'])  # not the stored copy
         above = '' if i == 0 else _cmp_text(compare_results(r, ranked[i - 1]))
         out.append({'rank': str(i + 1), 'name': r['name'], 'division': r['division'],
                     'quality': _quality(r), 'p50': fmt_seconds(ss['p50']),
