@@ -1,10 +1,13 @@
-"""`tito benchmark`: run TinyMLPerf (`tinytorch.benchmarking.tinymlperf`) on a task's submissions and write its leaderboard.
+"""`tito benchmark`: run TinyMLPerf (`tinytorch.benchmarking.tinymlperf`) on a task's submissions
+and write its leaderboard.
 
-`run` builds the course's submissions for the task (their model files are under `submissions/TASK/`, their
-checkpoints are written to OUT/checkpoints/), re-runs each from those files, writes one result file per submission
-to OUT/results/, then the leaderboard (Markdown, HTML, two plots) from every result file there. `submit` runs one
-user submission the same way and rebuilds the leaderboard. Reference checkpoints live in runs/ (the milestones
-write them there); the digits reference is trained when its checkpoint is missing.
+`run` builds the course's submissions for the task (their model files are under
+`submissions/TASK/`, their checkpoints are written to OUT/checkpoints/), re-runs them from those
+files as one experiment (their single-stream blocks interleaved), writes one result file per
+submission to OUT/results/, then the leaderboard (Markdown, HTML, two plots) from every result
+file there. `submit` runs one user submission the same way and rebuilds the leaderboard.
+Reference checkpoints live in runs/ (the milestones write them there); the digits reference is
+trained when its checkpoint is missing.
 """
 import os
 import re
@@ -16,14 +19,15 @@ from typing import Callable
 
 from .project import Project, TitoError
 
-# NumPy, the package and matplotlib are imported inside the functions: `tito status` imports this module too.
+# NumPy, the package and matplotlib are imported inside the functions: `tito status` imports this
+# module too.
 
 
 @dataclass
 class Entry:
-    "A submission the course builds: its model file under submissions/ and the function that writes its checkpoint."
-    file: str                                   # submissions/TASK/FILE
-    make: Callable                              # (context, checkpoint path) -> None: write the checkpoint
+    "A submission the course builds: its file under submissions/ and what writes its checkpoint."
+    file: str                # submissions/TASK/FILE
+    make: Callable           # (context, checkpoint path) -> None: write the checkpoint
 
 
 class Context:
@@ -50,7 +54,7 @@ def _copy_reference(ctx: Context):
 
 
 def _calibration_batches(ctx: Context, batch: int = 50) -> list:
-    "The task's calibration subset (training images only), in batches: the only data quantization sees."
+    "The task's calibration subset (training images only), in batches: all quantization sees."
     X = ctx.data.calibration(ctx.task.calibration_size, ctx.seed)
     return [X[i:i + batch] for i in range(0, len(X), batch)]
 
@@ -58,12 +62,13 @@ def _calibration_batches(ctx: Context, batch: int = 50) -> list:
 def _int8(per_channel: bool):
     def make(ctx: Context, path: Path):
         from tinytorch.optimization.quantization import quantize_model
-        _save(path, quantize_model(ctx.reference, _calibration_batches(ctx), per_channel=per_channel), ctx)
+        q = quantize_model(ctx.reference, _calibration_batches(ctx), per_channel=per_channel)
+        _save(path, q, ctx)
     return make
 
 
 def _fit(model, ctx: Context, loss_fn, epochs: int, lr: float):
-    "Adam on the training split, one BLAS thread; `loss_fn(logits, x, y)` gives the loss of a batch."
+    "Adam on the training split, one BLAS thread; `loss_fn(logits, x, y)` is a batch's loss."
     from tinytorch.core.optimizers import Adam
     from tinytorch.core.training import Batches
     from tinytorch.utils.timing import blas_threads
@@ -71,7 +76,8 @@ def _fit(model, ctx: Context, loss_fn, epochs: int, lr: float):
     model.train()
     with blas_threads(1):
         for _ in range(epochs):
-            for x, y in Batches(ctx.data.X_train, ctx.data.y_train, 32, shuffle=True, seed=ctx.seed):
+            for x, y in Batches(ctx.data.X_train, ctx.data.y_train, 32, shuffle=True,
+                                seed=ctx.seed):
                 opt.zero_grad()
                 loss_fn(model(x), x, y).backward()
                 opt.step()
@@ -79,7 +85,7 @@ def _fit(model, ctx: Context, loss_fn, epochs: int, lr: float):
 
 
 def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3):
-    "Prune `amount` of the reference's weights by global magnitude, fine-tune with the masks kept, then INT8."
+    "Prune `amount` of the weights by global magnitude, fine-tune with the masks kept, then INT8."
     from tinytorch.core.losses import cross_entropy
     from tinytorch.core.tensor import manual_seed
     from tinytorch.optimization.compression import global_unstructured, prunable, remove, sparsity
@@ -93,7 +99,7 @@ def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3)
 
 
 def _distilled(ctx: Context, path: Path, T: float = 4.0, alpha: float = 0.9, epochs: int = 12):
-    "Train `digits_student` on the reference's softened outputs and the labels (`distillation_loss`)."
+    "Train `digits_student` on the reference's softened outputs and the labels."
     from tinytorch.benchmarking.tinymlperf import digits_student
     from tinytorch.core.autograd import no_grad
     from tinytorch.core.tensor import manual_seed
@@ -115,12 +121,14 @@ def _train_small(ctx: Context, path: Path):
     _save(path, train_classifier(digits_student(), ctx.data, seed=ctx.seed), ctx)
 
 
-# The course's submissions per task, in display order. The larger tasks run their FP32 reference; their INT8
-# entries need a submission file with the task's input shape (see submissions/digits/int8.py).
+# The course's submissions per task, in display order. The larger tasks run their FP32 reference;
+# their INT8 entries need a submission file with the task's input shape (see
+# submissions/digits/int8.py).
 ENTRIES = {
     'digits': [Entry('fp32.py', _save_reference), Entry('int8.py', _int8(per_channel=True)),
                Entry('pruned_int8.py', _pruned_int8), Entry('distilled.py', _distilled),
-               Entry('small_cnn.py', _train_small), Entry('int8_per_tensor.py', _int8(per_channel=False))],
+               Entry('small_cnn.py', _train_small),
+               Entry('int8_per_tensor.py', _int8(per_channel=False))],
     'fashion_mnist': [Entry('fp32.py', _save_reference), Entry('int8.py', _int8(per_channel=True))],
     'shakespeare_char': [Entry('fp32.py', _save_reference)],
     'cifar10': [Entry('fp32.py', _save_reference)],
@@ -134,28 +142,24 @@ def slug(name: str) -> str:
 
 class Progress:
     "Stage updates: a tqdm bar on a terminal, one plain line per update otherwise."
-    def __init__(self, total: int, enabled: bool = True):
-        self.tty, self.enabled, self.total, self.i = sys.stdout.isatty(), enabled, total, 0
+    def __init__(self, names: list, enabled: bool = True):
+        self.tty, self.enabled, self.names = sys.stdout.isatty(), enabled, names
         self.bar = None
         if enabled and self.tty:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit='submission', leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=len(names), unit='submission', leave=False, dynamic_ncols=True)
 
-    def start(self, name: str):
-        self.i += 1
-        self.name = name
-        self.stage('start')
-
-    def stage(self, what: str):
+    def stage(self, i: int, what: str):
+        "Submission `i` is at stage `what`."
         if not self.enabled: return
         if self.bar is not None:
-            self.bar.set_description_str(f"{self.name}: {what}"); self.bar.refresh()
-        else: print(f"benchmark [{self.i}/{self.total}] {self.name}: {what}", flush=True)
+            self.bar.set_description_str(f"{self.names[i]}: {what}"); self.bar.refresh()
+        else: print(f"benchmark [{i + 1}/{len(self.names)}] {self.names[i]}: {what}", flush=True)
 
-    def done(self, result: dict):
+    def done(self, i: int, result: dict):
         if self.bar is not None: self.bar.update(1)
         elif self.enabled:
-            print(f"benchmark [{self.i}/{self.total}] {self.name}: {result['status']}"
+            print(f"benchmark [{i + 1}/{len(self.names)}] {self.names[i]}: {result['status']}"
                   + (f" ({result['reason']})" if result['reason'] else ''), flush=True)
 
     def close(self):
@@ -163,57 +167,66 @@ class Progress:
 
 
 def load_task(name: str, runs: Path, seed: int, say=print):
-    "The task, its data, its reference model (loaded from runs/, or trained and saved there) and the reference's score."
+    "The task, its data, its reference (loaded from runs/, or trained and saved) and its score."
     from tinytorch.benchmarking.tinymlperf import TASKS, predict, score
     from tinytorch.core.training import load_checkpoint, save_checkpoint
     if name not in TASKS: raise TitoError(f"no task {name!r}; tasks are {', '.join(TASKS)}")
     task = TASKS[name]
     try: data = task.load()
     except (OSError, ValueError) as e:
-        raise TitoError(f"task {name}: cannot load its data ({type(e).__name__}: {e}); {task.how_to_get}") from None
+        raise TitoError(f"task {name}: cannot load its data ({type(e).__name__}: {e}); "
+                        f"{task.how_to_get}") from None
     ckpt = runs / task.checkpoint
     reference = task.reference()
     if ckpt.is_file():
         try: load_checkpoint(ckpt, reference)
-        except ValueError as e: raise TitoError(f"task {name}: reference checkpoint {ckpt}: {e}") from None
+        except ValueError as e:
+            raise TitoError(f"task {name}: reference checkpoint {ckpt}: {e}") from None
         say(f"reference: loaded {ckpt}")
     elif task.train is not None:
         start = time.perf_counter()
         reference = task.train(seed=seed)
         save_checkpoint(ckpt, reference, seed=seed)
-        say(f"reference: trained the {name} reference in {time.perf_counter() - start:.1f} s; saved {ckpt}")
+        say(f"reference: trained the {name} reference in {time.perf_counter() - start:.1f} s; "
+            f"saved {ckpt}")
     else:
         raise TitoError(f"task {name}: no reference checkpoint at {ckpt}; {task.how_to_get}")
     reference.eval()
     ref_score = score(task.metric, predict(reference, data.X_test, task.batch_size), data.y_test)
-    say(f"reference: {task.metric} {ref_score:.4f} on {len(data.y_test):,} test samples; quality target "
-        f"{task.quality_target(ref_score):.4f}")
+    say(f"reference: {task.metric} {ref_score:.4f} on {len(data.y_test):,} test samples; "
+        f"quality target {task.quality_target(ref_score):.4f}")
     return task, data, reference, ref_score
 
 
-def run_one(sub, ctx: Context, ref_score: float, cfg, results: Path, progress: Progress) -> dict:
-    "Run one submission and write its result file atomically; return the result."
-    from tinytorch.benchmarking.tinymlperf import run_submission, write_result
-    progress.start(sub.name)
-    r = run_submission(sub, ctx.task, ctx.data, ctx.reference, ref_score, cfg, progress=progress.stage)
-    write_result(results / f"{ctx.task.name}--{slug(sub.name)}.json", r)
-    progress.done(r)
-    return r
+def run_all(subs: list, ctx: Context, ref_score: float, cfg, results: Path,
+            progress: Progress) -> list:
+    "Run the submissions as one experiment (blocks interleaved); write each result atomically."
+    from tinytorch.benchmarking.tinymlperf import run_submissions, write_result
+    rs = run_submissions(subs, ctx.task, ctx.data, ctx.reference, ref_score, cfg,
+                         progress=progress.stage)
+    for i, (sub, r) in enumerate(zip(subs, rs)):
+        write_result(results / f"{ctx.task.name}--{slug(sub.name)}.json", r)
+        progress.done(i, r)
+    return rs
 
 
 def console_table(board, task: str) -> str:
-    "The leaderboard of `task` as fixed-width text, ranked entries first, then the others with reasons."
-    cols = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p90 vs reference', 'offline', 'size', 'FLOPs']
+    "The leaderboard of `task` as fixed-width text: ranked entries, then the others with reasons."
+    cols = ['rank', 'name', 'division', 'quality', 'p50', 'p90', 'p99', 'p50 vs reference',
+            'offline', 'size', 'FLOPs']
     rows = [[row[c] for c in cols] for row in board.rows(task)]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(cols)]
     fmt = lambda cells: '  '.join(f"{x:<{w}}" for x, w in zip(cells, widths)).rstrip()
-    lines = [fmt(cols), fmt(['-' * w for w in widths]), *map(fmt, rows), board.offline_ranking(task)]
-    lines += [f"not ranked: {r['name']} ({r['division']}): {r['status']}, {r['reason']}" for r in board.unranked(task)]
+    lines = [fmt(cols), fmt(['-' * w for w in widths]), *map(fmt, rows),
+             board.offline_ranking(task)]
+    lines += [f"not ranked: {r['name']} ({r['division']}): {r['status']}, {r['reason']}"
+              for r in board.unranked(task)]
     return '\n'.join(lines)
 
 
 def plots(board, out: Path) -> list[Path]:
-    "Latency (p90) against quality with the Pareto front, and size against quality, one PNG per task pair."
+    "Latency (p90) against quality with the Pareto front, and size against quality: PNGs."
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -223,20 +236,25 @@ def plots(board, out: Path) -> list[Path]:
         ranked = board.ranked(task)
         if not ranked: continue
         metric = ranked[0]['quality']['metric']
-        q = [r['quality']['value'] * (1 if METRICS[metric] else -1) for r in ranked]   # higher is better
-        for kind, xs, xlabel in (('latency', [r['single_stream']['p90'] * 1e3 for r in ranked], 'p90 latency (ms)'),
-                                 ('size', [r['size_bytes'] / 1024 for r in ranked], 'model file (KiB)')):
+        sign = 1 if METRICS[metric] else -1
+        q = [r['quality']['value'] * sign for r in ranked]           # higher is better
+        for kind, xs, xlabel in (
+                ('latency', [r['single_stream']['p90'] * 1e3 for r in ranked], 'p90 latency (ms)'),
+                ('size', [r['size_bytes'] / 1024 for r in ranked], 'model file (KiB)')):
             fig, ax = plt.subplots(figsize=(6.5, 4.5))
             ys = [r['quality']['value'] for r in ranked]
             for r, x, y in zip(ranked, xs, ys):
-                ax.scatter(x, y, marker='o' if r['division'] == 'closed' else 's', color='C0' if r['division'] == 'closed' else 'C1')
-                ax.annotate(r['name'], (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
+                closed = r['division'] == 'closed'
+                ax.scatter(x, y, marker='o' if closed else 's', color='C0' if closed else 'C1')
+                ax.annotate(r['name'], (x, y), textcoords='offset points', xytext=(5, 4),
+                            fontsize=8)
             front = sorted(pareto_front(list(zip(xs, q))), key=lambda i: xs[i])
-            ax.step([xs[i] for i in front], [ys[i] for i in front], where='post', color='gray', ls='--',
-                    label='Pareto front')
+            ax.step([xs[i] for i in front], [ys[i] for i in front], where='post', color='gray',
+                    ls='--', label='Pareto front')
             ax.axhline(ranked[0]['quality']['target'], color='C3', ls=':', label='quality target')
             ax.set_xscale('log')
-            ax.set(xlabel=xlabel, ylabel=metric, title=f"{task}: {metric} against {kind} (circles closed, squares open)")
+            ax.set(xlabel=xlabel, ylabel=metric,
+                   title=f"{task}: {metric} against {kind} (circles closed, squares open)")
             ax.legend(fontsize=8); fig.tight_layout()
             path = out / f"{task}_{kind}_vs_{metric}.png"
             fig.savefig(path, dpi=100); plt.close(fig)
@@ -245,7 +263,7 @@ def plots(board, out: Path) -> list[Path]:
 
 
 def write_leaderboard(out: Path, say=print) -> object:
-    "Read every result in OUT/results, write leaderboard.md, leaderboard.html and the plots atomically; return it."
+    "Read OUT/results, write leaderboard.md, leaderboard.html and the plots atomically; return it."
     from tinytorch.benchmarking.tinymlperf import Leaderboard
     from tinytorch.core.training import atomic_write
     board = Leaderboard.from_dir(out / 'results')
@@ -260,8 +278,12 @@ def write_leaderboard(out: Path, say=print) -> object:
 
 def run_config(args):
     from tinytorch.benchmarking.tinymlperf import RunConfig
+    if args.blocks < 6:
+        raise TitoError(f"benchmark --blocks: a 95% interval needs 6 blocks or more, "
+                        f"got {args.blocks}")
     return RunConfig(min_queries=args.queries, min_duration=args.min_duration, warmup=args.warmup,
-                     offline_repeats=args.offline_repeats, threads=args.threads, seed=args.seed)
+                     offline_repeats=args.offline_repeats, threads=args.threads,
+                     blocks=args.blocks, seed=args.seed)
 
 
 def cmd_benchmark(project: Project, args) -> int:
@@ -279,20 +301,25 @@ def cmd_benchmark(project: Project, args) -> int:
         except ValueError as e: raise TitoError(str(e)) from None
         task_name, subs = sub.task, [sub]
     else:
-        if args.file: raise TitoError(f"benchmark: unexpected argument {args.file!r} (did you mean `submit`?)")
+        if args.file:
+            raise TitoError(f"benchmark: unexpected argument {args.file!r} "
+                            "(did you mean `submit`?)")
         task_name = args.task
         entries = ENTRIES.get(task_name, [])
         if args.only:
             only = args.only.split(',')
             unknown = set(only) - {Path(e.file).stem for e in entries}
-            if unknown: raise TitoError(f"benchmark --only: no entries {sorted(unknown)} for task {task_name}; "
-                                        f"entries are {', '.join(Path(e.file).stem for e in entries)}")
+            if unknown:
+                raise TitoError(f"benchmark --only: no entries {sorted(unknown)} for task "
+                                f"{task_name}; entries are "
+                                f"{', '.join(Path(e.file).stem for e in entries)}")
             entries = [e for e in entries if Path(e.file).stem in only]
     with blas_threads(args.threads):
         info = machine_info()
         print(f"tito benchmark: task {task_name}; {info['cores']} cores, NumPy {info['numpy']}, "
-              f"BLAS {', '.join(info['blas'])} with {info['blas_threads']} thread(s); single-stream at least "
-              f"{cfg.min_queries} queries and {cfg.min_duration:g} s after {cfg.warmup} warm-up queries; "
+              f"BLAS {', '.join(info['blas'])} with {info['blas_threads']} thread(s); "
+              f"single-stream at least {cfg.min_queries} queries and {cfg.min_duration:g} s in "
+              f"{cfg.blocks} interleaved blocks after {cfg.warmup} warm-up queries; "
               f"seed {cfg.seed}", flush=True)
         task, data, reference, ref_score = load_task(task_name, runs, cfg.seed)
         ctx = Context(task, data, reference, cfg.seed)
@@ -305,39 +332,49 @@ def cmd_benchmark(project: Project, args) -> int:
                 t = time.perf_counter()
                 e.make(ctx, ckpt)
                 subs.append(Submission.from_file(folder / e.file, checkpoint=ckpt))
-                print(f"built {subs[-1].name} ({time.perf_counter() - t:.1f} s): {ckpt}", flush=True)
-        progress = Progress(len(subs), enabled=not args.quiet)
-        try: results = [run_one(s, ctx, ref_score, cfg, out / 'results', progress) for s in subs]
+                print(f"built {subs[-1].name} ({time.perf_counter() - t:.1f} s): {ckpt}",
+                      flush=True)
+        progress = Progress([s.name for s in subs], enabled=not args.quiet)
+        try: results = run_all(subs, ctx, ref_score, cfg, out / 'results', progress)
         finally: progress.close()
     board = write_leaderboard(out)
     print()
     print(console_table(board, task.name))
     print()
     failed = [r for r in results if r['status'] != 'pass']
-    print(f"tito benchmark: {len(results) - len(failed)} of {len(results)} submission(s) passed the quality gate; "
-          f"{time.perf_counter() - start:.1f} s in all")
+    print(f"tito benchmark: {len(results) - len(failed)} of {len(results)} submission(s) passed "
+          f"the quality gate; {time.perf_counter() - start:.1f} s in all")
     return 0 if args.action != 'submit' or not failed else 1
 
 
 def add_parser(sub) -> None:
     "The `benchmark` subcommand, added to tito's parser."
-    s = sub.add_parser('benchmark', help="run TinyMLPerf on a task's submissions and write the leaderboard",
+    s = sub.add_parser('benchmark',
+                       help="run TinyMLPerf on a task's submissions and write the leaderboard",
                        description=__doc__.split('\n\n')[0] + "\n\n" + __doc__.split('\n\n')[1],
                        formatter_class=__import__('argparse').RawDescriptionHelpFormatter)
     s.add_argument('action', nargs='?', choices=['run', 'submit'], default='run',
                    help="run: the course's submissions (default); submit FILE: one user submission")
     s.add_argument('file', nargs='?', metavar='FILE', help="submit: the submission's Python file")
-    s.add_argument('--task', default='digits', help="digits (default), fashion_mnist, shakespeare_char or cifar10")
-    s.add_argument('--checkpoint', metavar='PATH', help="submit: the checkpoint (default: the file's CHECKPOINT)")
-    s.add_argument('--only', metavar='NAMES', help="run: only these entries, by file name, e.g. fp32,int8")
-    s.add_argument('--runs', metavar='DIR', help="folder of the reference checkpoints (default runs/)")
+    s.add_argument('--task', default='digits',
+                   help="digits (default), fashion_mnist, shakespeare_char or cifar10")
+    s.add_argument('--checkpoint', metavar='PATH',
+                   help="submit: the checkpoint (default: the file's CHECKPOINT)")
+    s.add_argument('--only', metavar='NAMES',
+                   help="run: only these entries, by file name, e.g. fp32,int8")
+    s.add_argument('--runs', metavar='DIR',
+                   help="folder of the reference checkpoints (default runs/)")
     s.add_argument('--out', metavar='DIR', help="output folder (default RUNS/benchmark)")
-    s.add_argument('--queries', type=int, default=1024, help="single-stream queries, at least (default 1024)")
+    s.add_argument('--queries', type=int, default=1024,
+                   help="single-stream queries, at least (default 1024)")
     s.add_argument('--min-duration', type=float, default=1.0,
                    help="seconds of single-stream queries, at least (default 1.0)")
     s.add_argument('--warmup', type=int, default=32, help="warm-up queries (default 32)")
-    s.add_argument('--offline-repeats', type=int, default=5, help="timed offline passes (default 5)")
+    s.add_argument('--blocks', type=int, default=11,
+                   help="single-stream blocks per submission, interleaved (default 11)")
+    s.add_argument('--offline-repeats', type=int, default=5,
+                   help="timed offline passes (default 5)")
     s.add_argument('--threads', type=int, default=1, help="BLAS threads (default 1)")
-    s.add_argument('--seed', type=int, default=0, help="seed of training, subsets and bootstrap (default 0)")
+    s.add_argument('--seed', type=int, default=0, help="seed of training and subsets (default 0)")
     s.add_argument('--quiet', action='store_true', help="no progress display")
     s.set_defaults(func=cmd_benchmark)
