@@ -4,9 +4,7 @@
 # %% [markdown]
 # # Benchmarking
 #
-# > TinyMLPerf: a fixed task, a quality gate, latency percentiles and throughput measured the same
-# > way for every submission, results that carry their machine, and a leaderboard that re-runs what
-# > it ranks.
+# > TinyMLPerf: a quality gate, latency and throughput measured alike, a leaderboard that re-runs.
 
 # %% [markdown]
 # The course ends where the field does: with a fair benchmark. MLPerf Inference and MLPerf Tiny
@@ -578,9 +576,9 @@ print(f"offline: {off['samples_per_second']:,.0f} samples/s ({fmt_seconds(off['s
 # coverage is exact, so it is known, not hoped for. A bootstrap over blocks (resampling whole
 # blocks with replacement) would respect the blocks too, but with a dozen blocks a bootstrap
 # interval is known to hold the true value less often than its stated level. The harness takes
-# the largest $j$ whose coverage is at least 95%. The median (p50) is compared, not the p90: a block's p90 moves with
-# the few queries that other processes delayed, and the same model's p90 ratio changes by more
-# between blocks than the interval of the p50 ratio is wide (measured below).
+# the largest $j$ whose coverage is at least 95%. The median (p50) is compared, not the p90: a
+# block's p90 moves with the few queries that other processes delayed, and the same model's p90
+# ratio changes by more between blocks than the interval of the p50 ratio is wide (measured below).
 
 # %% [markdown]
 # **Exercise.** Write `median_ci`.
