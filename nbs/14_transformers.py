@@ -42,7 +42,8 @@ from tinytorch.text.embeddings import Embedding, LearnedPositionalEmbedding
 from tinytorch.core.tensor import _wrap
 from tinytorch.core.autograd import is_grad_enabled
 from tinytorch.core.activations import gelu
-from tinytorch.core.attention import _softmax_, _causal_bias
+from tinytorch.core.attention import _causal_bias
+from tinytorch.text.embeddings import _check_ids
 
 # %%
 #| hide
@@ -464,6 +465,18 @@ test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
 
 # %%
 #| export
+def _draw(logits: np.ndarray, temperature: float, top_k, rng) -> np.ndarray:
+    "`sample_next` for `generate`, whose arguments are checked once; greedy rows by argmax."
+    if top_k == 1:                                                    # the top-1 token, unless tied
+        z = logits.astype(np.float64) / temperature                   # (B, V), as sample_next
+        best = np.maximum.reduce(z, axis=-1, keepdims=True)           # (B, 1)
+        if np.isfinite(best).all() and ((z == best).sum(-1) == 1).all():
+            rng.random((z.shape[0], 1))                               # sample_next's one draw per
+            return z.argmax(-1)                                       # row: the same stream after
+    return sample_next(logits, temperature, top_k, rng)
+
+# %%
+#| export
 @patch
 def generate(self: GPT,
              idx,                      # (B, T0) integer ids of the prompt, T0 >= 1
@@ -475,8 +488,12 @@ def generate(self: GPT,
             ) -> Tensor:
     "The prompt followed by `max_new_tokens` sampled tokens, (B, T0 + max_new_tokens) int64, using a KV cache."
     _check_sampling(temperature, top_k, self.config.vocab_size)
-    out = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)   # (B, T0)
-    if out.ndim != 2 or out.shape[1] == 0: raise ValueError(f"generate: expected a prompt of shape (B, T0) with T0 >= 1, got shape {out.shape}")
+    prompt = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"generate: expected a prompt of shape (B, T0) with T0 >= 1, "
+                         f"got shape {prompt.shape}")
+    (B, T0), end = prompt.shape, prompt.shape[1] + max_new_tokens
+    out = np.empty((B, end), np.int64); out[:, :T0] = prompt         # (B, T0 + n), filled in order
     limit = self.block_size if cache is None else min(self.block_size, cache.max_len)  # context
     rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, limit // 2)
     def prefill(ctx):                                                 # a fresh cache of ctx
@@ -485,19 +502,18 @@ def generate(self: GPT,
     self.eval()
     try:
         with no_grad():
-            ctx = out[:, -limit:]                                     # (B, <= limit) the prefill
+            ctx = out[:, max(0, T0 - limit):T0]                       # (B, <= limit) the prefill
             logits, _, kv = prefill(ctx)                              # (B, T, V), T cached
             pos = ctx.shape[1]                                        # positions held in the cache
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits.data[:, -1], temperature, top_k, rng)   # (B,)
-                out = np.concatenate([out, nxt[:, None]], axis=1)      # (B, T + 1)
+            for t in range(T0, end):
+                out[:, t] = _draw(logits.data[:, -1], temperature, top_k, rng)   # (B,)
                 if pos == limit:                                      # full: crop, rebuild
-                    ctx = out[:, -keep:]                              # (B, keep)
+                    ctx = out[:, t + 1 - keep:t + 1]                  # (B, keep)
                     logits, _, kv = prefill(ctx); pos = ctx.shape[1]
                 else:
                     past = kv if cache is None else None
-                    logits, _, kv = self(nxt[:, None], start=pos, past_kv=past, use_cache=True,
-                                         cache=cache)                 # (B, 1, V)
+                    logits, _, kv = self(out[:, t:t + 1], start=pos, past_kv=past,
+                                         use_cache=True, cache=cache)  # (B, 1, V)
                     pos += 1
     finally: self.train(was_training)
     return Tensor(out)
@@ -724,16 +740,19 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))     # identica
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
-    xc = x - x.mean(axis=-1, keepdims=True)                           # (..., C)
-    out = xc * (1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps))
-    if w is not None: out = out * w.data
-    return out if b is None else out + b.data
+    n = x.shape[-1]                                                   # add.reduce / n is mean's
+    xc = x - np.add.reduce(x, axis=-1, keepdims=True) / n             # sum without its Python layer
+    xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (..., C)
+    if w is not None: xc *= w.data
+    if b is not None: xc += b.data
+    return xc
 
 def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
     "`lin` on an array (..., in) -> (..., out)."
     p = lin._parameters                                               # registry: no __getattr__
-    b, y = p.get('bias'), x @ p['weight'].data.T                      # (..., out)
-    return y if b is None else y + b.data
+    y, b = x @ p['weight'].data.T, p.get('bias')                      # (..., out)
+    if b is not None: y += b.data                                     # in place: no new array
+    return y
 
 def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
     "`g` on an array (under `no_grad`, `gelu` records nothing)."
@@ -749,7 +768,9 @@ def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -
     k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
     s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
     if T > 1: s += _causal_bias(T, k.shape[2], s.dtype)               # bottom-right aligned
-    y = _softmax_(s) @ v                                              # (B, nh, T, hs)
+    s -= np.maximum.reduce(s, axis=-1, keepdims=True)                 # every row has a finite
+    np.exp(s, out=s); s /= np.add.reduce(s, axis=-1, keepdims=True)   # score: plain softmax
+    y = s @ v                                                         # (B, nh, T, hs)
     return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn._modules['proj'])   # (B, T, C)
 
 # %%
@@ -765,12 +786,13 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
                            "in training mode; call eval()")
     cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head,
                 tr.wte.weight.dtype)
-    x = (tr.wte(ids) + tr.wpe(T, start=start)).data                   # (B, T, C)
+    _check_ids('GPT.forward', ids, c.vocab_size)
+    x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
     for i, blk in enumerate(tr.h.children()):
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
-        x = x + _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C)
+        x += _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C), in place
         h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B, T, 4C)
-        x = x + _lin(h, mlp['proj'])                                  # (B, T, C)
+        x += _lin(h, mlp['proj'])                                     # (B, T, C)
     cache.advance(T)
     logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head))               # (B, T, V)
     loss = None
