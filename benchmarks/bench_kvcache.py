@@ -38,7 +38,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse
-import importlib.util
 import math
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import numpy as np
 
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.tensor import manual_seed
-from tinytorch.models.transformer import GPT, GPTConfig
+from tinytorch.models.transformer import GPT, GPTConfig, get_batch
 from tinytorch.optimization.caching import Int8KVCache, KVCache, generate_recompute
 from tinytorch.utils.timing import blas_threads, compare, fmt_seconds, machine_info
 
@@ -173,9 +172,6 @@ def decode_step(model: GPT, rounds: int, pos: int = 255):
 
 def int8_tinygpt(path: Path):
     "The int8 cache on the trained TinyGPT: validation loss through the cache and greedy text."
-    spec = importlib.util.spec_from_file_location("tinygpt_milestone",
-                                                  REPO / "milestones" / "tinygpt.py")
-    tg = importlib.util.module_from_spec(spec); spec.loader.exec_module(tg)
     from tinytorch.core.training import load_checkpoint, read_checkpoint
     from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
     extra = read_checkpoint(path)["extra"]
@@ -184,16 +180,17 @@ def int8_tinygpt(path: Path):
     tok = CharTokenizer("".join(info["vocab"]))
     c = model.config
     val_ids = np.array(tok.encode(load_shakespeare("val")), dtype=np.int64)
-    Xv, Yv = tg.windows(val_ids, 256, c.block_size, np.random.default_rng(12345))  # the milestone's
+    Xv, Yv = get_batch(val_ids, 256, c.block_size, np.random.default_rng(12345))  # the milestone's
     model.eval()
-    losses = {"full pass (no cache)": tg.evaluate(model, Xv, Yv)}
-    model.eval()
-    for name, cls in (("float32 KVCache", KVCache), ("Int8KVCache", Int8KVCache)):
+    losses = {}
+    for name, cls in (("full pass (no cache)", None), ("float32 KVCache", KVCache),
+                      ("Int8KVCache", Int8KVCache)):
         total = 0.0
         with no_grad():
             for i in range(0, len(Xv), 64):                       # prefill each window into a cache
                 x, y = Xv[i:i + 64], Yv[i:i + 64]
-                total += model(x, y, cache=new_cache(model, cls, len(x)))[1].item() * len(x)
+                kv = None if cls is None else new_cache(model, cls, len(x))
+                total += model(x, y, cache=kv)[1].item() * len(x)
         losses[name] = total / len(Xv)
     print(f"  TinyGPT {path} (step {info['step']}): {c}")
     for name, loss in losses.items():

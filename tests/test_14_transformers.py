@@ -11,7 +11,8 @@ from tinytorch.core.layers import Module, Parameter
 from tinytorch.core.optimizers import AdamW
 from tinytorch.core.tensor import Tensor, manual_seed, randn
 from tinytorch.core.training import load_checkpoint, save_checkpoint
-from tinytorch.models.transformer import GPT, GPTConfig, TransformerBlock, cache_bound, sample_next
+from tinytorch.models.transformer import GPT, GPTConfig, TransformerBlock, sample_next
+from bounds import cache_bound  # tests/bounds.py: verification code, not in the package
 
 HYPOTHESIS = settings(max_examples=15)  # applied to this file's property tests by conftest.py
 
