@@ -14,8 +14,8 @@
 #
 # - `MLP`, the position-wise feed-forward layer: `fc` widens to $4C$, GELU, `proj` narrows back to
 #   $C$;
-# - `TransformerBlock`: $x \leftarrow x + \mathrm{attn}(\mathrm{ln}_1(x))$, then $x \leftarrow x +
-#   \mathrm{mlp}(\mathrm{ln}_2(x))$;
+# - `TransformerBlock`: $x \leftarrow x + \mathrm{attn}(\mathrm{ln}_1(x))$, then
+#   $x \leftarrow x + \mathrm{mlp}(\mathrm{ln}_2(x))$;
 # - `GPT`: embeddings, `n_layer` blocks, a final LayerNorm and a head that turns each position's
 #   vector into one score (logit) per token of the vocabulary, with `generate`, which samples text
 #   one token at a time.
@@ -420,14 +420,14 @@ test_eq(gradcheck(lambda *ps: tiny(ids, tgt)[1], *tiny.parameters()), True)
 # %% [markdown]
 # ## Sampling the next token
 #
-# The logits of the last position, divided by a *temperature* $\tau$, give the distribution $p_i =
-# e^{z_i/\tau} / \sum_j e^{z_j/\tau}$. $\tau < 1$ sharpens it towards the most likely token, $\tau >
-# 1$ flattens it; $\tau = 0$ would be the argmax, and is refused (as a division by zero) rather than
-# silently special-cased. *Top-k* sampling keeps the $k$ largest logits and sets the others to
-# $-\infty$ before the softmax, so no unlikely token is ever drawn. Ties at the $k$-th value keep
-# all tied tokens, as nanoGPT's comparison with the $k$-th largest value does. The draw inverts the
-# cumulative distribution with one uniform number per row from a NumPy `Generator`, so a seed fixes
-# the text.
+# The logits of the last position, divided by a *temperature* $\tau$, give the distribution
+# $p_i = e^{z_i/\tau} / \sum_j e^{z_j/\tau}$. $\tau < 1$ sharpens it towards the most likely token,
+# $\tau > 1$ flattens it; $\tau = 0$ would be the argmax, and is refused (as a division by zero)
+# rather than silently special-cased. *Top-k* sampling keeps the $k$ largest logits and sets the
+# others to $-\infty$ before the softmax, so no unlikely token is ever drawn. Ties at the $k$-th
+# value keep all tied tokens, as nanoGPT's comparison with the $k$-th largest value does. The draw
+# inverts the cumulative distribution with one uniform number per row from a NumPy `Generator`, so a
+# seed fixes the text.
 
 # %%
 #| export
@@ -605,8 +605,8 @@ test_fail(lambda: g.generate(np.zeros((2, 0), np.int64), 3),
 #   $e\,|W|^T$;
 # - attention follows the layer-level bound of the attention module (scores, softmax, weighted sum);
 # - LayerNorm passes $e$ on as $\frac{|w|}{\sigma}(e + \bar e + |\hat x|\,\overline{|\hat x| e})$
-#   (its Jacobian in absolute value) and adds its own rounding, $|w|(C u \overline{|x|} + (C+6) u |x
-#   - \mu|)/\sigma + u|b|$;
+#   (its Jacobian in absolute value) and adds its own rounding,
+#   $|w|(C u \overline{|x|} + (C+6) u |x - \mu|)/\sigma + u|b|$;
 # - GELU $\tfrac12 x(1 + \tanh a)$ passes $e$ on times $|\mathrm{GELU}'(x)|$ and adds its rounding:
 #   $5u|a|$ in the argument $a$ (four operations), $4u|\tanh a|$ in NumPy's `tanh` (an allowance of
 #   a few ulp), $3u|y|$ in the final products;
@@ -860,9 +860,9 @@ test_fail(lambda: m64(ids[:, :2], past_kv=kv, cache=lc), contains="give past_kv 
 # %% [markdown]
 # ## Counting parameters and FLOPs
 #
-# Each block holds $12C^2 + 13C$ parameters: `qkv` $3C^2 + 3C$, `attn.proj` $C^2 + C$, `fc` $4C^2 +
-# 4C$, `mlp.proj` $4C^2 + C$, and two LayerNorms $2C$ each. The model adds the token table $VC$
-# (shared with the head), the position table $T_{max} C$ and the final LayerNorm $2C$:
+# Each block holds $12C^2 + 13C$ parameters: `qkv` $3C^2 + 3C$, `attn.proj` $C^2 + C$,
+# `fc` $4C^2 + 4C$, `mlp.proj` $4C^2 + C$, and two LayerNorms $2C$ each. The model adds the token
+# table $VC$ (shared with the head), the position table $T_{max} C$ and the final LayerNorm $2C$:
 #
 # $$N = VC + T_{max}C + L(12C^2 + 13C) + 2C .$$
 #
@@ -1012,9 +1012,9 @@ print(f"200 tokens: with the cache {t_cached:.2f} s ({200 / t_cached:.0f} tokens
 #
 # ## Summary
 #
-# `TransformerBlock` is the pre-LayerNorm block, $x + \mathrm{attn}(\mathrm{ln}_1(x))$ then $x +
-# \mathrm{mlp}(\mathrm{ln}_2(x))$, with a $4C$-wide tanh-GELU `MLP`. `GPT` stacks `n_layer` of them
-# between token and learned position embeddings and a final LayerNorm, with nanoGPT's names and
+# `TransformerBlock` is the pre-LayerNorm block, $x + \mathrm{attn}(\mathrm{ln}_1(x))$ then
+# $x + \mathrm{mlp}(\mathrm{ln}_2(x))$, with a $4C$-wide tanh-GELU `MLP`. `GPT` stacks `n_layer` of
+# them between token and learned position embeddings and a final LayerNorm, with nanoGPT's names and
 # initialisation and the head tied to the token embedding; `forward` takes an explicit `start`
 # position and the cached keys and values of the earlier positions, and returns the extended cache
 # with `use_cache`. `generate` prefills the prompt and then feeds one token per step, giving the
