@@ -514,6 +514,12 @@ test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
 #
 # With `cache`, a preallocated cache (below), `generate` decodes into it instead of concatenating:
 # it resets it, prefills, and crops at the smaller of `block_size` and the cache's `max_len`.
+#
+# `generate` checks the temperature and top-k once, writes the tokens into an array allocated once,
+# and draws each one as `sample_next` does. A greedy row (`top_k=1`) whose largest logit is unique
+# and finite takes the argmax directly: that is the token `sample_next` returns for it, and the one
+# uniform number per row that `sample_next` would draw is still drawn, so the generator's stream,
+# and every later token, stays the same. A tie goes through `sample_next`.
 
 # %%
 #| export
@@ -588,6 +594,14 @@ test_fail(lambda: g.generate(prompt, 3, top_k=12),
           contains="top_k must be None or an int in 1..11 (the vocabulary), got 12")
 test_fail(lambda: g.generate(np.zeros((2, 0), np.int64), 3),
           contains="expected a prompt of shape (B, T0) with T0 >= 1, got shape (2, 0)")
+
+# %%
+z = np.random.default_rng(1).standard_normal((3, 7)).astype(np.float32)   # (B, V)
+z[2, 4] = z[2].max()                                                  # a tie in row 2
+for rows in (z[:2], z):                                               # greedy shortcut, then a tie
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    test_eq(_draw(rows, 1.0, 1, r1), sample_next(rows, 1.0, 1, r2))
+    test_eq(r1.random(), r2.random())                                 # the same stream after
 
 # %% [markdown]
 # ### The cache gives the full pass's logits
