@@ -29,12 +29,12 @@ transformers module's check). The decode step is timed at position 255 (the cach
 255 positions before each call).
 
 Targets (issue 19): at 256 new tokens, cached at least 20x faster than recomputed; the cached decode
-step at most 1.5x the plain NumPy step. The first is out of reach on the shared two-core machine
-this was written on: there the NumPy loop itself, a cache with no framework overhead, was under
-20x faster than recomputation (the script prints both figures, measured in the same run). A decode
-step is a few dozen NumPy calls per layer of a microsecond or more each, plus matrix-vector
-products that read every weight once per token, while recomputation's cost is in large
-matrix products that NumPy runs near full speed. With a TinyGPT checkpoint (`tito milestone
+step at most 1.5x the plain NumPy step. The first was not met on the shared two-core machine this
+was written on: there the NumPy loop itself, a cache with no framework overhead, came out near or
+under 20x faster than recomputation (the script prints both figures, measured in the same run).
+A decode step is a few dozen NumPy calls per layer of a microsecond or more each, plus
+matrix-vector products that read every weight once per token, while recomputation's cost is in
+large matrix products that NumPy runs near full speed. With a TinyGPT checkpoint (`tito milestone
 tinygpt` writes runs/tinygpt.npz), also the int8 cache's effect on TinyGPT's validation loss and
 greedy text.
 """
