@@ -14,9 +14,11 @@ Candidates:
               tokens and prefill again);
   recomputed  a full pass over the whole sequence (its last block_size tokens) for every new token,
               nanoGPT's way;
-  numpy       (decode step only) the same decode step written in plain NumPy on the model's weights
-              as arrays, with its own preallocated cache: the floor that framework overhead is
-              measured against.
+  numpy       the same decode step written in plain NumPy on the model's weights as arrays, with
+              its own preallocated cache and NumPy's cheapest calls (np.add.reduce for sums,
+              in-place updates): the floor that framework overhead is measured against. In
+              generation (up to block_size - 1 new tokens, no crop) it runs the same greedy loop;
+              recomputed / numpy is then the speedup a cache with no framework overhead reaches.
 
 Protocol: one BLAS thread (set before NumPy is imported); `tinytorch.utils.timing.compare`
 alternates the candidates round by round; figures are medians over rounds and ratios are medians of
@@ -27,8 +29,14 @@ transformers module's check). The decode step is timed at position 255 (the cach
 255 positions before each call).
 
 Targets (issue 19): at 256 new tokens, cached at least 20x faster than recomputed; the cached decode
-step at most 1.5x the plain NumPy step. With a TinyGPT checkpoint (`tito milestone tinygpt` writes
-runs/tinygpt.npz), also the int8 cache's effect on TinyGPT's validation loss and greedy text.
+step at most 1.5x the plain NumPy step. The first was not met on the shared two-core machine this
+was written on: there the NumPy loop itself, a cache with no framework overhead, came out near or
+under 20x faster than recomputation (the script prints both figures, measured in the same run).
+A decode step is a few dozen NumPy calls per layer of a microsecond or more each, plus
+matrix-vector products that read every weight once per token, while recomputation's cost is in
+large matrix products that NumPy runs near full speed. With a TinyGPT checkpoint (`tito milestone
+tinygpt` writes runs/tinygpt.npz), also the int8 cache's effect on TinyGPT's validation loss and
+greedy text.
 """
 import os
 
@@ -36,7 +44,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse
-import importlib.util
 import math
 from pathlib import Path
 
@@ -44,7 +51,7 @@ import numpy as np
 
 from tinytorch.core.autograd import no_grad
 from tinytorch.core.tensor import manual_seed
-from tinytorch.models.transformer import GPT, GPTConfig
+from tinytorch.models.transformer import GPT, GPTConfig, get_batch
 from tinytorch.optimization.caching import Int8KVCache, KVCache, generate_recompute
 from tinytorch.utils.timing import blas_threads, compare, fmt_seconds, machine_info
 
@@ -63,13 +70,18 @@ class NumpyDecoder:
         self.V = np.zeros_like(self.K)
         self.gelu_c = math.sqrt(2 / math.pi)
 
+    # NumPy's calls on small arrays cost microseconds each, more than their arithmetic: sums by
+    # np.add.reduce (x.mean adds a Python layer), results updated in place.
     def ln(self, x, p):
-        xc = x - x.mean(-1, keepdims=True)
-        xhat = xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5)
-        return xhat * self.w[p + ".weight"] + self.w[p + ".bias"]
+        n = x.shape[-1]
+        xc = x - np.add.reduce(x, -1, keepdims=True) / n
+        xc *= 1 / np.sqrt(np.add.reduce(xc * xc, -1, keepdims=True) / n + 1e-5)
+        xc *= self.w[p + ".weight"]; xc += self.w[p + ".bias"]
+        return xc
 
     def lin(self, x, p):
-        return x @ self.w[p + ".weight"].T + self.w[p + ".bias"]
+        y = x @ self.w[p + ".weight"].T; y += self.w[p + ".bias"]
+        return y
 
     def step(self, ids: np.ndarray, pos: int) -> np.ndarray:
         "Logits (B, T, V) of ids (B, T) at positions pos.., after 0..pos-1 in the cache; writes it."
@@ -82,12 +94,13 @@ class NumpyDecoder:
             self.K[l, :, :, pos:pos + T], self.V[l, :, :, pos:pos + T] = k, v
             s = (q * hs ** -0.5) @ self.K[l, :, :, :pos + T].swapaxes(-1, -2)  # (B, nh, T, pos+T)
             if T > 1: s += np.triu(np.full((T, pos + T), -np.inf, np.float32), pos + 1)
-            s = np.exp(s - s.max(-1, keepdims=True)); s /= s.sum(-1, keepdims=True)
+            s -= np.maximum.reduce(s, -1, keepdims=True)
+            np.exp(s, out=s); s /= np.add.reduce(s, -1, keepdims=True)
             y = (s @ self.V[l, :, :, :pos + T]).transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
-            x = x + self.lin(y, p + "attn.proj")
+            x += self.lin(y, p + "attn.proj")
             h = self.lin(self.ln(x, p + "ln_2"), p + "mlp.fc")                    # (B, T, 4C)
             h = 0.5 * h * (1 + np.tanh(self.gelu_c * (h + 0.044715 * (h * h * h))))  # not h**3
-            x = x + self.lin(h, p + "mlp.proj")
+            x += self.lin(h, p + "mlp.proj")
         return self.ln(x, "transformer.ln_f") @ w["transformer.wte.weight"].T      # (B, T, V), tied
 
 
@@ -96,21 +109,42 @@ def new_cache(model: GPT, cls=KVCache, batch_size: int = 1, max_len=None) -> KVC
     return cls(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head)
 
 
+def numpy_generate(ref: NumpyDecoder, prompt: np.ndarray, n: int) -> np.ndarray:
+    "Greedy generation with the NumPy decode step: prefill, then one token per step (no crop)."
+    out = np.empty((prompt.shape[0], prompt.shape[1] + n), np.int64)
+    out[:, :prompt.shape[1]] = prompt
+    logits = ref.step(prompt, 0)
+    for t in range(prompt.shape[1], out.shape[1]):
+        out[:, t] = logits[:, -1].argmax(-1)
+        if t + 1 < out.shape[1]: logits = ref.step(out[:, t:t + 1], t)
+    return out
+
+
 def generation(model: GPT, lengths, rounds: int) -> dict:
     prompt, out = np.zeros((1, 1), np.int64), {}
+    ref = NumpyDecoder(model, 1, model.block_size)
     for n in lengths:
         kv = new_cache(model)
         a = model.generate(prompt, n, top_k=1, cache=kv).numpy()
         b = generate_recompute(model, prompt, n)
         assert (a == b).all(), f"{n} tokens: they differ at {np.flatnonzero(a != b)[:5]}"
-        r = compare({"cached": lambda: model.generate(prompt, n, top_k=1, cache=kv),
-                     "recomputed": lambda: generate_recompute(model, prompt, n)},
-                    rounds=rounds, number=1)
+        cands = {"cached": lambda: model.generate(prompt, n, top_k=1, cache=kv),
+                 "recomputed": lambda: generate_recompute(model, prompt, n)}
+        if n < model.block_size:                  # the NumPy loop does not crop
+            c = numpy_generate(ref, prompt, n)
+            same = "identical" if (c == a).all() else f"{(c == a).mean():.1%} identical"
+            cands["numpy"] = lambda: numpy_generate(ref, prompt, n)
+        r = compare(cands, rounds=rounds, number=1)
         out[n] = r
         print(f"  {n:4} new tokens: cached {fmt_seconds(r['cached'].median):>9} "
               f"({n / r['cached'].median:6.0f} tokens/s), recomputed "
               f"{fmt_seconds(r['recomputed'].median):>9}: {r.ratio('recomputed', 'cached'):5.1f}x "
               f"faster with the cache; tokens identical", flush=True)
+        if "numpy" in cands:
+            print(f"  {'':4}             NumPy loop {fmt_seconds(r['numpy'].median):>9}: "
+                  f"recomputed / NumPy {r.ratio('recomputed', 'numpy'):5.1f}x (the bound with no "
+                  f"framework overhead), cached / NumPy {r.ratio('cached', 'numpy'):.2f}x; NumPy "
+                  f"tokens {same}", flush=True)
     return out
 
 
@@ -144,9 +178,6 @@ def decode_step(model: GPT, rounds: int, pos: int = 255):
 
 def int8_tinygpt(path: Path):
     "The int8 cache on the trained TinyGPT: validation loss through the cache and greedy text."
-    spec = importlib.util.spec_from_file_location("tinygpt_milestone",
-                                                  REPO / "milestones" / "tinygpt.py")
-    tg = importlib.util.module_from_spec(spec); spec.loader.exec_module(tg)
     from tinytorch.core.training import load_checkpoint, read_checkpoint
     from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
     extra = read_checkpoint(path)["extra"]
@@ -155,16 +186,17 @@ def int8_tinygpt(path: Path):
     tok = CharTokenizer("".join(info["vocab"]))
     c = model.config
     val_ids = np.array(tok.encode(load_shakespeare("val")), dtype=np.int64)
-    Xv, Yv = tg.windows(val_ids, 256, c.block_size, np.random.default_rng(12345))  # the milestone's
+    Xv, Yv = get_batch(val_ids, 256, c.block_size, np.random.default_rng(12345))  # the milestone's
     model.eval()
-    losses = {"full pass (no cache)": tg.evaluate(model, Xv, Yv)}
-    model.eval()
-    for name, cls in (("float32 KVCache", KVCache), ("Int8KVCache", Int8KVCache)):
+    losses = {}
+    for name, cls in (("full pass (no cache)", None), ("float32 KVCache", KVCache),
+                      ("Int8KVCache", Int8KVCache)):
         total = 0.0
         with no_grad():
             for i in range(0, len(Xv), 64):                       # prefill each window into a cache
                 x, y = Xv[i:i + 64], Yv[i:i + 64]
-                total += model(x, y, cache=new_cache(model, cls, len(x)))[1].item() * len(x)
+                kv = None if cls is None else new_cache(model, cls, len(x))
+                total += model(x, y, cache=kv)[1].item() * len(x)
         losses[name] = total / len(Xv)
     print(f"  TinyGPT {path} (step {info['step']}): {c}")
     for name, loss in losses.items():
@@ -225,7 +257,8 @@ def main():
     if 256 in gen:
         sp = gen[256].ratio("recomputed", "cached")
         print(f"\ntarget: cached at least 20x faster than recomputed at 256 tokens: "
-              f"{'met' if sp >= 20 else 'NOT met'} ({sp:.1f}x)")
+              f"{'met' if sp >= 20 else 'NOT met'} ({sp:.1f}x; with no framework overhead, the "
+              f"NumPy loop: {gen[256].ratio('recomputed', 'numpy'):.1f}x)")
     print(f"target: cached decode step at most 1.5x the NumPy step: "
           f"{'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
     int8_section(path)

@@ -7,19 +7,11 @@ learning rate warms up, then follows a cosine in *elapsed time*, so it reaches i
 the script evaluates, writes the curve, samples 300 characters from a fixed seed, and saves a pickle-free checkpoint
 (model, optimizer, vocabulary, configuration). `--sample-only --checkpoint PATH` loads one and generates.
 """
+import _common  # noqa: F401  first: it sets the BLAS threads (one unless the environment says) before NumPy loads
+
 import argparse
 import os
 import sys
-
-def _threads_from_argv() -> str:
-    "The --threads value, read before NumPy is imported (BLAS reads its thread count at load time)."
-    for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv): return sys.argv[i + 1]
-        if a.startswith("--threads="): return a.split("=", 1)[1]
-    return "1"
-
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[_var] = _threads_from_argv()
-
 import dataclasses
 import time
 from pathlib import Path
@@ -30,7 +22,7 @@ from tinytorch.core.autograd import no_grad
 from tinytorch.core.optimizers import AdamW, clip_grad_norm_, cosine_warmup_lr
 from tinytorch.core.tensor import manual_seed
 from tinytorch.core.training import read_checkpoint, load_checkpoint, save_checkpoint
-from tinytorch.models.transformer import GPT, GPTConfig
+from tinytorch.models.transformer import GPT, GPTConfig, get_batch
 from tinytorch.text.tokenization import CharTokenizer, load_shakespeare
 
 TARGET, STRETCH = 2.0, 1.7
@@ -49,18 +41,13 @@ def options() -> argparse.Namespace:
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between validation evaluations (default 60)")
     ap.add_argument("--seed", type=int, default=0, help="seed for weights and training windows (default 0)")
     ap.add_argument("--sample-seed", type=int, default=1337, help="seed of the printed sample (default 1337)")
-    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: shared machines oversubscribe badly)")
     ap.add_argument("--out", default="runs", help="folder for the curve PNG and the checkpoint (default runs/)")
     ap.add_argument("--checkpoint", default=None, help="checkpoint path (default OUT/tinygpt.npz)")
     ap.add_argument("--sample-only", action="store_true", help="load --checkpoint and generate, no training")
     return ap.parse_args()
 
 
-def windows(data: np.ndarray, n: int, T: int, rng: np.random.Generator) -> tuple:
-    "n random windows of T + 1 characters: inputs (n, T) and next-character targets (n, T)."
-    starts = rng.integers(0, len(data) - T - 1, size=n)
-    rows = data[starts[:, None] + np.arange(T + 1)]                  # (n, T + 1)
-    return rows[:, :-1], rows[:, 1:]
+windows = get_batch  # the name milestones/quantize_fashion.py imports it by
 
 
 def evaluate(model: GPT, X: np.ndarray, Y: np.ndarray, batch: int = 64) -> float:
@@ -118,19 +105,19 @@ def main() -> int:
     manual_seed(args.seed)
     model = GPT.from_config(cfg)
     opt = AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)   # beta2 0.99 as nanoGPT for small models
-    Xv, Yv = windows(val_ids, args.eval_windows, cfg.block_size, np.random.default_rng(12345))   # fixed validation set
+    Xv, Yv = get_batch(val_ids, args.eval_windows, cfg.block_size, np.random.default_rng(12345))   # fixed validation set
     rng = np.random.default_rng(args.seed)
     n_params = sum(p.size for p in model.parameters())
     print(f"tinygpt: {cfg}\n  {n_params:,} parameters (tied embedding counted once), vocabulary {tok.vocab_size}, "
           f"{len(train_ids):,} training and {len(val_ids):,} validation characters; {args.eval_windows} validation "
           f"windows of {cfg.block_size}; batch {args.batch_size}; budget {args.minutes} min; "
-          f"{os.cpu_count()} cores, {args.threads} BLAS thread(s), load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"{os.cpu_count()} cores, {os.environ['OPENBLAS_NUM_THREADS']} BLAS thread(s) (OPENBLAS_NUM_THREADS), load average {os.getloadavg()[0]:.2f}", flush=True)
     budget, warmup = args.minutes * 60, 0.03                          # warm-up: the first 3% of the budget
     steps, train_losses, evals = [], [], [(0, evaluate(model, Xv, Yv))]
     t0 = last_eval = time.perf_counter(); step = 0
     while (elapsed := time.perf_counter() - t0) < budget:
         opt.lr = cosine_warmup_lr(int(1000 * elapsed / budget), args.lr, int(1000 * warmup), 1000, args.lr / 10)
-        x, y = windows(train_ids, args.batch_size, cfg.block_size, rng)
+        x, y = get_batch(train_ids, args.batch_size, cfg.block_size, rng)
         _, loss = model(x, y)
         opt.zero_grad(); loss.backward(); clip_grad_norm_(model.parameters(), 1.0); opt.step()
         step += 1; steps.append(step); train_losses.append(loss.item())
@@ -140,7 +127,7 @@ def main() -> int:
                   f"{np.mean(train_losses[-20:]):.4f}, validation {evals[-1][1]:.4f}, lr {opt.lr:.2e}", flush=True)
     train_time = time.perf_counter() - t0
     val = evaluate(model, Xv, Yv); evals.append((step, val))
-    train_eval = evaluate(model, *windows(train_ids, args.eval_windows, cfg.block_size, np.random.default_rng(54321)))
+    train_eval = evaluate(model, *get_batch(train_ids, args.eval_windows, cfg.block_size, np.random.default_rng(54321)))
     tokens = step * args.batch_size * cfg.block_size
     met = val <= TARGET
     png = plot(steps, train_losses, evals, Path(args.out) / "tinygpt.png", f"TinyGPT: validation loss {val:.3f} after {step} steps")

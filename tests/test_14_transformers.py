@@ -9,9 +9,10 @@ from hypothesis import given, settings, strategies as st
 from tinytorch.core.autograd import gradcheck, no_grad
 from tinytorch.core.layers import Module, Parameter
 from tinytorch.core.optimizers import AdamW
-from tinytorch.core.tensor import Tensor, manual_seed, randn
+from tinytorch.core.tensor import manual_seed, randn
 from tinytorch.core.training import load_checkpoint, save_checkpoint
-from tinytorch.models.transformer import GPT, GPTConfig, TransformerBlock, cache_bound, sample_next
+from tinytorch.models.transformer import GPT, GPTConfig, TransformerBlock, sample_next
+from bounds import cache_bound  # tests/bounds.py: verification code, not in the package
 
 HYPOTHESIS = settings(max_examples=15)  # applied to this file's property tests by conftest.py
 
@@ -30,7 +31,7 @@ def test_block_gradcheck(size, seed):
     B, T, (C, nh) = size
     manual_seed(seed)
     blk = scale_weights(TransformerBlock(C, nh).double(), 3.0)
-    x = Tensor(randn(B, T, C, seed=seed).numpy(), dtype=np.float64, requires_grad=True)
+    x = randn(B, T, C, seed=seed, dtype=np.float64).requires_grad_()
     assert gradcheck(lambda x, *ps: blk(x), x, *blk.parameters())
 
 
