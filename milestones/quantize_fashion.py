@@ -174,10 +174,9 @@ def plot(rows, fp32, qat_rows, path: Path) -> Path:
 
 
 def gpt_part(args) -> bool:
-    # its evaluate, windows and sample
-    import tinygpt
+    import tinygpt  # its evaluate
     from tinytorch.core.training import read_checkpoint
-    from tinytorch.models.transformer import GPT, GPTConfig
+    from tinytorch.models.transformer import GPT, GPTConfig, get_batch
     from tinytorch.optimization.quantization import (DynamicQuantizedLinear, Int4WeightOnlyLinear,
                                                      quantize_dynamic,
                                                      quantize_weight_only_int4)
@@ -191,8 +190,7 @@ def gpt_part(args) -> bool:
     info = load_checkpoint(path, model)
     tok = CharTokenizer("".join(info["vocab"]))
     val_ids = np.array(tok.encode(load_shakespeare("val")), dtype=np.int64)
-    Xv, Yv = tinygpt.windows(val_ids, 256, cfg.block_size,
-                             np.random.default_rng(12345))   # the milestone's set
+    Xv, Yv = get_batch(val_ids, 256, cfg.block_size, np.random.default_rng(12345))  # the milestone's
     models = {"float32": model.eval(), "dynamic int8": quantize_dynamic(model),
               "4-bit weights": quantize_weight_only_int4(model)}
     print(f"\nTinyGPT from {path} ({cfg}); validation loss on the milestone's 256 fixed windows:")

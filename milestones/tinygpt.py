@@ -47,9 +47,6 @@ def options() -> argparse.Namespace:
     return ap.parse_args()
 
 
-windows = get_batch  # the name milestones/quantize_fashion.py imports it by
-
-
 def evaluate(model: GPT, X: np.ndarray, Y: np.ndarray, batch: int = 64) -> float:
     "Mean cross-entropy (nats per character) over the fixed windows X, Y, in evaluation mode."
     model.eval(); total = 0.0
