@@ -480,8 +480,8 @@ test_eq(gradcheck(lambda x, w, b: conv2d(x, w, b), x, w, b), True)
 x, w, b = (randn(*sh, seed=s, dtype=np.float64).requires_grad_()
            for s, sh in enumerate([(2, 2, 6, 5), (3, 2, 3, 2), (3,)], start=3))
 test_eq(gradcheck(lambda x, w, b: conv2d(x, w, b, stride=(2, 1), padding=(1, 2)), x, w, b), True)
-x, w = (randn(*sh, seed=s, dtype=np.float64).requires_grad_() for s,
-        sh in [(6, (1, 2, 7, 8)), (7, (2, 2, 2, 4))])
+x, w = (randn(*sh, seed=s, dtype=np.float64).requires_grad_()
+        for s, sh in [(6, (1, 2, 7, 8)), (7, (2, 2, 2, 4))])
 test_eq(gradcheck(lambda x, w: conv2d(x, w, stride=3, padding=1), x, w), True)
 
 # %% [markdown]
