@@ -438,10 +438,12 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)),
 # shapes. Copying the small weight matrix to C order costs next to nothing and gives BLAS its
 # fastest layout, so the rule prepares `w_t` that way before the exercise uses it. And the weight
 # gradient $G X_{col}^T$ sums over the long axis $N O_H O_W$ and has two short ones, $O$ and $C K_H
-# K_W$. It can be computed as written or as $(X_{col} G^T)^T$, the same numbers. The rule computes
-# it as written; the cell under "Where the time goes" prints both orientations on one and two BLAS
-# threads (on two threads, with the other core busy, OpenBLAS has run the written form slower here;
-# what the line shows depends on the load at the time).
+# K_W$. It can be computed as written or as $(X_{col} G^T)^T$, the same numbers. On one thread the
+# two run alike. On two threads, while the other core was busy with other work, OpenBLAS ran this
+# kind of product slower whenever its first operand had fewer rows than the result
+# has columns (the cell under "Where the time goes" prints both orientations on one and two
+# threads; what it shows depends on the load at the time). So a small helper, `_gemm_nt` below,
+# puts the operand with more rows first, and the exercise uses it for $G X_{col}^T$.
 #
 # $\partial L/\partial X_{col}$ is as large as the column matrix, tens of megabytes for a typical
 # layer, and is allocated afresh in every backward pass. That is cheap because `keep_freed_memory`
@@ -450,21 +452,30 @@ for shape, k, s, p in [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)),
 
 # %%
 #| export
+def _gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "`a @ b.T` for 2-D arrays, as `(b @ a.T).T` when `b` has more rows: the faster order for BLAS."
+    return a @ b.T if a.shape[0] >= b.shape[0] else (b @ a.T).T
+
+# %%
+a, b = np.arange(6.).reshape(2, 3), np.arange(12.).reshape(4, 3)
+test_eq(_gemm_nt(a, b), a @ b.T)
+test_eq(_gemm_nt(b, a), b @ a.T)
+
+# %%
+#| export
 @grad_rule('conv2d')
 def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     "From g (N, O, OH, OW): gx (N, C, H, W), gw (O, C, KH, KW), gb (O,); None where not required."
     O, C, KH, KW = weight.shape
     G = g.transpose(1, 0, 2, 3).reshape(O, -1)                               # (O, N*OH*OW), a copy
-    w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)  # (C*KH*KW, O), C order for BLAS
-    # Set gw from G and `cols`, gx from `w_t` and G through col2im, gb from G; each is None
-    # unless that input
-    # requires a gradient (`cols` is None when the weight does not).
+    w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)                 # (C*KH*KW, O), C order
+    # Set gw (G cols^T, by `_gemm_nt(G, cols)`), gx (col2im of `w_t` G) and gb (G summed per
+    # channel), each None unless that input requires a gradient (`cols` is None if gw is not).
     ### BEGIN SOLUTION
-    # (O, C, KH, KW)
-    gw = (G @ cols.T).reshape(weight.shape) if weight.requires_grad else None
-    # (N, C, H, W)
-    gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding) if x.requires_grad else None
-    gb = G.sum(axis=1) if bias is not None and bias.requires_grad else None              # (O,)
+    gw = gx = gb = None
+    if weight.requires_grad: gw = _gemm_nt(G, cols).reshape(weight.shape)           # (O, C, KH, KW)
+    if x.requires_grad: gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding)  # (N, C, H, W)
+    if bias is not None and bias.requires_grad: gb = G.sum(axis=1)                  # (O,)
     ### END SOLUTION
     return (gx, gw) if bias is None else (gx, gw, gb)
 
@@ -546,7 +557,7 @@ print(f"each GEMM: {flops/1e6:.0f} MFLOP, forward GEMM at "
 
 # %% [markdown]
 # The weight gradient of this layer in both orientations, on one and on two BLAS threads; here $O =
-# 64$ rows against $C K_H K_W = 288$; the rule uses the first. What the two-thread line shows
+# 64$ rows against $C K_H K_W = 288$, so the rule uses the second. What the two-thread line shows
 # depends on how busy the machine's other cores are at the time.
 
 # %%

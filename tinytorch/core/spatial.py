@@ -143,21 +143,24 @@ def col2im(cols: np.ndarray,  # (C*KH*KW, N*OH*OW), laid out as `im2col` returns
     ### END SOLUTION
 
 # %% ../../nbs/09_spatial.ipynb #f784c39f
+def _gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "`a @ b.T` for 2-D arrays, as `(b @ a.T).T` when `b` has more rows: the faster order for BLAS."
+    return a @ b.T if a.shape[0] >= b.shape[0] else (b @ a.T).T
+
+# %% ../../nbs/09_spatial.ipynb #36b5c645
 @grad_rule('conv2d')
 def _conv2d_grad(g, out, x, weight, bias=None, *, stride, padding, cols):
     "From g (N, O, OH, OW): gx (N, C, H, W), gw (O, C, KH, KW), gb (O,); None where not required."
     O, C, KH, KW = weight.shape
     G = g.transpose(1, 0, 2, 3).reshape(O, -1)                               # (O, N*OH*OW), a copy
-    w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)  # (C*KH*KW, O), C order for BLAS
-    # Set gw from G and `cols`, gx from `w_t` and G through col2im, gb from G; each is None
-    # unless that input
-    # requires a gradient (`cols` is None when the weight does not).
+    w_t = np.ascontiguousarray(weight.data.reshape(O, -1).T)                 # (C*KH*KW, O), C order
+    # Set gw (G cols^T, by `_gemm_nt(G, cols)`), gx (col2im of `w_t` G) and gb (G summed per
+    # channel), each None unless that input requires a gradient (`cols` is None if gw is not).
     ### BEGIN SOLUTION
-    # (O, C, KH, KW)
-    gw = (G @ cols.T).reshape(weight.shape) if weight.requires_grad else None
-    # (N, C, H, W)
-    gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding) if x.requires_grad else None
-    gb = G.sum(axis=1) if bias is not None and bias.requires_grad else None              # (O,)
+    gw = gx = gb = None
+    if weight.requires_grad: gw = _gemm_nt(G, cols).reshape(weight.shape)           # (O, C, KH, KW)
+    if x.requires_grad: gx = col2im(w_t @ G, x.shape, (KH, KW), stride, padding)  # (N, C, H, W)
+    if bias is not None and bias.requires_grad: gb = G.sum(axis=1)                  # (O,)
     ### END SOLUTION
     return (gx, gw) if bias is None else (gx, gw, gb)
 
