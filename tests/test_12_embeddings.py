@@ -17,17 +17,13 @@ HYPOTHESIS = settings(max_examples=30)  # applied to this file's property tests 
 INT_DTYPES = st.sampled_from([np.int64, np.int32, np.int16, np.uint8, np.uint16])
 
 
-def f64(shape, seed):
-    return Tensor(np.random.default_rng(seed).standard_normal(shape), dtype=np.float64, requires_grad=True)
-
-
 @st.composite
 def ids_and_table(draw):
     "Ids of 0-3 dims drawn from a small vocabulary (so they repeat), any integer dtype, and a float64 table."
     num, dim = draw(st.integers(1, 5)), draw(st.integers(1, 4))
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
     ids = draw(hnp.arrays(draw(INT_DTYPES), shape, elements=st.integers(0, num - 1)))
-    return ids, f64((num, dim), draw(st.integers(0, 2**16)))
+    return ids, randn(num, dim, seed=draw(st.integers(0, 2**16)), dtype=np.float64).requires_grad_()
 
 
 @given(ids_and_table())
