@@ -9,7 +9,9 @@
 # %% [markdown]
 # A stack of linear layers is still linear: $W_2(W_1 x) = (W_2 W_1) x$. An elementwise nonlinearity between
 # them is what lets a network represent anything else. This module builds the common ones as functions
-# (`relu(x)`) and as callable classes (`ReLU()(x)`), with PyTorch's names.
+# with PyTorch's names (`relu(x)`, like `torch.nn.functional.relu`). The classes that put them in a model
+# (`ReLU()`, like `torch.nn.ReLU`) are `Module`s, so they come with `Module` in the layers module; they
+# are exported into this package module as well, so `from tinytorch.core.activations import ReLU` works.
 #
 # Each is one named op built through `Tensor._from_op`, so the autograd module can attach one gradient rule
 # to each. Two of them need care with floating point: `sigmoid` and `softmax` exponentiate, and $e^{89}$
@@ -33,24 +35,6 @@ from tinytorch.core.tensor import trace_ops
 from tinytorch.utils.timing import measure
 
 # %% [markdown]
-# ## A common shape for activations
-#
-# Every activation here is a function from a Tensor to a Tensor of the same shape. The classes exist so that
-# an activation can sit in a list of layers; they hold their settings (such as `dim`) and call the function.
-# `Activation` gives them a shared `__call__` and a PyTorch-style `repr`.
-
-# %%
-#| export
-class Activation:
-    "Base for callable activation classes: `__call__` runs `forward`."
-    def forward(self, x: Tensor) -> Tensor: raise NotImplementedError(f"{type(self).__name__}.forward")
-    def __call__(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor): raise TypeError(f"{type(self).__name__}: expected a Tensor, got {type(x).__name__}")
-        return self.forward(x)
-    def extra_repr(self) -> str: return ''
-    def __repr__(self) -> str: return f"{type(self).__name__}({self.extra_repr()})"
-
-# %% [markdown]
 # ## ReLU
 #
 # $\mathrm{ReLU}(x) = \max(x, 0)$. It is cheap, its gradient is 0 or 1, and it does not saturate for
@@ -66,16 +50,10 @@ def relu(x: Tensor) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'relu', (x,))
 
-class ReLU(Activation):
-    "$\\max(x, 0)$ elementwise."
-    def forward(self, x: Tensor) -> Tensor: return relu(x)
-
 # %%
 x = Tensor([-2., 0., 3.])
 test_eq(relu(x).numpy(), [0., 0., 3.])
-test_eq(ReLU()(x).dtype, np.float32)
-test_eq(repr(ReLU()), "ReLU()")
-test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got ndarray")
+test_eq(relu(x).dtype, np.float32)
 with trace_ops() as ops: relu(Tensor([1.]))
 test_eq(ops, [('relu', ())])
 
@@ -100,10 +78,6 @@ def sigmoid(x: Tensor) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'sigmoid', (x,))
 
-class Sigmoid(Activation):
-    "$1 / (1 + e^{-x})$ elementwise."
-    def forward(self, x: Tensor) -> Tensor: return sigmoid(x)
-
 # %%
 test_close(sigmoid(Tensor([0., 2.])).numpy(), [0.5, 1 / (1 + math.exp(-2))], eps=1e-7)
 with warnings.catch_warnings():
@@ -127,10 +101,6 @@ test_eq(ops, [('sigmoid', ())])
 def tanh(x: Tensor) -> Tensor:
     "Hyperbolic tangent elementwise."
     return Tensor._from_op(np.tanh(x.data), 'tanh', (x,))
-
-class Tanh(Activation):
-    "Hyperbolic tangent elementwise."
-    def forward(self, x: Tensor) -> Tensor: return tanh(x)
 
 # %%
 x = Tensor([-1000., -1., 0., 1.])
@@ -184,14 +154,6 @@ def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
-class GELU(Activation):
-    "$x\\,\\Phi(x)$, exact (`approximate='none'`) or with the tanh approximation."
-    def __init__(self, approximate: str = 'none'):
-        if approximate not in ('none', 'tanh'): raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
-    def forward(self, x: Tensor) -> Tensor: return gelu(x, self.approximate)
-    def extra_repr(self) -> str: return f"approximate={self.approximate!r}"
-
 # %% [markdown]
 # Worked values: $\mathrm{GELU}(1) = \Phi(1)$, and how far the tanh form is from the exact one, printed below.
 
@@ -202,8 +164,7 @@ test_close(gelu(Tensor([1.])).item(), 0.5 * (1 + math.erf(1 / math.sqrt(2))), ep
 test_eq(gelu(Tensor([0.])).item(), 0.)
 print(f"GELU(1) = {gelu(Tensor([1.])).item():.6f}, Phi(1) = {0.5 * (1 + math.erf(1 / math.sqrt(2))):.6f}")
 print(f"max |GELU_tanh - GELU_exact| on [-5, 5]: {np.abs(exact - approx).max():.1e}")
-test_eq(repr(GELU('tanh')), "GELU(approximate='tanh')")
-test_fail(lambda: GELU('fast'), contains="'none' or 'tanh', got 'fast'")
+test_fail(lambda: gelu(x, 'fast'), contains="gelu: approximate must be 'none' or 'tanh', got 'fast'")
 test_eq(gelu(Tensor([1.], dtype=np.float64)).dtype, np.float64)
 with trace_ops() as ops: gelu(Tensor([1.]), 'tanh')
 test_eq(ops, [('gelu', ('approximate',))])
@@ -230,12 +191,6 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     out = e / e.sum(axis=dim, keepdims=True)
     ### END SOLUTION
     return Tensor._from_op(out, 'softmax', (x,), dim=dim)
-
-class Softmax(Activation):
-    "Softmax along `dim`."
-    def __init__(self, dim: int = -1): self.dim = dim
-    def forward(self, x: Tensor) -> Tensor: return softmax(x, self.dim)
-    def extra_repr(self) -> str: return f"dim={self.dim}"
 
 # %%
 p = softmax(Tensor([[1., 2., 3.], [1000., 1000., 1000.]]))
@@ -267,12 +222,6 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
 
-class LogSoftmax(Activation):
-    "Log of softmax along `dim`, by log-sum-exp."
-    def __init__(self, dim: int = -1): self.dim = dim
-    def forward(self, x: Tensor) -> Tensor: return log_softmax(x, self.dim)
-    def extra_repr(self) -> str: return f"dim={self.dim}"
-
 # %%
 x = Tensor([[0., 1000.], [1., 2.]])
 with warnings.catch_warnings():
@@ -280,7 +229,6 @@ with warnings.catch_warnings():
     ls = log_softmax(x).numpy()
 test_eq(ls[0], [-1000., 0.])                                   # naive log(softmax) gives -inf here
 test_close(ls[1], np.log(softmax(Tensor([1., 2.])).numpy()), eps=1e-6)
-test_eq(repr(LogSoftmax(dim=1)), "LogSoftmax(dim=1)")
 with trace_ops() as ops: log_softmax(Tensor([1., 2.]))
 test_eq(ops, [('log_softmax', ('dim',))])
 

@@ -15,7 +15,8 @@
 # - `Module`, which registers every `Parameter` and sub-`Module` assigned to it as an attribute, walks the
 #   tree they form (`named_parameters`, `named_modules`), switches it between training and evaluation,
 #   and saves and loads it (`state_dict`, `load_state_dict`);
-# - `Linear`, `Sequential` and `Identity`, with PyTorch's names, layouts and initialisation.
+# - `Linear`, `Sequential` and `Identity`, with PyTorch's names, layouts and initialisation;
+# - the activation modules `ReLU`, `GELU`, `Softmax`, ..., which wrap the activation functions.
 #
 # Nothing here computes a gradient: the autograd module adds that, and an optimizer then walks `parameters()`.
 # Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`; the cells under it test it at once.
@@ -24,20 +25,29 @@
 #| export
 import math
 from collections import OrderedDict, namedtuple
-from types import MappingProxyType
 
 import numpy as np
 from fastcore.basics import patch
 
 from tinytorch.core.tensor import Tensor, rand, zeros
-from tinytorch.core.activations import Activation
+
+# %% [markdown]
+# The activation modules at the end of this notebook are exported into `tinytorch.core.activations`, next
+# to the functions they call. The first cell below is that file's import of `Module`; in this notebook, the
+# `Module` class defined further down replaces it. The second brings the functions into this notebook.
+
+# %%
+#| export core.activations
+from tinytorch.core.layers import Module
+
+# %%
+from tinytorch.core.activations import relu, sigmoid, tanh, gelu, softmax, log_softmax
 
 # %%
 #| hide
 from fastcore.test import test_eq, test_fail, test_close
 
 from tinytorch.core.tensor import manual_seed, ones, randn
-from tinytorch.core.activations import ReLU, GELU
 
 # %% [markdown]
 # ## Parameters
@@ -153,7 +163,7 @@ test_fail(lambda: Module()(Tensor([1.])), contains="Module.forward: a subclass o
 
 # %%
 #| export
-_REGISTRIES = {'_parameters': Parameter, '_modules': (Module, Activation), '_buffers': Tensor}  # where a value lives -> its type
+_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}  # where a value lives -> its type
 _KINDS = {'_parameters': 'Parameter', '_modules': 'Module', '_buffers': 'Tensor'}
 
 @patch
@@ -161,7 +171,7 @@ def __setattr__(self: Module, name: str, value):
     "Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become plain attributes."
     ### BEGIN SOLUTION
     d = self.__dict__
-    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, (Module, Activation)) else None
+    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, Module) else None
     if new and '_parameters' not in d:
         raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before Module.__init__() has run; "
                              "call super().__init__() first")
@@ -415,7 +425,7 @@ test_close(y.numpy().std() / predicted, 1., eps=0.02)  # sampling error of 2M ou
 # `kaiming_uniform_` or `kaiming_normal_`.
 #
 # The cell measures both in a stack of six layers, averaging four independent stacks, and compares with the
-# recurrence. The ReLU is written as `clip(min=0.)`, since `ReLU` lives in the activations module.
+# recurrence. The ReLU is written as `clip(min=0.)`: the `ReLU` module comes at the end of this notebook.
 # The average is needed because of finite width: after a ReLU the inputs have a positive mean, and each unit
 # turns that mean into an offset that is the same for the whole batch, so a single stack measures only
 # $n$ independent offsets and its scale wanders a few percent per layer.
@@ -654,8 +664,8 @@ class Sequential(Module):
         for name, m in (modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))):
             if not isinstance(name, str) or not name or '.' in name:
                 raise ValueError(f"Sequential: module names must be non-empty strings without '.', got {name!r}")
-            if not isinstance(m, (Module, Activation)):
-                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module or an activation")
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module")
             setattr(self, name, m)
 
     def __len__(self) -> int: return len(self._modules)
@@ -698,7 +708,7 @@ test_eq(Sequential()(x) is x, True)
 named = Sequential({'fc': Linear(4, 2), 'out': Identity()})
 test_eq([n for n, _ in named.named_parameters()], ['fc.weight', 'fc.bias'])
 test_fail(lambda: seq[3], contains="Sequential: index 3 out of range for 3 modules")
-test_fail(lambda: Sequential(Linear(2, 2), np.eye(2)), contains="'1' is a ndarray, not a Module or an activation")
+test_fail(lambda: Sequential(Linear(2, 2), np.eye(2)), contains="'1' is a ndarray, not a Module")
 test_fail(lambda: Sequential({'a.b': Identity()}), contains="without '.', got 'a.b'")
 test_fail(lambda: seq(randn(5, 3)), contains="input of shape (5, 3) does not end in in_features=4")
 
@@ -911,23 +921,87 @@ test_eq(repr(Sequential(Linear(4, 8), Identity(), Linear(8, 2, bias=False))),
 print(Block(encoder=Sequential(Linear(4, 3), Identity()), decoder=Linear(3, 4)))
 
 # %% [markdown]
-# ## Activations in a module tree
+# ## Activations as modules
 #
-# The activations (`ReLU`, `GELU`, ...) were written before `Module` existed, so they are plain callable classes
-# deriving from `Activation`. They hold no parameters, buffers or children. To let them sit in a `Sequential` or
-# be assigned to a module's attribute as in PyTorch, `__setattr__` and `Sequential` accept them, and the cell
-# below gives `Activation` the methods a walk over the tree calls, taken from `Module`. With empty registries
-# those methods find nothing in an activation, which is the right answer: an activation adds no names to a
-# `state_dict` and no parameters to an optimizer, but it does take part in `train()` and `print(model)`.
+# The activations module wrote the functions (`relu(x)`, `gelu(x, approximate)`). To put one in a
+# `Sequential`, or assign it to a module's attribute, it must be a `Module`, as `torch.nn.ReLU` is an
+# `nn.Module` whose `forward` calls `torch.nn.functional.relu`. An activation module holds no
+# parameters, only its settings (such as `dim`), so it adds nothing to `parameters()` or a `state_dict`;
+# being a `Module`, it takes part in `train()`, hooks and `print(model)` like any layer.
+#
+# `Activation` is their common base: `module(x)` checks that `x` is a `Tensor` before the hooks and
+# `forward` run, so a NumPy array gets an error naming the module. The cell is exported into
+# `tinytorch.core.activations`, next to the functions, so `from tinytorch.core.activations import ReLU`
+# works in every later module.
 
 # %%
-#| export
-_TREE_METHODS = ('named_modules', 'modules', 'named_children', 'children', 'named_parameters', 'parameters',
-                 'named_buffers', 'buffers', '_named_state', 'state_dict', 'load_state_dict', 'train', 'eval', 'zero_grad')
+#| export core.activations
+class Activation(Module):
+    "Base of the activation modules: no parameters; `module(x)` checks that `x` is a `Tensor`."
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a Tensor, got {type(x).__name__}")
+        return super().__call__(x, *args, **kwargs)
 
-for _name in _TREE_METHODS: setattr(Activation, _name, getattr(Module, _name))
-Activation._parameters = Activation._buffers = Activation._modules = MappingProxyType({})  # empty, read-only
-Activation.training = True
+class ReLU(Activation):
+    "$\\max(x, 0)$ elementwise."
+    def forward(self, x: Tensor) -> Tensor: return relu(x)
+
+class Sigmoid(Activation):
+    "$1 / (1 + e^{-x})$ elementwise."
+    def forward(self, x: Tensor) -> Tensor: return sigmoid(x)
+
+class Tanh(Activation):
+    "Hyperbolic tangent elementwise."
+    def forward(self, x: Tensor) -> Tensor: return tanh(x)
+
+# %%
+#| export core.activations
+class GELU(Activation):
+    "$x\\,\\Phi(x)$, exact (`approximate='none'`) or with the tanh approximation."
+    def __init__(self, approximate: str = 'none'):
+        super().__init__()
+        if approximate not in ('none', 'tanh'):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+    def forward(self, x: Tensor) -> Tensor: return gelu(x, self.approximate)
+    def extra_repr(self) -> str: return f"approximate={self.approximate!r}"
+
+class Softmax(Activation):
+    "Softmax along `dim`."
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+    def forward(self, x: Tensor) -> Tensor: return softmax(x, self.dim)
+    def extra_repr(self) -> str: return f"dim={self.dim}"
+
+class LogSoftmax(Activation):
+    "Log of softmax along `dim`, by log-sum-exp."
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+    def forward(self, x: Tensor) -> Tensor: return log_softmax(x, self.dim)
+    def extra_repr(self) -> str: return f"dim={self.dim}"
+
+# %%
+x = Tensor([-2., 0., 3.])
+test_eq(ReLU()(x).numpy(), [0., 0., 3.])
+test_eq(Sigmoid()(x).numpy(), sigmoid(x).numpy())
+test_eq(Tanh()(x).numpy(), tanh(x).numpy())
+test_eq(GELU('tanh')(x).numpy(), gelu(x, 'tanh').numpy())
+test_eq(Softmax(dim=0)(x).numpy(), softmax(x, dim=0).numpy())
+test_eq(LogSoftmax()(x).numpy(), log_softmax(x).numpy())
+test_eq([repr(m) for m in (ReLU(), GELU('tanh'), Softmax(), LogSoftmax(dim=1))],
+        ["ReLU()", "GELU(approximate='tanh')", "Softmax(dim=-1)", "LogSoftmax(dim=1)"])
+test_eq(isinstance(ReLU(), Module), True)
+test_eq(list(ReLU().parameters()), [])
+test_eq(GELU().state_dict(), {})
+test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got ndarray")
+test_fail(lambda: GELU('fast'), contains="GELU: approximate must be 'none' or 'tanh', got 'fast'")
+
+# %% [markdown]
+# In a model they behave as any other layer: a `Sequential` names them, `eval()` reaches them, a forward
+# pre-hook runs before them, and they add no parameters.
 
 # %%
 manual_seed(0)
@@ -939,8 +1013,13 @@ test_eq(repr(net), "Sequential(\n  (0): Linear(in_features=4, out_features=8, bi
 test_eq([m.training for m in net.eval().modules()], [False] * 4)
 x = randn(3, 4)
 test_eq(net(x).numpy(), net[2](np.maximum(net[0](x).numpy(), 0)).numpy())
+seen = []
+h = net[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+net(x)
+h.remove()
+test_eq(seen, [(3, 8)])
 blk = Block(fc=Linear(4, 4), act=GELU('tanh'))
-test_eq(type(blk.act), GELU)
+test_eq(list(blk._modules), ['fc', 'act'])
 test_eq(len(list(blk.parameters())), 2)
 
 # %% [markdown]

@@ -8,13 +8,11 @@ __all__ = ['IncompatibleKeys', 'Parameter', 'Module', 'uniform_', 'Linear', 'Rem
 # %% ../../nbs/03_layers.ipynb #e477e4a9
 import math
 from collections import OrderedDict, namedtuple
-from types import MappingProxyType
 
 import numpy as np
 from fastcore.basics import patch
 
 from .tensor import Tensor, rand, zeros
-from .activations import Activation
 
 # %% ../../nbs/03_layers.ipynb #dc2f5402
 class Parameter(Tensor):
@@ -66,7 +64,7 @@ class Module:
         return ''
 
 # %% ../../nbs/03_layers.ipynb #e5b88575
-_REGISTRIES = {'_parameters': Parameter, '_modules': (Module, Activation), '_buffers': Tensor}  # where a value lives -> its type
+_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}  # where a value lives -> its type
 _KINDS = {'_parameters': 'Parameter', '_modules': 'Module', '_buffers': 'Tensor'}
 
 @patch
@@ -74,7 +72,7 @@ def __setattr__(self: Module, name: str, value):
     "Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become plain attributes."
     ### BEGIN SOLUTION
     d = self.__dict__
-    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, (Module, Activation)) else None
+    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, Module) else None
     if new and '_parameters' not in d:
         raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before Module.__init__() has run; "
                              "call super().__init__() first")
@@ -264,8 +262,8 @@ class Sequential(Module):
         for name, m in (modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))):
             if not isinstance(name, str) or not name or '.' in name:
                 raise ValueError(f"Sequential: module names must be non-empty strings without '.', got {name!r}")
-            if not isinstance(m, (Module, Activation)):
-                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module or an activation")
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module")
             setattr(self, name, m)
 
     def __len__(self) -> int: return len(self._modules)
@@ -365,14 +363,6 @@ def __repr__(self: Module) -> str:
     lines = (extra.split('\n') if extra else []) + [f"({k}): {_indent(repr(m), 2)}" for k, m in self._modules.items()]
     if not self._modules and len(lines) <= 1: return f"{type(self).__name__}({extra})"
     return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
-
-# %% ../../nbs/03_layers.ipynb #62674324
-_TREE_METHODS = ('named_modules', 'modules', 'named_children', 'children', 'named_parameters', 'parameters',
-                 'named_buffers', 'buffers', '_named_state', 'state_dict', 'load_state_dict', 'train', 'eval', 'zero_grad')
-
-for _name in _TREE_METHODS: setattr(Activation, _name, getattr(Module, _name))
-Activation._parameters = Activation._buffers = Activation._modules = MappingProxyType({})  # empty, read-only
-Activation.training = True
 
 # %% ../../nbs/03_layers.ipynb #ef316506
 @patch
