@@ -122,12 +122,12 @@ test_fail(lambda: Tensor([1, 2], requires_grad=True), contains="floating-point")
 #
 # Each operation in this module computes a NumPy array and hands it to `Tensor._from_op`, naming the
 # op and its input tensors (`parents`), plus any settings the gradient will need (`ctx`, such as
-# the axis of a sum). Here `_from_op` only wraps the array. The autograd module replaces this one
+# the axis of a sum). Here it only wraps the array. The autograd module replaces this one
 # function with a version that also records `(op, parents, ctx)` on the result when an input
 # requires a gradient, and registers a gradient rule per op name. None of the ops below change.
 #
-# `_wrap` skips the checks of `__init__`: it is for arrays an op has just produced, and it is on the path of
-# every op, so it does the least it can.
+# The wrapping skips the checks of `__init__`: it is for arrays an op has just produced, and it is on the
+# path of every op, so it does the least it can.
 
 # %%
 #| export
@@ -559,7 +559,7 @@ test_fail(lambda: x.clip(), contains="at least one")
 # ## Comparisons
 #
 # Comparisons give boolean tensors. They have no gradient, so they wrap their result directly
-# instead of going through `_from_op`. Defining `__eq__` makes Python drop the default hash, so we
+# instead of being recorded as ops. Defining `__eq__` makes Python drop the default hash, so we
 # restore hashing by identity, as PyTorch does: tensors can be dictionary keys and set members.
 
 # %%
@@ -964,5 +964,5 @@ for n in (100, 1_000_000):
 # ## Summary
 #
 # `Tensor` wraps an ndarray and follows PyTorch's names and dtype rules. Every differentiable op builds
-# its result through `Tensor._from_op(data, op, parents, **ctx)`; the autograd module extends that one
-# function, and adds `backward`, without touching the ops defined here.
+# its result in one place that names the op, its input tensors and the settings its gradient needs
+# (`ctx`); the autograd module extends that one function, and adds `backward`, without touching the ops defined here.

@@ -13,8 +13,8 @@
 # (`ReLU()`, like `torch.nn.ReLU`) are `Module`s, so they come with `Module` in the layers module; they
 # are exported into this package module as well, so `from tinytorch.core.activations import ReLU` works.
 #
-# Each is one named op built through `Tensor._from_op`, so the autograd module can attach one gradient rule
-# to each. Two of them need care with floating point: `sigmoid` and `softmax` exponentiate, and $e^{89}$
+# Each is one named op (`'relu'`, or `'softmax'` with its `dim`), so the autograd module can attach one
+# gradient rule to each. Two of them need care with floating point: `sigmoid` and `softmax` exponentiate, and $e^{89}$
 # already exceeds float32's largest value, about $3.4 \cdot 10^{38}$. The fixes are stated and tested below.
 
 # %%

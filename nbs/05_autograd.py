@@ -13,10 +13,10 @@
 # The factor $\partial L / \partial y$ arrives from later in the computation; each op only needs to know how to
 # multiply it by its own local derivative. That is the op's *gradient rule*.
 #
-# The tensor module prepared for this: every op builds its result through `Tensor._from_op(data, op, parents, **ctx)`.
-# This module
+# The tensor module prepared for this: every op builds its result in one function, which is given the result's
+# data, the op's name, its input tensors (`parents`) and the settings its gradient needs (`ctx`). This module
 #
-# 1. replaces `_from_op` with a version that records `(op, parents, ctx)` on the result when an input requires a gradient;
+# 1. replaces that function with a version that records `(op, parents, ctx)` on the result when an input requires a gradient;
 # 2. registers a gradient rule for each op name of the tensor, activation and loss modules;
 # 3. adds `Tensor.backward`, which orders the recorded graph and applies the rules from the output back to the leaves;
 # 4. adds `no_grad`, `detach`, `requires_grad_`, and `gradcheck`, which compares every rule with finite differences.
@@ -59,7 +59,7 @@ from tinytorch.core.losses import mse_loss, cross_entropy, binary_cross_entropy_
 # ## Recording the graph
 #
 # A result records where it came from only when it will need a gradient: when some input has
-# `requires_grad=True` and recording is switched on. Leaves (tensors the user created) have `_ctx = None`.
+# `requires_grad=True` and recording is switched on. Leaves (tensors the user created) record nothing.
 #
 # The record is a tuple of the op's name, its input tensors and its settings. It holds no function that
 # refers back to the result. A closure such as `out._backward = lambda: ... out.grad ...` would make each result
@@ -498,8 +498,8 @@ test_close(dz, [[-0.25, 0.25], [0.25, -0.25]])                 # (softmax - oneh
 #
 # One detail guards the leaves. Some rules pass the upstream gradient on unchanged (`add` hands the same array to
 # both inputs) or as a view (`reshape`, `permute`), so two leaves could receive the same memory; an in-place change
-# to one leaf's `.grad`, as gradient clipping makes, would then change the other's. `_own` gives a leaf the array
-# it received only when no other leaf holds any of that memory, and a copy otherwise.
+# to one leaf's `.grad`, as gradient clipping makes, would then change the other's. The accumulation gives a leaf the
+# array it received only when no other leaf holds any of that memory, and a copy otherwise.
 
 # %%
 #| export
@@ -674,11 +674,10 @@ def gradcheck(fn,              # function of Tensors returning a Tensor
     return True
 
 # %%
-f64 = lambda *shape, seed: Tensor(np.random.default_rng(seed).standard_normal(shape), dtype=np.float64, requires_grad=True)
-test_eq(gradcheck(lambda a, b: a * b + a / (b * b + 1), f64(3, 1, seed=0), f64(4, seed=1)), True)
+test_eq(gradcheck(lambda a, b: a * b + a / (b * b + 1), randn(3, 1, seed=0, dtype=np.float64).requires_grad_(), randn(4, seed=1, dtype=np.float64).requires_grad_()), True)
 # a deliberately wrong rule is caught
 _grad_rules['exp'], saved = (lambda g, out, a: (g * 2 * out,)), _grad_rules['exp']
-try: test_fail(lambda: gradcheck(lambda a: a.exp(), f64(3, seed=2)), contains="analytic")
+try: test_fail(lambda: gradcheck(lambda a: a.exp(), randn(3, seed=2, dtype=np.float64).requires_grad_()), contains="analytic")
 finally: _grad_rules['exp'] = saved                          # restored even if the check fails
 test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)), contains="use float64")
 
@@ -691,21 +690,21 @@ test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)), 
 # `tests/test_05_autograd.py`.
 
 # %%
-A, B = f64(2, 3, seed=3), f64(3, 4, seed=4)
-P = Tensor(np.abs(np.random.default_rng(5).standard_normal((2, 3))) + 0.5, dtype=np.float64, requires_grad=True)
+A, B = randn(2, 3, seed=3, dtype=np.float64).requires_grad_(), randn(3, 4, seed=4, dtype=np.float64).requires_grad_()
+P = (randn(2, 3, seed=5, dtype=np.float64).abs() + 0.5).requires_grad_()  # positive, for log and sqrt
 checks = {
-    'add, sub': lambda: gradcheck(lambda a, b: a + b - b * 2, A, f64(3, seed=6)),
+    'add, sub': lambda: gradcheck(lambda a, b: a + b - b * 2, A, randn(3, seed=6, dtype=np.float64).requires_grad_()),
     'div, pow': lambda: gradcheck(lambda a, b: a / b + a ** 3 + b ** a, P, Tensor(P.data + 1, dtype=np.float64, requires_grad=True)),
     'matmul 2-D': lambda: gradcheck(lambda a, b: a @ b, A, B),
-    'matmul batched': lambda: gradcheck(lambda a, b: a @ b, f64(2, 2, 3, seed=7), f64(3, 4, seed=8)),
-    'matmul 1-D': lambda: gradcheck(lambda a, b: (a @ b) + (b.T @ a.T)[0], f64(3, seed=9), B),
+    'matmul batched': lambda: gradcheck(lambda a, b: a @ b, randn(2, 2, 3, seed=7, dtype=np.float64).requires_grad_(), randn(3, 4, seed=8, dtype=np.float64).requires_grad_()),
+    'matmul 1-D': lambda: gradcheck(lambda a, b: (a @ b) + (b.T @ a.T)[0], randn(3, seed=9, dtype=np.float64).requires_grad_(), B),
     'sum, mean': lambda: gradcheck(lambda a: a.sum(axis=0) * a.mean(axis=1, keepdims=True), A),
     'max, min': lambda: gradcheck(lambda a: a.max(axis=1) + a.min(), A),
     'exp, log, sqrt': lambda: gradcheck(lambda p: p.exp() + p.log() + p.sqrt(), P),
     'abs, neg, clip': lambda: gradcheck(lambda p: (-p).abs() + p.clip(0.9, 1.1), P),
     'reshape, permute': lambda: gradcheck(lambda a: a.reshape(3, 2).T.transpose(0, 1).flatten(), A),
     'getitem': lambda: gradcheck(lambda a: a[[0, 0, 1], 1:] * a[1, :2] + a[a > 0].sum(), A),
-    'cat, stack': lambda: gradcheck(lambda a, b: cat([a, b], 1).sum(0) + stack([a, a]).sum((0, 1)).sum(), A, f64(2, 2, seed=10)),
+    'cat, stack': lambda: gradcheck(lambda a, b: cat([a, b], 1).sum(0) + stack([a, a]).sum((0, 1)).sum(), A, randn(2, 2, seed=10, dtype=np.float64).requires_grad_()),
     'relu, sigmoid, tanh': lambda: gradcheck(lambda p, a: relu(p) + sigmoid(a) + tanh(a), P, A),
     'gelu exact, tanh': lambda: gradcheck(lambda a: gelu(a) + gelu(a, 'tanh'), A),
     'softmax, log_softmax': lambda: gradcheck(lambda a: softmax(a, 0) + log_softmax(a, 1), A),
