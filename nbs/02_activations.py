@@ -150,8 +150,8 @@ def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     elif approximate == 'tanh':   # d*d*d: NumPy computes float32 d**3 with the slow general power
         out = 0.5 * d * (1 + np.tanh(_SQRT_2_OVER_PI * (d + 0.044715 * (d * d * d))))
     else: raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    out = out.astype(d.dtype, copy=False)
     ### END SOLUTION
+    out = out.astype(d.dtype, copy=False)
     return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
 # %% [markdown]

@@ -132,16 +132,16 @@ def cross_entropy(input: Tensor, target, reduction: str = 'mean', label_smoothin
     if not 0.0 <= label_smoothing <= 1.0: raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     t = _check_class_targets('cross_entropy', input, _as_target('cross_entropy', target))  # (N,) int64
     z = input.data
-    # Set `loss` to the array of per-example losses (N,) in z's dtype, already reduced when `reduction` is
-    # 'mean' or 'sum' (a 0-d array). The op records `t` as `target=`, with `reduction` and `label_smoothing`.
+    # Set `loss` to the array of per-example losses (N,), already reduced when `reduction` is 'mean' or
+    # 'sum' (a 0-d array). The op records `t` as `target=`, with `reduction` and `label_smoothing`.
     ### BEGIN SOLUTION
     shifted = z - z.max(axis=1, keepdims=True)                                  # (N, C)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))       # (N, C)
     loss = -logp[np.arange(len(t)), t]                                         # (N,)
     if label_smoothing: loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
     if reduction != 'none': loss = np.asarray(loss.mean() if reduction == 'mean' else loss.sum())
-    loss = loss.astype(z.dtype, copy=False)
     ### END SOLUTION
+    loss = loss.astype(z.dtype, copy=False)  # in z's dtype, whatever NumPy's reductions returned
     return Tensor._from_op(loss, 'cross_entropy', (input,),
                            target=t, reduction=reduction, label_smoothing=label_smoothing)
 

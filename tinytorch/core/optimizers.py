@@ -139,25 +139,22 @@ class Adam(Optimizer):
 # %% ../../nbs/06_optimizers.ipynb #36f366ad
 @patch
 def step(self: Adam):
-    "One Adam update of every parameter that has a gradient, with bias-corrected moment estimates."
-    ### BEGIN SOLUTION
+    "One Adam update of each parameter with a gradient; `self.state[i]` holds `step`, `exp_avg` (m), `exp_avg_sq` (v)."
     (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
     for i, p, g in self._grads():
         if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
         elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in the gradient
         st = self.state.get(i)
-        if st is None: st = self.state[i] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        if st is None:
+            st = self.state[i] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
         st['step'] += 1
-        m, v, t = st['exp_avg'], st['exp_avg_sq'], st['step']
-        tmp = np.array(g, dtype=p.data.dtype)                   # a copy: the one scratch array of this update
-        tmp *= 1 - b1
-        m *= b1; m += tmp                                       # m ← β1·m + (1 − β1)·g
-        np.multiply(g, g, out=tmp); tmp *= 1 - b2
-        v *= b2; v += tmp                                       # v ← β2·v + (1 − β2)·g²
-        np.sqrt(v, out=tmp); tmp /= math.sqrt(1 - b2 ** t); tmp += eps   # √v̂ + ε
-        np.divide(m, tmp, out=tmp); tmp *= lr / (1 - b1 ** t)           # γ·m̂ / (√v̂ + ε)
-        p.data -= tmp
-    ### END SOLUTION
+        # Update st['exp_avg'] and st['exp_avg_sq'], then subtract γ·m̂ / (√v̂ + ε) from p.data in place.
+        ### BEGIN SOLUTION
+        t = st['step']
+        m = st['exp_avg'] = b1 * st['exp_avg'] + (1 - b1) * g           # m ← β1·m + (1 − β1)·g
+        v = st['exp_avg_sq'] = b2 * st['exp_avg_sq'] + (1 - b2) * g * g  # v ← β2·v + (1 − β2)·g²
+        p.data -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        ### END SOLUTION
 
 # %% ../../nbs/06_optimizers.ipynb #2a07c752
 class AdamW(Adam):
@@ -213,6 +210,37 @@ def load_state_dict(self: Optimizer, state_dict: dict):
     try: self._validate()
     except ValueError: self.__dict__.update(old); raise  # leave the optimizer as it was
     self.state = state
+
+# %% ../../nbs/06_optimizers.ipynb #7b27a41e
+def _adam_update_(p: np.ndarray,  # the parameter's data, updated in place
+                  g: np.ndarray,  # its gradient
+                  m: np.ndarray,  # exp_avg, updated in place
+                  v: np.ndarray,  # exp_avg_sq, updated in place
+                  t: int, lr: float, b1: float, b2: float, eps: float):
+    "Adam's update of `m`, `v` and `p` in place, with one scratch array the size of `p`."
+    ### BEGIN SOLUTION
+    tmp = np.array(g, dtype=p.dtype)                        # a copy: the one scratch array of this update
+    tmp *= 1 - b1
+    m *= b1; m += tmp                                       # m ← β1·m + (1 − β1)·g
+    np.multiply(g, g, out=tmp); tmp *= 1 - b2
+    v *= b2; v += tmp                                       # v ← β2·v + (1 − β2)·g²
+    np.sqrt(v, out=tmp); tmp /= math.sqrt(1 - b2 ** t); tmp += eps   # √v̂ + ε
+    np.divide(m, tmp, out=tmp); tmp *= lr / (1 - b1 ** t)           # γ·m̂ / (√v̂ + ε)
+    p -= tmp
+    ### END SOLUTION
+
+@patch
+def step(self: Adam):
+    "One Adam update of each parameter with a gradient, in place; `self.state[i]` as above."
+    (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
+    for i, p, g in self._grads():
+        if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
+        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in the gradient
+        st = self.state.get(i)
+        if st is None:
+            st = self.state[i] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        st['step'] += 1
+        _adam_update_(p.data, g, st['exp_avg'], st['exp_avg_sq'], st['step'], lr, b1, b2, eps)
 
 # %% ../../nbs/06_optimizers.ipynb #13b93eab
 class LRScheduler:

@@ -216,12 +216,12 @@ def _fix_float(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
     if not isinstance(b, Tensor): b = _lift(b, a)
-    # Set `out` to fn's result (float64 made float32 by `_fix_float`); shapes that do not broadcast: `_op_error`.
+    # Set `out` to fn's result; if NumPy raises a ValueError, raise `_op_error(op, e, a, b)` instead.
     ### BEGIN SOLUTION
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
-    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the test inline: this runs on every op
     ### END SOLUTION
+    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the dtype test inline: it runs on every op
     return Tensor._from_op(out, op, (a, b))
 
 # %% ../../nbs/01_tensor.ipynb #0bbbeaaf
