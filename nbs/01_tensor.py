@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Tensor
 #
-# > An n-dimensional array of numbers with NumPy underneath and room for a gradient: the one data structure every later module builds on.
+# > An n-dimensional array on NumPy with room for a gradient: what every later module builds on.
 
 # %% [markdown]
 # A `Tensor` wraps a NumPy array (`Tensor.data`) and adds three things NumPy does not have:
@@ -14,8 +14,7 @@
 # This module covers construction and dtypes, memory layout (strides, views, copies),
 # elementwise arithmetic with broadcasting, matrix multiplication, reductions,
 # shape operations, indexing, and joining tensors.
-# Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`;
-# the cells under it test it at once.
+# The cells under each exercise test it at once.
 
 # %%
 #| export
@@ -121,13 +120,13 @@ test_fail(lambda: Tensor([1, 2], requires_grad=True), contains="floating-point")
 # ### Every op builds its result in one place
 #
 # Each operation in this module computes a NumPy array and hands it to `Tensor._from_op`, naming the
-# op and its input tensors (`parents`), plus any settings the gradient will need (`ctx`, such as
-# the axis of a sum). Here it only wraps the array. The autograd module replaces this one
-# function with a version that also records `(op, parents, ctx)` on the result when an input
-# requires a gradient, and registers a gradient rule per op name. None of the ops below change.
+# op and its input tensors (`parents`), plus any settings the gradient will need (`ctx`, such as the
+# axis of a sum). Here it only wraps the array. The autograd module replaces this one function with
+# a version that also records `(op, parents, ctx)` on the result when an input requires a gradient,
+# and registers a gradient rule per op name. None of the ops below change.
 #
-# The wrapping skips the checks of `__init__`: it is for arrays an op has just produced, and it is on the
-# path of every op, so it does the least it can.
+# The wrapping skips the checks of `__init__`: it is for arrays an op has just produced, and it is
+# on the path of every op, so it does the least it can.
 
 # %%
 #| export
@@ -152,9 +151,10 @@ test_eq(type(t), Tensor)
 test_eq(t._ctx, None)
 
 # %% [markdown]
-# `trace_ops()` lists the ops that run inside a `with` block: each op's name and the names of the settings
-# it recorded, sorted. The tests under each exercise below use it to check that an op records exactly the
-# names its gradient rule will read; a wrong name would otherwise surface only in the autograd module.
+# `trace_ops()` lists the ops that run inside a `with` block: each op's name and the names of the
+# settings it recorded, sorted. The tests under each exercise below use it to check that an op
+# records exactly the names its gradient rule will read; a wrong name would otherwise surface only
+# in the autograd module.
 
 # %%
 #| export
@@ -282,10 +282,10 @@ test_fail(lambda: len(Tensor(1.)), contains="0-d")
 # %% [markdown]
 # ## Creating tensors
 #
-# `zeros`, `ones`, `rand` and `randn` take the shape as separate integers or one tuple, as in PyTorch.
-# Random draws come from a NumPy `Generator`. Pass `seed` as an int or a `Generator` to control it;
-# without one they use a module-wide generator that `manual_seed` resets, so a script that calls
-# `manual_seed(0)` first gives the same numbers on every run.
+# `zeros`, `ones`, `rand` and `randn` take the shape as separate integers or one tuple, as in
+# PyTorch. Random draws come from a NumPy `Generator`. Pass `seed` as an int or a `Generator` to
+# control it; without one they use a module-wide generator that `manual_seed` resets, so a script
+# that calls `manual_seed(0)` first gives the same numbers on every run.
 
 # %%
 #| export
@@ -378,12 +378,13 @@ print(f"{n}x{n} float32, strides {big.strides}: row-wise {by_rows*1e3:.1f} ms, "
 # %% [markdown]
 # ## Elementwise arithmetic and broadcasting
 #
-# Binary operators follow NumPy's broadcasting rule: shapes are aligned from the right, and each pair
-# of sizes must be equal or contain a 1, which is stretched without copying. `(3, 1) + (4,)` gives `(3, 4)`.
+# Binary operators follow NumPy's broadcasting rule: shapes are aligned from the right, and each
+# pair of sizes must be equal or contain a 1, which is stretched without copying. `(3, 1) + (4,)`
+# gives `(3, 4)`.
 #
-# For the result dtype we follow PyTorch, which differs from NumPy in two places:
-# a Python scalar takes the tensor's dtype (`int8_tensor + 1` stays int8), and float64 appears only
-# when an input is float64 (`int_tensor / 2` and `float32 + int64` give float32, where NumPy gives float64).
+# For the result dtype we follow PyTorch, which differs from NumPy in two places: a Python scalar
+# takes the tensor's dtype (`int8_tensor + 1` stays int8), and float64 appears only when an input is
+# float64 (`int_tensor / 2` and `float32 + int64` give float32, where NumPy gives float64).
 
 # %%
 #| export
@@ -503,7 +504,8 @@ test_fail(lambda: Tensor([2, 3]) ** -1, contains="pow: Integers to negative inte
 # ## Unary math
 #
 # `exp`, `log`, `sqrt`, `abs`, negation and `clip` apply elementwise. Integer inputs to `exp`, `log`
-# and `sqrt` give float32, as in PyTorch. As in NumPy and PyTorch, `log` of a negative number is NaN.
+# and `sqrt` give float32, as in PyTorch. As in NumPy and PyTorch, `log` of a negative number is
+# NaN.
 
 # %%
 #| export
@@ -648,8 +650,8 @@ with trace_ops() as ops: Tensor(np.ones((2, 3))) @ Tensor(np.ones((3, 4)))
 test_eq(ops, [('matmul', ())])
 
 # %% [markdown]
-# A measurement: the matrix product is where the arithmetic lives, so its rate in GFLOP/s
-# ($2nkm$ floating-point operations for an $(n,k) @ (k,m)$ product) says how fast this machine's BLAS is.
+# A measurement: the matrix product is where the arithmetic lives, so its rate in GFLOP/s ($2nkm$
+# floating-point operations for an $(n,k) @ (k,m)$ product) says how fast this machine's BLAS is.
 
 # %%
 a, b = randn(512, 512, seed=0), randn(512, 512, seed=1)
@@ -660,10 +662,10 @@ print(f"(512, 512) @ (512, 512) float32: {t_mm*1e3:.2f} ms, {2 * 512**3 / t_mm /
 # ## Reductions
 #
 # `sum`, `mean`, `max` and `min` reduce over `axis` (an int, a tuple of ints, or None for all axes);
-# `keepdims=True` keeps each reduced axis with size 1, so the result still broadcasts against the input.
-# PyTorch calls the argument `dim` and the flag `keepdim`; we use NumPy's names here.
-# `max` returns only the values (NumPy's convention); `argmax` gives the indices.
-# An axis that does not exist is an error that names the axis and the shape.
+# `keepdims=True` keeps each reduced axis with size 1, so the result still broadcasts against the
+# input. PyTorch calls the argument `dim` and the flag `keepdim`; we use NumPy's names here. `max`
+# returns only the values (NumPy's convention); `argmax` gives the indices. An axis that does not
+# exist is an error that names the axis and the shape.
 
 # %%
 #| export
@@ -730,11 +732,11 @@ test_eq(ops, [('max', ('axis', 'keepdims'))])
 # %% [markdown]
 # ## Shape operations
 #
-# `reshape` gives the same elements in row-major order under a new shape; one size may be `-1` and is
-# inferred. It returns a view when the strides allow it and a copy otherwise. `view` is the strict form
-# from PyTorch: it never copies, and refuses a tensor whose layout would need one, such as a transpose.
-# `flatten`, `squeeze` and `unsqueeze` are reshapes with the new shape worked out for you,
-# so they share the one gradient rule of `reshape`.
+# `reshape` gives the same elements in row-major order under a new shape; one size may be `-1` and
+# is inferred. It returns a view when the strides allow it and a copy otherwise. `view` is the
+# strict form from PyTorch: it never copies, and refuses a tensor whose layout would need one, such
+# as a transpose. `flatten`, `squeeze` and `unsqueeze` are reshapes with the new shape worked out
+# for you, so they share the one gradient rule of `reshape`.
 
 # %%
 #| export
@@ -812,8 +814,8 @@ test_eq(x.unsqueeze(-1).shape, (2, 1, 3, 4, 1))
 test_fail(lambda: x.unsqueeze(6), contains="axis 6 out of range")
 
 # %% [markdown]
-# `permute` reorders all axes; `transpose(dim0, dim1)` swaps two; `T` reverses all of them, as in NumPy.
-# All three are one op, a permutation of the strides, and return views.
+# `permute` reorders all axes; `transpose(dim0, dim1)` swaps two; `T` reverses all of them, as in
+# NumPy. All three are one op, a permutation of the strides, and return views.
 
 # %%
 #| export
@@ -860,10 +862,10 @@ test_eq(ops, [('permute', ('dims',))])
 # %% [markdown]
 # ## Indexing and slicing
 #
-# Indexing follows NumPy: integers and slices (basic indexing) give views; integer arrays and boolean
-# masks (advanced indexing) give copies. Index tensors are accepted wherever index arrays are.
-# The index is recorded as `key=` in the op's context, because the gradient of `x[key]` scatters back
-# into the positions `key` chose.
+# Indexing follows NumPy: integers and slices (basic indexing) give views; integer arrays and
+# boolean masks (advanced indexing) give copies. Index tensors are accepted wherever index arrays
+# are. The index is recorded as `key=` in the op's context, because the gradient of `x[key]`
+# scatters back into the positions `key` chose.
 
 # %%
 #| export
@@ -946,9 +948,9 @@ test_eq(ops, [('cat', ('dim',))])
 # %% [markdown]
 # ## What a tensor costs
 #
-# Each op above adds a little Python work around a NumPy call: lifting the operand, checking the dtype,
-# building the result. For large arrays this is invisible; for small ones it dominates.
-# The measurement below prints both, with this module's timing protocol (median of 5 repetitions).
+# Each op above adds a little Python work around a NumPy call: lifting the operand, checking the
+# dtype, building the result. For large arrays this is invisible; for small ones it dominates. The
+# measurement below prints both, with this module's timing protocol (median of 5 repetitions).
 
 # %%
 for n in (100, 1_000_000):
@@ -963,6 +965,7 @@ for n in (100, 1_000_000):
 # %% [markdown]
 # ## Summary
 #
-# `Tensor` wraps an ndarray and follows PyTorch's names and dtype rules. Every differentiable op builds
-# its result in one place that names the op, its input tensors and the settings its gradient needs
-# (`ctx`); the autograd module extends that one function, and adds `backward`, without touching the ops defined here.
+# `Tensor` wraps an ndarray and follows PyTorch's names and dtype rules. Every differentiable op
+# builds its result in one place that names the op, its input tensors and the settings its gradient
+# needs (`ctx`); the autograd module extends that one function, and adds `backward`, without
+# touching the ops defined here.

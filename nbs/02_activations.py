@@ -4,18 +4,20 @@
 # %% [markdown]
 # # Activations
 #
-# > The nonlinear functions between layers, computed so that large inputs give neither overflow nor NaN.
+# > The nonlinear functions between layers, computed so that large inputs give no overflow or NaN.
 
 # %% [markdown]
-# A stack of linear layers is still linear: $W_2(W_1 x) = (W_2 W_1) x$. An elementwise nonlinearity between
-# them is what lets a network represent anything else. This module builds the common ones as functions
-# with PyTorch's names (`relu(x)`, like `torch.nn.functional.relu`). The classes that put them in a model
-# (`ReLU()`, like `torch.nn.ReLU`) are `Module`s, so they come with `Module` in the layers module; they
-# are exported into this package module as well, so `from tinytorch.core.activations import ReLU` works.
+# A stack of linear layers is still linear: $W_2(W_1 x) = (W_2 W_1) x$. An elementwise nonlinearity
+# between them is what lets a network represent anything else. This module builds the common ones as
+# functions with PyTorch's names (`relu(x)`, like `torch.nn.functional.relu`). The classes that put
+# them in a model (`ReLU()`, like `torch.nn.ReLU`) are `Module`s, so they come with `Module` in the
+# layers module; they are exported into this package module as well, so
+# `from tinytorch.core.activations import ReLU` works.
 #
-# Each is one named op (`'relu'`, or `'softmax'` with its `dim`), so the autograd module can attach one
-# gradient rule to each. Two of them need care with floating point: `sigmoid` and `softmax` exponentiate, and $e^{89}$
-# already exceeds float32's largest value, about $3.4 \cdot 10^{38}$. The fixes are stated and tested below.
+# Each is one named op (`'relu'`, or `'softmax'` with its `dim`), so the autograd module can attach
+# one gradient rule to each. Two of them need care with floating point: `sigmoid` and `softmax`
+# exponentiate, and $e^{89}$ already exceeds float32's largest value, about $3.4 \cdot 10^{38}$. The
+# fixes are stated and tested below.
 
 # %%
 #| export
@@ -61,10 +63,10 @@ test_eq(ops, [('relu', ())])
 # ## Sigmoid
 #
 # $\sigma(x) = 1 / (1 + e^{-x})$ maps any real number into $(0, 1)$. Written that way it computes
-# $e^{1000}$ for $x = -1000$: an overflow, a warning, and a result that is right only by luck.
-# The fix is to exponentiate only non-positive numbers. With $e = e^{-|x|} \le 1$,
-# $\sigma(x) = 1 / (1 + e)$ for $x \ge 0$ and $\sigma(x) = e / (1 + e)$ for $x < 0$ (multiply the top and
-# bottom of the definition by $e^x$). No overflow, no warning, and small results such as
+# $e^{1000}$ for $x = -1000$: an overflow, a warning, and a result that is right only by luck. The
+# fix is to exponentiate only non-positive numbers. With $e = e^{-|x|} \le 1$,
+# $\sigma(x) = 1 / (1 + e)$ for $x \ge 0$ and $\sigma(x) = e / (1 + e)$ for $x < 0$ (multiply the
+# top and bottom of the definition by $e^x$). No overflow, no warning, and small results such as
 # $\sigma(-20) \approx 2 \cdot 10^{-9}$ keep their relative accuracy.
 
 # %%
@@ -111,13 +113,14 @@ test_close(tanh(x).numpy(), 2 * sigmoid(2 * x).numpy() - 1, eps=1e-6)
 # ## GELU
 #
 # GELU weights its input by the probability that a standard normal variable is below it:
-# $\mathrm{GELU}(x) = x\,\Phi(x) = \tfrac{x}{2}\left(1 + \mathrm{erf}(x/\sqrt{2})\right)$. It is the activation
-# of GPT and BERT. PyTorch offers the exact form (`approximate='none'`) and the tanh approximation of
-# Hendrycks and Gimpel (`approximate='tanh'`),
-# $\tfrac{x}{2}\left(1 + \tanh\left(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\right)\right)$, which GPT-2 used.
+# $\mathrm{GELU}(x) = x\,\Phi(x) = \tfrac{x}{2}\left(1 + \mathrm{erf}(x/\sqrt{2})\right)$. It is the
+# activation of GPT and BERT. PyTorch offers the exact form (`approximate='none'`) and the tanh
+# approximation of Hendrycks and Gimpel (`approximate='tanh'`),
+# $\tfrac{x}{2}\left(1 + \tanh\left(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\right)\right)$, which GPT-2
+# used.
 #
-# NumPy has no `erf`. We use Abramowitz and Stegun's formula 7.1.26, a rational approximation whose absolute
-# error is below $1.5 \cdot 10^{-7}$ for every $x$: about one float32 rounding step near 1.
+# NumPy has no `erf`. We use Abramowitz and Stegun's formula 7.1.26, a rational approximation whose
+# absolute error is below $1.5 \cdot 10^{-7}$ for every $x$: about one float32 rounding step near 1.
 # The cell under it checks that bound against Python's `math.erf`.
 
 # %%
@@ -155,7 +158,8 @@ def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
 # %% [markdown]
-# Worked values: $\mathrm{GELU}(1) = \Phi(1)$, and how far the tanh form is from the exact one, printed below.
+# Worked values: $\mathrm{GELU}(1) = \Phi(1)$, and how far the tanh form is from the exact one,
+# printed below.
 
 # %%
 x = Tensor(np.linspace(-5, 5, 1001))
@@ -172,10 +176,10 @@ test_eq(ops, [('gelu', ('approximate',))])
 # %% [markdown]
 # ## Softmax
 #
-# $\mathrm{softmax}(x)_i = e^{x_i} / \sum_j e^{x_j}$ along one axis `dim` turns scores into probabilities.
-# For logits near 1000, $e^{1000}$ overflows. Softmax does not change when a constant is subtracted from
-# every input, so we subtract the maximum along `dim` first: the largest exponent is then $e^0 = 1$ and
-# the sum is at least 1, so neither overflow nor division by zero can happen.
+# $\mathrm{softmax}(x)_i = e^{x_i} / \sum_j e^{x_j}$ along one axis `dim` turns scores into
+# probabilities. For logits near 1000, $e^{1000}$ overflows. Softmax does not change when a constant
+# is subtracted from every input, so we subtract the maximum along `dim` first: the largest exponent
+# is then $e^0 = 1$ and the sum is at least 1, so neither overflow nor division by zero can happen.
 
 # %%
 #| export
@@ -206,8 +210,8 @@ test_eq(ops, [('softmax', ('dim',))])
 # %% [markdown]
 # ## Log-softmax
 #
-# Losses need $\log \mathrm{softmax}(x)$. Taking the log of a softmax that underflowed to 0 gives $-\infty$.
-# The log-sum-exp form avoids ever forming the small probability:
+# Losses need $\log \mathrm{softmax}(x)$. Taking the log of a softmax that underflowed to 0 gives
+# $-\infty$. The log-sum-exp form avoids ever forming the small probability:
 # $\log \mathrm{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}$ with $m = \max_j x_j$.
 
 # %%
@@ -233,10 +237,10 @@ with trace_ops() as ops: log_softmax(Tensor([1., 2.]))
 test_eq(ops, [('log_softmax', ('dim',))])
 
 # %% [markdown]
-# How much the stable forms matter, measured: the naive formulas on inputs where they break. In float32,
-# $e^{-x}$ overflows for $x < -88.7$, so the naive sigmoid returns 0 there, although $\sigma(-95)$ and
-# $\sigma(-90)$ are representable (as subnormal numbers); the stable form computes them. The naive
-# log-softmax divides infinity by infinity.
+# How much the stable forms matter, measured: the naive formulas on inputs where they break. In
+# float32, $e^{-x}$ overflows for $x < -88.7$, so the naive sigmoid returns 0 there, although
+# $\sigma(-95)$ and $\sigma(-90)$ are representable (as subnormal numbers); the stable form computes
+# them. The naive log-softmax divides infinity by infinity.
 
 # %%
 neg = np.array([-95., -90., 0.], np.float32)
@@ -253,8 +257,8 @@ assert (stable_sig[:2] > 0).all()
 # %% [markdown]
 # ## Cost
 #
-# Relative cost of each activation on a (256, 1024) float32 batch: `measure`, the median of 5 samples
-# of 10 calls each after a warm-up call.
+# Relative cost of each activation on a (256, 1024) float32 batch: `measure`, the median of 5
+# samples of 10 calls each after a warm-up call.
 
 # %%
 xb = Tensor(np.random.default_rng(0).standard_normal((256, 1024), dtype=np.float32))

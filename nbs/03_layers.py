@@ -4,22 +4,23 @@
 # %% [markdown]
 # # Layers
 #
-# > `Module`, the base class that finds its own parameters, and the first layers built on it: `Linear`, `Sequential` and `Identity`.
+# > `Module`, which finds its own parameters, and layers built on it: `Linear`, `Sequential`, `ReLU`.
 
 # %% [markdown]
-# A layer is a function with state. `Linear` computes $y = x W^T + b$, and $W$ and $b$ are what training
-# changes. Before we can train anything, something has to find those arrays, name them, save them and load
-# them again. In PyTorch that something is `nn.Module`, and this module builds it:
+# A layer is a function with state. `Linear` computes $y = x W^T + b$, and $W$ and $b$ are what
+# training changes. Before we can train anything, something has to find those arrays, name them,
+# save them and load them again. In PyTorch that something is `nn.Module`, and this module builds
+# it:
 #
 # - `Parameter`, a `Tensor` marked as learnable;
-# - `Module`, which registers every `Parameter` and sub-`Module` assigned to it as an attribute, walks the
-#   tree they form (`named_parameters`, `named_modules`), switches it between training and evaluation,
-#   and saves and loads it (`state_dict`, `load_state_dict`);
+# - `Module`, which registers every `Parameter` and sub-`Module` assigned to it as an attribute,
+#   walks the tree they form (`named_parameters`, `named_modules`), switches it between training and
+#   evaluation, and saves and loads it (`state_dict`, `load_state_dict`);
 # - `Linear`, `Sequential` and `Identity`, with PyTorch's names, layouts and initialisation;
 # - the activation modules `ReLU`, `GELU`, `Softmax`, ..., which wrap the activation functions.
 #
-# Nothing here computes a gradient: the autograd module adds that, and an optimizer then walks `parameters()`.
-# Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`; the cells under it test it at once.
+# Nothing here computes a gradient: the autograd module adds that, and an optimizer then walks
+# `parameters()`. The cells under each exercise test it at once.
 
 # %%
 #| export
@@ -32,9 +33,10 @@ from fastcore.basics import patch
 from tinytorch.core.tensor import Tensor, rand, zeros
 
 # %% [markdown]
-# The activation modules at the end of this notebook are exported into `tinytorch.core.activations`, next
-# to the functions they call. The first cell below is that file's import of `Module`; in this notebook, the
-# `Module` class defined further down replaces it. The second brings the functions into this notebook.
+# The activation modules at the end of this notebook are exported into `tinytorch.core.activations`,
+# next to the functions they call. The first cell below is that file's import of `Module`; in this
+# notebook, the `Module` class defined further down replaces it. The second brings the functions
+# into this notebook.
 
 # %%
 #| export core.activations
@@ -52,13 +54,15 @@ from tinytorch.core.tensor import manual_seed, ones, randn
 # %% [markdown]
 # ## Parameters
 #
-# A `Parameter` is a `Tensor` with one difference in meaning: when it is assigned as an attribute of a
-# `Module`, the module records it as something to learn. It requires a gradient unless told otherwise,
-# and it must hold floating-point numbers, because a gradient step adds fractions to it.
-# `__slots__ = ()` gives the subclass no per-instance dictionary, so a `Parameter` costs what a `Tensor` costs.
+# A `Parameter` is a `Tensor` with one difference in meaning: when it is assigned as an attribute of
+# a `Module`, the module records it as something to learn. It requires a gradient unless told
+# otherwise, and it must hold floating-point numbers, because a gradient step adds fractions to it.
+# `__slots__ = ()` gives the subclass no per-instance dictionary, so a `Parameter` costs what a
+# `Tensor` costs.
 #
-# Results of operations on a `Parameter` are plain tensors: `2 * w` is a new value computed from `w`, not a
-# second learnable weight. A `Tensor` passed in keeps its dtype and shares its memory, as in PyTorch.
+# Results of operations on a `Parameter` are plain tensors: `2 * w` is a new value computed from
+# `w`, not a second learnable weight. A `Tensor` passed in keeps its dtype and shares its memory, as
+# in PyTorch.
 
 # %%
 #| export
@@ -94,21 +98,21 @@ test_fail(lambda: setattr(w, 'name', 'w'), contains="'Parameter' object has no a
 # %% [markdown]
 # ## The Module class
 #
-# A `Module` is a layer or a whole model: some parameters, some submodules, and a `forward` method that
-# says what to compute. `module(x)` calls `module.forward(x)`. The base class keeps three insertion-ordered
-# dictionaries, each name in at most one of them:
+# A `Module` is a layer or a whole model: some parameters, some submodules, and a `forward` method
+# that says what to compute. `module(x)` calls `module.forward(x)`. The base class keeps three
+# insertion-ordered dictionaries, each name in at most one of them:
 #
 # - `_parameters`: name -> `Parameter`, what training changes;
 # - `_modules`: name -> child `Module`;
-# - `_buffers`: name -> `Tensor`, state that is saved with the model but not learned, such as the running
-#   mean that batch normalization keeps.
+# - `_buffers`: name -> `Tensor`, state that is saved with the model but not learned, such as the
+#   running mean that batch normalization keeps.
 #
 # The flag `training` says whether the module is being trained; layers such as dropout read it.
-# `__init__` writes straight into `self.__dict__` because the `__setattr__` below reads these dictionaries.
-# Python calls `__getattr__` only when normal attribute lookup fails; ours then looks in the three dictionaries,
-# so `self.weight` finds a registered parameter. (It is defined in the class body, not added with `@patch`,
-# because `@patch` also binds the name in the exporting module, and a module-level `__getattr__` changes how
-# Python imports from that module.)
+# `__init__` writes straight into `self.__dict__` because the `__setattr__` below reads these
+# dictionaries. Python calls `__getattr__` only when normal attribute lookup fails; ours then looks
+# in the three dictionaries, so `self.weight` finds a registered parameter. (It is defined in the
+# class body, not added with `@patch`, because `@patch` also binds the name in the exporting module,
+# and a module-level `__getattr__` changes how Python imports from that module.)
 
 # %%
 #| export
@@ -151,15 +155,16 @@ test_fail(lambda: Module()(Tensor([1.])), contains="Module.forward: a subclass o
 # %% [markdown]
 # ### Registering what is assigned
 #
-# `self.weight = Parameter(...)` inside `__init__` is all a layer writes; `__setattr__` does the bookkeeping.
-# A `Parameter` goes into `_parameters` and a `Module` into `_modules`, and the name is removed from wherever
-# else it was. A name that is already registered keeps its kind: assigning `None` empties it (a layer without
-# a bias), and assigning a plain `Tensor` to a parameter's name is an error. That error catches a common
-# mistake, `self.weight = self.weight * 2`, which would otherwise replace the weight by a constant that
-# training never updates. Any other value becomes an ordinary attribute.
+# `self.weight = Parameter(...)` inside `__init__` is all a layer writes; `__setattr__` does the
+# bookkeeping. A `Parameter` goes into `_parameters` and a `Module` into `_modules`, and the name is
+# removed from wherever else it was. A name that is already registered keeps its kind: assigning
+# `None` empties it (a layer without a bias), and assigning a plain `Tensor` to a parameter's name
+# is an error. That error catches a common mistake, `self.weight = self.weight * 2`, which would
+# otherwise replace the weight by a constant that training never updates. Any other value becomes an
+# ordinary attribute.
 #
-# Reading goes through `__getattr__` above, and deleting through `__delattr__` below, so each parameter
-# lives in exactly one place: its module's `_parameters`.
+# Reading goes through `__getattr__` above, and deleting through `__delattr__` below, so each
+# parameter lives in exactly one place: its module's `_parameters`.
 
 # %%
 #| export
@@ -240,10 +245,11 @@ test_fail(Forgot, contains="cannot assign 'w' before Module.__init__() has run")
 # %% [markdown]
 # ### Buffers
 #
-# Some state belongs to the model without being learned: batch normalization keeps a running mean and
-# variance of its inputs and uses them at evaluation time. `register_buffer` records such a tensor in
-# `_buffers`. Buffers are saved and loaded with the parameters, but `parameters()` does not yield them,
-# so an optimizer leaves them alone. Assigning a new `Tensor` to a buffer's name replaces the buffer.
+# Some state belongs to the model without being learned: batch normalization keeps a running mean
+# and variance of its inputs and uses them at evaluation time. `register_buffer` records such a
+# tensor in `_buffers`. Buffers are saved and loaded with the parameters, but `parameters()` does
+# not yield them, so an optimizer leaves them alone. Assigning a new `Tensor` to a buffer's name
+# replaces the buffer.
 
 # %%
 #| export
@@ -278,15 +284,16 @@ test_fail(lambda: s.register_buffer('c', np.zeros(2)), contains="'c' must be a T
 # %% [markdown]
 # ## Linear
 #
-# `Linear(in_features, out_features)` maps the last axis of its input from `in_features` to `out_features`
-# numbers: $y = x W^T + b$. As in PyTorch, the weight has shape `(out_features, in_features)`, one row per
-# output unit, and the input may have any number of leading axes: `(B, in)` and `(B, T, in)` work alike,
-# because `@` broadcasts them.
+# `Linear(in_features, out_features)` maps the last axis of its input from `in_features` to
+# `out_features` numbers: $y = x W^T + b$. As in PyTorch, the weight has shape
+# `(out_features, in_features)`, one row per output unit, and the input may have any number of
+# leading axes: `(B, in)` and `(B, T, in)` work alike, because `@` broadcasts them.
 #
 # Initialisation follows PyTorch exactly: every entry of $W$ and of $b$ is drawn from
-# $U(-1/\sqrt{\text{in\_features}},\ 1/\sqrt{\text{in\_features}})$. The next section says why.
-# The draws come from the tensor module's generator through `rand`, so `manual_seed(0)` before building a
-# model gives the same weights on every run. `uniform_` fills a tensor in place, like `torch.nn.init.uniform_`.
+# $U(-1/\sqrt{\text{in\_features}},\ 1/\sqrt{\text{in\_features}})$. The next section says why. The
+# draws come from the tensor module's generator through `rand`, so `manual_seed(0)` before building
+# a model gives the same weights on every run. `uniform_` fills a tensor in place, like
+# `torch.nn.init.uniform_`.
 
 # %%
 #| export
@@ -342,7 +349,8 @@ def forward(self: Linear, x: Tensor) -> Tensor:
     ### END SOLUTION
 
 # %% [markdown]
-# A worked example with weights set by hand, then shapes, the layer without a bias, and the failure paths.
+# A worked example with weights set by hand, then shapes, the layer without a bias, and the failure
+# paths.
 
 # %%
 lin = Linear(3, 2)
@@ -381,18 +389,22 @@ test_eq(np.array_equal(Linear(3, 4).weight.numpy(), first.weight.numpy()), False
 # %% [markdown]
 # ## Why this initialisation
 #
-# An entry drawn from $U(-b, b)$ has variance $b^2/3$. With $b = 1/\sqrt{n}$ for $n$ inputs, and inputs
-# with mean zero and second moment $E[x^2]$, each output $y_j = \sum_i W_{ji} x_i + b_j$ has variance
+# An entry drawn from $U(-b, b)$ has variance $b^2/3$. With $b = 1/\sqrt{n}$ for $n$ inputs, and
+# inputs with mean zero and second moment $E[x^2]$, each output $y_j = \sum_i W_{ji} x_i + b_j$ has
+# variance
 #
-# $$\operatorname{Var}(y_j) = n \cdot \frac{1}{3n} \cdot E[x^2] + \frac{1}{3n} = \frac{E[x^2]}{3} + \frac{1}{3n}.$$
+# $$\operatorname{Var}(y_j) = n \cdot \frac{1}{3n} \cdot E[x^2] + \frac{1}{3n}
+#   = \frac{E[x^2]}{3} + \frac{1}{3n}.$$
 #
-# The factor $1/n$ in the weight variance cancels the $n$ terms of the sum, so the output's scale does not
-# depend on the width: each unit's output variance is about a third of its input's second moment.
+# The factor $1/n$ in the weight variance cancels the $n$ terms of the sum, so the output's scale
+# does not depend on the width: each unit's output variance is about a third of its input's second
+# moment.
 #
-# PyTorch states this initialisation as `kaiming_uniform_(weight, a=math.sqrt(5))`. Kaiming's rule draws from
-# $U(-\text{bound}, \text{bound})$ with $\text{bound} = \text{gain} \cdot \sqrt{3/\text{fan\_in}}$, and the gain
-# for a leaky ReLU of negative slope $a$ is $\sqrt{2/(1+a^2)}$. With $a = \sqrt 5$ the gain is $\sqrt{1/3}$ and
-# the bound becomes $1/\sqrt{\text{fan\_in}}$. The cell checks that arithmetic.
+# PyTorch states this initialisation as `kaiming_uniform_(weight, a=math.sqrt(5))`. Kaiming's rule
+# draws from $U(-\text{bound}, \text{bound})$ with
+# $\text{bound} = \text{gain} \cdot \sqrt{3/\text{fan\_in}}$, and the gain for a leaky ReLU of
+# negative slope $a$ is $\sqrt{2/(1+a^2)}$. With $a = \sqrt 5$ the gain is $\sqrt{1/3}$ and the
+# bound becomes $1/\sqrt{\text{fan\_in}}$. The cell checks that arithmetic.
 
 # %%
 a = math.sqrt(5)
@@ -415,20 +427,21 @@ print(f"input std {x.numpy().std():.4f}, output std {y.numpy().std():.4f}, predi
 test_close(y.numpy().std() / predicted, 1., eps=0.02)  # sampling error of 2M outputs and 262k weights is ~0.2%
 
 # %% [markdown]
-# Depth multiplies the factor. With a ReLU between layers, which zeroes the negative half of a symmetric
-# input and so halves its second moment, the second moment after layer $l$ follows
-# $m_l = (c\, m_{l-1} + 1/(3n)) / 2$, where $c = n \operatorname{Var}(w)$ is $1/3$ for the default bound.
-# The scale falls by about $\sqrt 6$ per layer towards the floor that the bias sets.
-# He et al. (2015) chose the weight variance $2/n$ for ReLU networks, a gain of $\sqrt 2$ and the bound
-# $\sqrt{6/n}$, so that $c = 2$ and the scale stays put through any depth. PyTorch keeps the first rule as
-# the default of `Linear` for compatibility; models built from ReLU layers often re-initialise with
-# `kaiming_uniform_` or `kaiming_normal_`.
+# Depth multiplies the factor. With a ReLU between layers, which zeroes the negative half of a
+# symmetric input and so halves its second moment, the second moment after layer $l$ follows
+# $m_l = (c\, m_{l-1} + 1/(3n)) / 2$, where $c = n \operatorname{Var}(w)$ is $1/3$ for the default
+# bound. The scale falls by about $\sqrt 6$ per layer towards the floor that the bias sets. He et
+# al. (2015) chose the weight variance $2/n$ for ReLU networks, a gain of $\sqrt 2$ and the bound
+# $\sqrt{6/n}$, so that $c = 2$ and the scale stays put through any depth. PyTorch keeps the first
+# rule as the default of `Linear` for compatibility; models built from ReLU layers often
+# re-initialise with `kaiming_uniform_` or `kaiming_normal_`.
 #
-# The cell measures both in a stack of six layers, averaging four independent stacks, and compares with the
-# recurrence. The ReLU is written as `clip(min=0.)`: the `ReLU` module comes at the end of this notebook.
-# The average is needed because of finite width: after a ReLU the inputs have a positive mean, and each unit
-# turns that mean into an offset that is the same for the whole batch, so a single stack measures only
-# $n$ independent offsets and its scale wanders a few percent per layer.
+# The cell measures both in a stack of six layers, averaging four independent stacks, and compares
+# with the recurrence. The ReLU is written as `clip(min=0.)`: the `ReLU` module comes at the end of
+# this notebook. The average is needed because of finite width: after a ReLU the inputs have a
+# positive mean, and each unit turns that mean into an offset that is the same for the whole batch,
+# so a single stack measures only $n$ independent offsets and its scale wanders a few percent per
+# layer.
 
 # %%
 def mean_square_through_relu_stack(bound, depth=6, n=512, batch=512, runs=4):
@@ -466,10 +479,10 @@ test_close(kaiming / kaiming_pred, 1., eps=0.15)
 # %% [markdown]
 # ### Forward pre-hooks
 #
-# A forward pre-hook is a function `hook(module, args)` that `module(x)` calls before `forward`, as in
-# PyTorch's `register_forward_pre_hook`. It may return new positional arguments, or None to keep them.
-# Pruning uses one to recompute a masked weight before every forward pass. Registering returns a handle
-# whose `remove()` unregisters the hook.
+# A forward pre-hook is a function `hook(module, args)` that `module(x)` calls before `forward`, as
+# in PyTorch's `register_forward_pre_hook`. It may return new positional arguments, or None to keep
+# them. Pruning uses one to recompute a masked weight before every forward pass. Registering returns
+# a handle whose `remove()` unregisters the hook.
 
 # %%
 #| export
@@ -510,9 +523,9 @@ test_fail(lambda: s.register_forward_pre_hook(3), contains="hook must be callabl
 # ## Walking the module tree
 #
 # Modules nest, and a parameter's name is the path of attribute names from the root, joined by dots:
-# `encoder.fc.bias`. `named_modules` yields the root (under the name `''`) and then every descendant, depth
-# first in the order they were assigned. A module reachable along two paths is yielded once, under the first.
-# `children` yields only the direct submodules.
+# `encoder.fc.bias`. `named_modules` yields the root (under the name `''`) and then every
+# descendant, depth first in the order they were assigned. A module reachable along two paths is
+# yielded once, under the first. `children` yields only the direct submodules.
 
 # %%
 #| export
@@ -552,11 +565,11 @@ def children(self: Module):
     for _, m in self.named_children(): yield m
 
 # %% [markdown]
-# `named_parameters` visits the modules in that order and yields each module's own parameters under the
-# module's prefix. A parameter shared by two modules, such as the tied input and output embeddings of a
-# language model, is yielded once: an optimizer must update it once per step, and a parameter count must
-# count it once. `parameters()` is the same walk without the names; it is what an optimizer receives.
-# `named_buffers` is the same walk over `_buffers`.
+# `named_parameters` visits the modules in that order and yields each module's own parameters under
+# the module's prefix. A parameter shared by two modules, such as the tied input and output
+# embeddings of a language model, is yielded once: an optimizer must update it once per step, and a
+# parameter count must count it once. `parameters()` is the same walk without the names; it is what
+# an optimizer receives. `named_buffers` is the same walk over `_buffers`.
 
 # %%
 #| export
@@ -598,7 +611,8 @@ def buffers(self: Module, recurse: bool = True):
     for _, b in self.named_buffers(recurse=recurse): yield b
 
 # %% [markdown]
-# The tests build trees with `Block`, a module whose children are given by keyword and applied in order.
+# The tests build trees with `Block`, a module whose children are given by keyword and applied in
+# order.
 
 # %%
 class Block(Module):
@@ -646,13 +660,13 @@ test_eq(len(list(with_buf.buffers())), 1)
 # %% [markdown]
 # ## Sequential and Identity
 #
-# `Sequential(*modules)` holds its modules under the names `"0"`, `"1"`, ... and its `forward` passes the
-# output of each to the next. As in PyTorch, one dict argument names the modules instead.
-# `seq[i]` is one module (negative indices count from the end); a slice is a `Sequential` of those modules
-# that keeps their names, so its `state_dict` keys match the original's.
+# `Sequential(*modules)` holds its modules under the names `"0"`, `"1"`, ... and its `forward`
+# passes the output of each to the next. As in PyTorch, one dict argument names the modules instead.
+# `seq[i]` is one module (negative indices count from the end); a slice is a `Sequential` of those
+# modules that keeps their names, so its `state_dict` keys match the original's.
 #
-# `Identity` returns its input. It stands in where a layer is optional, for example a projection that is
-# only needed when two widths differ.
+# `Identity` returns its input. It stands in where a layer is optional, for example a projection
+# that is only needed when two widths differ.
 
 # %%
 #| export
@@ -715,11 +729,11 @@ test_fail(lambda: seq(randn(5, 3)), contains="input of shape (5, 3) does not end
 # %% [markdown]
 # ## Training and evaluation mode
 #
-# Some layers compute differently while training: dropout zeroes random activations only in training, and
-# batch normalization uses the batch's statistics in training and its running averages in evaluation.
-# `train(mode)` sets `training` on the module and, through each child's own `train`, on the whole tree, so a
-# subclass that overrides `train` still takes part. `eval()` is `train(False)`. Both return the module,
-# so `model = Net().eval()` reads naturally.
+# Some layers compute differently while training: dropout zeroes random activations only in
+# training, and batch normalization uses the batch's statistics in training and its running averages
+# in evaluation. `train(mode)` sets `training` on the module and, through each child's own `train`,
+# on the whole tree, so a subclass that overrides `train` still takes part. `eval()` is
+# `train(False)`. Both return the module, so `model = Net().eval()` reads naturally.
 
 # %%
 #| export
@@ -749,11 +763,12 @@ test_fail(lambda: net.train('no'), contains="train: mode must be a bool, got 'no
 # %% [markdown]
 # ## Clearing gradients
 #
-# The autograd module adds each new gradient into `.grad`, so that a parameter used twice collects both
-# contributions. A training step therefore starts by clearing the gradients of the previous step.
-# Following PyTorch's default, `zero_grad()` sets `.grad` to `None` rather than filling it with zeros:
-# it writes no memory, and an optimizer can tell that a parameter received no gradient at all and skip it.
-# Gradients do not exist yet in this module, so the test puts arrays into `.grad` by hand.
+# The autograd module adds each new gradient into `.grad`, so that a parameter used twice collects
+# both contributions. A training step therefore starts by clearing the gradients of the previous
+# step. Following PyTorch's default, `zero_grad()` sets `.grad` to `None` rather than filling it
+# with zeros: it writes no memory, and an optimizer can tell that a parameter received no gradient
+# at all and skip it. Gradients do not exist yet in this module, so the test puts arrays into
+# `.grad` by hand.
 
 # %%
 #| export
@@ -776,12 +791,12 @@ test_eq([p.grad for p in net.parameters()], [None] * 4)
 # %% [markdown]
 # ## Saving and loading
 #
-# A checkpoint is a model's numbers by name. `state_dict()` maps every dotted name to a copy of the array:
-# each module's parameters, then its buffers, then its children's entries, the order PyTorch uses.
-# The arrays are copies, where PyTorch returns tensors that share memory with the model; with shared memory a
-# "best model so far" kept in a variable keeps changing as training continues, unless one remembers
-# `copy.deepcopy`. A parameter shared by two modules appears under each of its names, also as in PyTorch,
-# so the checkpoint loads into a model in which the two are separate.
+# A checkpoint is a model's numbers by name. `state_dict()` maps every dotted name to a copy of the
+# array: each module's parameters, then its buffers, then its children's entries, the order PyTorch
+# uses. The arrays are copies, where PyTorch returns tensors that share memory with the model; with
+# shared memory a "best model so far" kept in a variable keeps changing as training continues,
+# unless one remembers `copy.deepcopy`. A parameter shared by two modules appears under each of its
+# names, also as in PyTorch, so the checkpoint loads into a model in which the two are separate.
 
 # %%
 #| export
@@ -810,15 +825,16 @@ test_eq(list(Sequential(lin, lin).state_dict()), ['0.weight', '0.bias', '1.weigh
 test_eq(list(with_buf.state_dict()), ['s.gain', 's.running_mean', 'fc.weight', 'fc.bias'])              # buffers included
 
 # %% [markdown]
-# `load_state_dict(state)` copies the arrays of `state` into the parameters and buffers of the same names.
-# It checks everything before it copies anything: a missing name, a name the model does not have, and a shape
-# that differs are collected and reported in one error, and the model is left as it was. A half-loaded model
-# would run and give plausible numbers, which hides the mistake.
+# `load_state_dict(state)` copies the arrays of `state` into the parameters and buffers of the same
+# names. It checks everything before it copies anything: a missing name, a name the model does not
+# have, and a shape that differs are collected and reported in one error, and the model is left as
+# it was. A half-loaded model would run and give plausible numbers, which hides the mistake.
 #
-# Values are copied into the existing arrays and cast to the model's dtypes, so the `Parameter` objects an
-# optimizer holds stay the same objects. `state` may hold ndarrays or tensors. With `strict=False`, missing and
-# unexpected names are allowed: the matching entries are loaded, and the names are returned, as PyTorch
-# returns them, in a named tuple `(missing_keys, unexpected_keys)`. A shape mismatch is an error either way.
+# Values are copied into the existing arrays and cast to the model's dtypes, so the `Parameter`
+# objects an optimizer holds stay the same objects. `state` may hold ndarrays or tensors. With
+# `strict=False`, missing and unexpected names are allowed: the matching entries are loaded, and the
+# names are returned, as PyTorch returns them, in a named tuple `(missing_keys, unexpected_keys)`. A
+# shape mismatch is an error either way.
 
 # %%
 #| export
@@ -878,7 +894,8 @@ test_eq(list(dst.state_dict()), list(before))
 for k, v in dst.state_dict().items(): test_eq(v, before[k])   # bad['0.bias'] and bad['1.weight'] were not loaded
 
 # %% [markdown]
-# With `strict=False` the matching entries load and the others are returned; a shape mismatch still refuses.
+# With `strict=False` the matching entries load and the others are returned; a shape mismatch still
+# refuses.
 
 # %%
 res = dst.load_state_dict({'0.bias': np.zeros(4), 'extra.weight': np.ones(1)}, strict=False)
@@ -892,8 +909,9 @@ test_fail(lambda: dst.load_state_dict({'0.bias': np.zeros(5)}, strict=False),
 # %% [markdown]
 # ## A readable repr
 #
-# `print(model)` shows the tree in PyTorch's format: the class name, the settings that `extra_repr` returns,
-# and one indented line per child, labelled with the child's name. `Linear` overrides `extra_repr` above.
+# `print(model)` shows the tree in PyTorch's format: the class name, the settings that `extra_repr`
+# returns, and one indented line per child, labelled with the child's name. `Linear` overrides
+# `extra_repr` above.
 
 # %%
 #| export
@@ -924,15 +942,16 @@ print(Block(encoder=Sequential(Linear(4, 3), Identity()), decoder=Linear(3, 4)))
 # ## Activations as modules
 #
 # The activations module wrote the functions (`relu(x)`, `gelu(x, approximate)`). To put one in a
-# `Sequential`, or assign it to a module's attribute, it must be a `Module`, as `torch.nn.ReLU` is an
-# `nn.Module` whose `forward` calls `torch.nn.functional.relu`. An activation module holds no
-# parameters, only its settings (such as `dim`), so it adds nothing to `parameters()` or a `state_dict`;
-# being a `Module`, it takes part in `train()`, hooks and `print(model)` like any layer.
+# `Sequential`, or assign it to a module's attribute, it must be a `Module`, as `torch.nn.ReLU` is
+# an `nn.Module` whose `forward` calls `torch.nn.functional.relu`. An activation module holds no
+# parameters, only its settings (such as `dim`), so it adds nothing to `parameters()` or a
+# `state_dict`; being a `Module`, it takes part in `train()`, hooks and `print(model)` like any
+# layer.
 #
 # `Activation` is their common base: `module(x)` checks that `x` is a `Tensor` before the hooks and
 # `forward` run, so a NumPy array gets an error naming the module. The cell is exported into
-# `tinytorch.core.activations`, next to the functions, so `from tinytorch.core.activations import ReLU`
-# works in every later module.
+# `tinytorch.core.activations`, next to the functions, so
+# `from tinytorch.core.activations import ReLU` works in every later module.
 
 # %%
 #| export core.activations
@@ -1000,8 +1019,8 @@ test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got
 test_fail(lambda: GELU('fast'), contains="GELU: approximate must be 'none' or 'tanh', got 'fast'")
 
 # %% [markdown]
-# In a model they behave as any other layer: a `Sequential` names them, `eval()` reaches them, a forward
-# pre-hook runs before them, and they add no parameters.
+# In a model they behave as any other layer: a `Sequential` names them, `eval()` reaches them, a
+# forward pre-hook runs before them, and they add no parameters.
 
 # %%
 manual_seed(0)
@@ -1026,10 +1045,10 @@ test_eq(len(list(blk.parameters())), 2)
 # ## Counting parameters and bytes
 #
 # A `Linear(in, out)` holds `in * out` weights and `out` biases, `(in + 1) * out` parameters in all.
-# The classic multilayer perceptron for handwritten digits takes a flattened 784-pixel image through widths
-# 256 and 128 to 10 class scores. The counts and float32 bytes below are read from the model and checked
-# against the formula. A real classifier puts a `ReLU` between the layers; it holds no parameters, so the
-# counts are the same.
+# The classic multilayer perceptron for handwritten digits takes a flattened 784-pixel image through
+# widths 256 and 128 to 10 class scores. The counts and float32 bytes below are read from the model
+# and checked against the formula. A real classifier puts a `ReLU` between the layers; it holds no
+# parameters, so the counts are the same.
 
 # %%
 sizes = [784, 256, 128, 10]
@@ -1048,16 +1067,17 @@ test_eq(sum(v.nbytes for v in mlp.state_dict().values()), n_bytes)
 # The first layer holds most of the parameters because its input is the widest.
 #
 # Without a nonlinearity between them, stacked `Linear` layers compute one affine map:
-# $W = W_3 W_2 W_1$ and $b = W_3 (W_2 b_1 + b_2) + b_3$. The cell builds that single `Linear(784, 10)` and
-# compares it with the three-layer stack. Depth adds nothing until a nonlinearity such as `ReLU` separates
-# the layers.
+# $W = W_3 W_2 W_1$ and $b = W_3 (W_2 b_1 + b_2) + b_3$. The cell builds that single
+# `Linear(784, 10)` and compares it with the three-layer stack. Depth adds nothing until a
+# nonlinearity such as `ReLU` separates the layers.
 #
-# The comparison runs in float64, so that a wrong bias or a transposed weight could not hide inside the
-# rounding error. The tolerance is the first-order bound for dot products of length $k$,
-# $k \epsilon \sum_i |a_i b_i|$, summed over the three layers' lengths and doubled because both sides round.
-# `double()` converts a model to float64, as PyTorch's `Module.double` does: every parameter is replaced by a float64
-# copy (one copy for a parameter that several modules share, so it stays shared), and every floating-point buffer too.
-# Gradient checks, which need float64, use it in later modules.
+# The comparison runs in float64, so that a wrong bias or a transposed weight could not hide inside
+# the rounding error. The tolerance is the first-order bound for dot products of length $k$,
+# $k \epsilon \sum_i |a_i b_i|$, summed over the three layers' lengths and doubled because both
+# sides round. `double()` converts a model to float64, as PyTorch's `Module.double` does: every
+# parameter is replaced by a float64 copy (one copy for a parameter that several modules share, so
+# it stays shared), and every floating-point buffer too. Gradient checks, which need float64, use it
+# in later modules.
 
 # %%
 #| export
@@ -1095,9 +1115,10 @@ test_eq(bool((diff <= tol).all()), True)
 # %% [markdown]
 # ## Summary
 #
-# `Module` registers what is assigned to it: `Parameter`s in `_parameters`, submodules in `_modules`, and
-# non-learnable state through `register_buffer`. From those dictionaries it derives dotted names
-# (`named_parameters`, `named_modules`), the training flag of the whole tree (`train`, `eval`), gradient
-# clearing (`zero_grad`), and checkpoints (`state_dict`, and `load_state_dict`, which checks every name and
-# shape before it copies anything). `Linear`, `Sequential` and `Identity` follow PyTorch's names, weight
-# layout and initialisation, so a model written here reads like one written in PyTorch.
+# `Module` registers what is assigned to it: `Parameter`s in `_parameters`, submodules in
+# `_modules`, and non-learnable state through `register_buffer`. From those dictionaries it derives
+# dotted names (`named_parameters`, `named_modules`), the training flag of the whole tree (`train`,
+# `eval`), gradient clearing (`zero_grad`), and checkpoints (`state_dict`, and `load_state_dict`,
+# which checks every name and shape before it copies anything). `Linear`, `Sequential` and
+# `Identity` follow PyTorch's names, weight layout and initialisation, so a model written here reads
+# like one written in PyTorch.

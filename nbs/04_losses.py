@@ -4,17 +4,17 @@
 # %% [markdown]
 # # Losses
 #
-# > One number that says how wrong a model's outputs are: mean squared error, cross-entropy from logits, and binary cross-entropy.
+# > One number that says how wrong a model's outputs are: MSE, cross-entropy and binary cross-entropy.
 
 # %% [markdown]
-# Training lowers a loss. Each loss here takes the model's output (`input`) and the desired answer (`target`)
-# and returns one value per example, reduced as PyTorch does with `reduction='mean'` (the default),
-# `'sum'`, or `'none'` (no reduction).
+# Training lowers a loss. Each loss here takes the model's output (`input`) and the desired answer
+# (`target`) and returns one value per example, reduced as PyTorch does with `reduction='mean'` (the
+# default), `'sum'`, or `'none'` (no reduction).
 #
-# Classification losses work from logits, the unnormalised scores, rather than probabilities: the softmax or
-# sigmoid and the logarithm are computed together, which is both stable and, as the autograd module shows,
-# gives a simple gradient (probabilities minus targets). Wrong targets are the most common bug in a training
-# script, so every loss checks them and says what it found.
+# Classification losses work from logits, the unnormalised scores, rather than probabilities: the
+# softmax or sigmoid and the logarithm are computed together, which is both stable and, as the
+# autograd module shows, gives a simple gradient (probabilities minus targets). Wrong targets are
+# the most common bug in a training script, so every loss checks them and says what it found.
 
 # %%
 #| export
@@ -61,9 +61,10 @@ test_fail(lambda: _Loss('avg'), contains="_Loss: reduction must be one of ('mean
 # %% [markdown]
 # ## Mean squared error
 #
-# $\ell(x, y) = \frac{1}{n}\sum_i (x_i - y_i)^2$, the loss for regression. It is built from tensor ops, so its
-# gradient comes from theirs. PyTorch only warns when the shapes differ and then broadcasts, which silently
-# turns an `(N, 1)` prediction and an `(N,)` target into an `(N, N)` matrix of differences; we refuse.
+# $\ell(x, y) = \frac{1}{n}\sum_i (x_i - y_i)^2$, the loss for regression. It is built from tensor
+# ops, so its gradient comes from theirs. PyTorch only warns when the shapes differ and then
+# broadcasts, which silently turns an `(N, 1)` prediction and an `(N,)` target into an `(N, N)`
+# matrix of differences; we refuse.
 
 # %%
 #| export
@@ -98,16 +99,19 @@ test_eq(repr(MSELoss('sum')), "MSELoss(reduction='sum')")
 # %% [markdown]
 # ## Cross-entropy from logits
 #
-# For logits $z \in \mathbb{R}^C$ and a class index $y$, cross-entropy is the negative log-probability of the
-# right class: $\ell = -\log \mathrm{softmax}(z)_y = \log\sum_j e^{z_j} - z_y$. We compute the log-sum-exp with
+# For logits $z \in \mathbb{R}^C$ and a class index $y$, cross-entropy is the negative
+# log-probability of the right class:
+# $\ell = -\log \mathrm{softmax}(z)_y = \log\sum_j e^{z_j} - z_y$. We compute the log-sum-exp with
 # the maximum subtracted (as `log_softmax` does), so logits of any size give a finite loss.
 #
-# With label smoothing $\varepsilon$ the target is a mix of the one-hot vector and the uniform distribution:
-# $\ell = (1-\varepsilon)(-\log p_y) + \varepsilon \cdot \frac{1}{C}\sum_j (-\log p_j)$, as in PyTorch.
+# With label smoothing $\varepsilon$ the target is a mix of the one-hot vector and the uniform
+# distribution:
+# $\ell = (1-\varepsilon)(-\log p_y) + \varepsilon \cdot \frac{1}{C}\sum_j (-\log p_j)$, as in
+# PyTorch.
 #
 # It is one op, `cross_entropy`, rather than a chain of `log_softmax` and indexing: its gradient
-# $\mathrm{softmax}(z) - \text{target distribution}$ is simpler and cheaper than the chain's.
-# Inputs are `(N, C)` logits and `(N,)` integer class indices.
+# $\mathrm{softmax}(z) - \text{target distribution}$ is simpler and cheaper than the chain's. Inputs
+# are `(N, C)` logits and `(N,)` integer class indices.
 
 # %%
 #| export
@@ -154,8 +158,8 @@ class CrossEntropyLoss(_Loss):
         return cross_entropy(input, target, self.reduction, self.label_smoothing)
 
 # %% [markdown]
-# A worked example: with logits $(0, 0, \ln 2)$ the probabilities are $(1/4, 1/4, 1/2)$, so the loss for
-# class 2 is $\ln 2$ and for class 0 is $\ln 4$.
+# A worked example: with logits $(0, 0, \ln 2)$ the probabilities are $(1/4, 1/4, 1/2)$, so the loss
+# for class 2 is $\ln 2$ and for class 0 is $\ln 4$.
 
 # %%
 z = Tensor([[0., 0., math.log(2)], [0., 0., math.log(2)]])
@@ -189,10 +193,10 @@ test_fail(lambda: cross_entropy(z, Tensor([2, 0]), label_smoothing=1.5), contain
 # $\ell = -\left(y \log p + (1-y)\log(1-p)\right)$.
 #
 # `BCEWithLogitsLoss` takes the logit $x$ with $p = \sigma(x)$. Substituting and simplifying gives
-# $\ell = \max(x, 0) - x y + \log(1 + e^{-|x|})$, where no exponent is ever positive: stable for any $x$.
-# `BCELoss` takes probabilities. Like PyTorch it clamps each log term at $-100$, so $p = 0$ with $y = 1$
-# costs 100 instead of infinity. Both are single ops (`bce_with_logits`, `binary_cross_entropy`).
-# Targets must be floating point and of the input's shape.
+# $\ell = \max(x, 0) - x y + \log(1 + e^{-|x|})$, where no exponent is ever positive: stable for any
+# $x$. `BCELoss` takes probabilities. Like PyTorch it clamps each log term at $-100$, so $p = 0$
+# with $y = 1$ costs 100 instead of infinity. Both are single ops (`bce_with_logits`,
+# `binary_cross_entropy`). Targets must be floating point and of the input's shape.
 
 # %%
 #| export
@@ -260,9 +264,9 @@ test_close(BCELoss()(Tensor([0.25]), Tensor([0.])).item(),
 # %% [markdown]
 # ## Why logits: a measurement
 #
-# Computing cross-entropy as `-log(softmax(z))[y]` in float32 goes wrong once the right class's probability
-# underflows to 0. The cell below widens the gap between the right logit and the others and compares the
-# naive result with `cross_entropy`, against the exact value in float64.
+# Computing cross-entropy as `-log(softmax(z))[y]` in float32 goes wrong once the right class's
+# probability underflows to 0. The cell below widens the gap between the right logit and the others
+# and compares the naive result with `cross_entropy`, against the exact value in float64.
 
 # %%
 for gap in (10., 50., 100., 200.):

@@ -4,27 +4,32 @@
 # %% [markdown]
 # # Autograd
 #
-# > Reverse-mode automatic differentiation on the same `Tensor`: record each op, then walk the graph backwards applying one gradient rule per op.
+# > Reverse-mode autodiff on the same `Tensor`: record each op, then apply one gradient rule per op.
 
 # %% [markdown]
-# Training needs the gradient of a scalar loss with respect to every parameter. Reverse-mode automatic
-# differentiation gets all of them for about the cost of one more forward pass, by the chain rule:
-# if $y = f(x)$ and the loss $L$ depends on $y$, then $\partial L / \partial x = (\partial L / \partial y)\,(\partial y / \partial x)$.
-# The factor $\partial L / \partial y$ arrives from later in the computation; each op only needs to know how to
+# Training needs the gradient of a scalar loss with respect to every parameter. Reverse-mode
+# automatic differentiation gets all of them for about the cost of one more forward pass, by the
+# chain rule: if $y = f(x)$ and the loss $L$ depends on $y$, then
+# $\partial L / \partial x = (\partial L / \partial y)\,(\partial y / \partial x)$. The factor
+# $\partial L / \partial y$ arrives from later in the computation; each op only needs to know how to
 # multiply it by its own local derivative. That is the op's *gradient rule*.
 #
-# The tensor module prepared for this: every op builds its result in one function, which is given the result's
-# data, the op's name, its input tensors (`parents`) and the settings its gradient needs (`ctx`). This module
+# The tensor module prepared for this: every op builds its result in one function, which is given
+# the result's data, the op's name, its input tensors (`parents`) and the settings its gradient
+# needs (`ctx`). This module
 #
-# 1. replaces that function with a version that records `(op, parents, ctx)` on the result when an input requires a gradient;
+# 1. replaces that function with a version that records `(op, parents, ctx)` on the result when an
+#    input requires a gradient;
 # 2. registers a gradient rule for each op name of the tensor, activation and loss modules;
-# 3. adds `Tensor.backward`, which orders the recorded graph and applies the rules from the output back to the leaves;
-# 4. adds `no_grad`, `detach`, `requires_grad_`, and `gradcheck`, which compares every rule with finite differences.
+# 3. adds `Tensor.backward`, which orders the recorded graph and applies the rules from the output
+#    back to the leaves;
+# 4. adds `no_grad`, `detach`, `requires_grad_`, and `gradcheck`, which compares every rule with
+#    finite differences.
 #
 # No op is rewritten and there is no second Tensor class.
 #
-# Because of step 2 it needs the ops of `Tensor`, the activations (`relu`, `softmax`, ...) and the losses
-# (`cross_entropy`, ...) to work: finish those modules before this one.
+# Because of step 2 it needs the ops of `Tensor`, the activations (`relu`, `softmax`, ...) and the
+# losses (`cross_entropy`, ...) to work: finish those modules before this one.
 
 # %%
 #| export
@@ -59,13 +64,15 @@ from tinytorch.core.losses import mse_loss, cross_entropy, binary_cross_entropy_
 # ## Recording the graph
 #
 # A result records where it came from only when it will need a gradient: when some input has
-# `requires_grad=True` and recording is switched on. Leaves (tensors the user created) record nothing.
+# `requires_grad=True` and recording is switched on. Leaves (tensors the user created) record
+# nothing.
 #
-# The record is a tuple of the op's name, its input tensors and its settings. It holds no function that
-# refers back to the result. A closure such as `out._backward = lambda: ... out.grad ...` would make each result
-# refer to itself, a reference cycle that Python's reference counting cannot free; the arrays would stay in
-# memory until the cycle collector runs. The gradient rules below get the upstream gradient and the result's
-# data as arguments instead, so the graph has no cycles and is freed the moment it is no longer referenced.
+# The record is a tuple of the op's name, its input tensors and its settings. It holds no function
+# that refers back to the result. A closure such as `out._backward = lambda: ... out.grad ...` would
+# make each result refer to itself, a reference cycle that Python's reference counting cannot free;
+# the arrays would stay in memory until the cycle collector runs. The gradient rules below get the
+# upstream gradient and the result's data as arguments instead, so the graph has no cycles and is
+# freed the moment it is no longer referenced.
 
 # %%
 #| export
@@ -94,8 +101,8 @@ test_is(c._ctx[1][0]._ctx[1][0], a)         # c = add(mul(a, b), 1): the graph l
 test_eq((b * 2)._ctx, None)                  # nothing requires a gradient: nothing recorded
 
 # %% [markdown]
-# `no_grad()` switches recording off, for evaluation and for the optimizer's own updates.
-# `detach()` gives a tensor that shares the data but has no history; `requires_grad_()` marks a leaf.
+# `no_grad()` switches recording off, for evaluation and for the optimizer's own updates. `detach()`
+# gives a tensor that shares the data but has no history; `requires_grad_()` marks a leaf.
 
 # %%
 #| export
@@ -143,9 +150,9 @@ test_fail(lambda: (a * 2).requires_grad_(False), contains="only leaf tensors")
 # %% [markdown]
 # ## Gradient rules
 #
-# A gradient rule takes the gradient of the loss with respect to the op's result, `g`, the result's data `out`,
-# the input tensors, and the op's settings, and returns one gradient per input (or None for an input that does
-# not require one, to skip work). Rules live in a table keyed by op name.
+# A gradient rule takes the gradient of the loss with respect to the op's result, `g`, the result's
+# data `out`, the input tensors, and the op's settings, and returns one gradient per input (or None
+# for an input that does not require one, to skip work). Rules live in a table keyed by op name.
 
 # %%
 #| export
@@ -161,10 +168,11 @@ def grad_rule(op: str):
 # %% [markdown]
 # ### Broadcasting, backwards
 #
-# When `a` of shape `(3, 1)` is added to `b` of shape `(4,)`, each element of `a` is used 4 times and each
-# element of `b` 3 times. By the chain rule the gradient of a value used several times is the sum of the
-# gradients of its uses, so the upstream gradient of shape `(3, 4)` is summed back to each input's shape:
-# over the leading axes that broadcasting added, and over the axes where the input had size 1.
+# When `a` of shape `(3, 1)` is added to `b` of shape `(4,)`, each element of `a` is used 4 times
+# and each element of `b` 3 times. By the chain rule the gradient of a value used several times is
+# the sum of the gradients of its uses, so the upstream gradient of shape `(3, 4)` is summed back to
+# each input's shape: over the leading axes that broadcasting added, and over the axes where the
+# input had size 1.
 
 # %%
 #| export
@@ -187,9 +195,10 @@ g = np.ones((2, 2)); test_is(unbroadcast(g, (2, 2)), g)   # same shape: no work
 # %% [markdown]
 # ### Elementwise arithmetic
 #
-# The local derivatives: $\partial(a+b) = (1, 1)$, $\partial(a-b) = (1, -1)$, $\partial(ab) = (b, a)$,
-# $\partial(a/b) = (1/b, -a/b^2)$, $\partial(a^b) = (b a^{b-1}, a^b \ln a)$. Each is multiplied by `g` and
-# unbroadcast to its input's shape.
+# The local derivatives: $\partial(a+b) = (1, 1)$, $\partial(a-b) = (1, -1)$,
+# $\partial(ab) = (b, a)$, $\partial(a/b) = (1/b, -a/b^2)$,
+# $\partial(a^b) = (b a^{b-1}, a^b \ln a)$. Each is multiplied by `g` and unbroadcast to its input's
+# shape.
 
 # %%
 #| export
@@ -242,8 +251,9 @@ def _pow_grad(g, out, a, b):
 # ### Unary math
 #
 # Several rules reuse the result instead of recomputing: $\partial e^x = e^x$ is `out` itself, and
-# $\partial \sqrt{x} = 1 / (2\sqrt{x})$ is `1 / (2 * out)`. `abs` has no derivative at 0; like PyTorch we use 0 there
-# (`np.sign(0) = 0`). `clip` passes the gradient where the input is inside the bounds, ends included.
+# $\partial \sqrt{x} = 1 / (2\sqrt{x})$ is `1 / (2 * out)`. `abs` has no derivative at 0; like
+# PyTorch we use 0 there (`np.sign(0) = 0`). `clip` passes the gradient where the input is inside
+# the bounds, ends included.
 
 # %%
 #| export
@@ -272,13 +282,14 @@ def _clip_grad(g, out, a, min, max):
 # %% [markdown]
 # ### Matrix multiplication
 #
-# For $C = AB$ with $A$ of shape $(n, k)$ and $B$ of shape $(k, m)$: $\partial L/\partial A = G B^T$ (shape $(n, k)$)
-# and $\partial L/\partial B = A^T G$ (shape $(k, m)$). Check the shapes and the formula follows.
-# In the 2-D case the rule computes $\partial L/\partial B$ as $(G^T A)^T$: the same product, but when $B$ is a
-# transposed weight (`x @ W.T` in `Linear`) the transpose of the result is what reaches `W`, and it is then
-# C-contiguous, so the optimizer's update runs over contiguous memory.
-# Batched products apply the same formula to the last two axes and unbroadcast the batch axes.
-# A 1-D operand is treated as a row (left) or a column (right), as the forward pass did.
+# For $C = AB$ with $A$ of shape $(n, k)$ and $B$ of shape $(k, m)$: $\partial L/\partial A = G B^T$
+# (shape $(n, k)$) and $\partial L/\partial B = A^T G$ (shape $(k, m)$). Check the shapes and the
+# formula follows. In the 2-D case the rule computes $\partial L/\partial B$ as $(G^T A)^T$: the
+# same product, but when $B$ is a transposed weight (`x @ W.T` in `Linear`) the transpose of the
+# result is what reaches `W`, and it is then C-contiguous, so the optimizer's update runs over
+# contiguous memory. Batched products apply the same formula to the last two axes and unbroadcast
+# the batch axes. A 1-D operand is treated as a row (left) or a column (right), as the forward pass
+# did.
 
 # %%
 #| export
@@ -311,10 +322,11 @@ test_eq(ga, [[6., 8.]]); test_eq(gb, [[2.], [4.]])
 # %% [markdown]
 # ### Reductions
 #
-# A sum copies each input's gradient from the one output it contributed to, so the rule broadcasts `g` back
-# to the input's shape (after putting back any axes removed by `keepdims=False`). A mean does the same divided by
-# the count. For `max` and `min` the gradient goes to the elements that attained the extreme; when several tie,
-# it is shared equally among them, which is what PyTorch does for a full reduction.
+# A sum copies each input's gradient from the one output it contributed to, so the rule broadcasts
+# `g` back to the input's shape (after putting back any axes removed by `keepdims=False`). A mean
+# does the same divided by the count. For `max` and `min` the gradient goes to the elements that
+# attained the extreme; when several tie, it is shared equally among them, which is what PyTorch
+# does for a full reduction.
 
 # %%
 #| export
@@ -359,11 +371,12 @@ test_eq(_sum_grad(np.array(5., np.float32), None, x, None, False)[0], np.full((2
 # %% [markdown]
 # ### Shape ops, indexing and joining
 #
-# Reshaping and permuting move no values, so their rules move the gradient back: reshape it to the input's shape,
-# or apply the inverse permutation (`np.argsort(dims)`). Indexing picks elements; its rule scatters `g` back into
-# a zero array of the input's shape. Fancy indexing can pick an element more than once (`x[[0, 0]]`), and then its
-# gradients must add up: `np.add.at` does that, where `grad[idx] += g` would keep only one of them.
-# `cat` splits the gradient at the joins; `stack` needs no rule of its own (it is `unsqueeze` and `cat`).
+# Reshaping and permuting move no values, so their rules move the gradient back: reshape it to the
+# input's shape, or apply the inverse permutation (`np.argsort(dims)`). Indexing picks elements; its
+# rule scatters `g` back into a zero array of the input's shape. Fancy indexing can pick an element
+# more than once (`x[[0, 0]]`), and then its gradients must add up: `np.add.at` does that, where
+# `grad[idx] += g` would keep only one of them. `cat` splits the gradient at the joins; `stack`
+# needs no rule of its own (it is `unsqueeze` and `cat`).
 
 # %%
 #| export
@@ -402,10 +415,11 @@ test_eq(_getitem_grad(np.array([1., 2.], np.float32), None, x, np.array([3, 3]))
 # %% [markdown]
 # ### Activations
 #
-# $\mathrm{ReLU}' = [x > 0]$ (0 at 0, as in PyTorch); $\sigma' = \sigma(1-\sigma)$; $\tanh' = 1 - \tanh^2$;
-# both from `out`. For exact GELU, $\frac{d}{dx} x\Phi(x) = \Phi(x) + x\varphi(x)$ with $\varphi$ the normal density.
-# For softmax $s$, the Jacobian-vector product is $s \odot (g - \langle g, s \rangle)$ along `dim`; for log-softmax
-# it is $g - \mathrm{softmax}(x) \sum g$, with $\mathrm{softmax}(x) = e^{\text{out}}$.
+# $\mathrm{ReLU}' = [x > 0]$ (0 at 0, as in PyTorch); $\sigma' = \sigma(1-\sigma)$;
+# $\tanh' = 1 - \tanh^2$; both from `out`. For exact GELU,
+# $\frac{d}{dx} x\Phi(x) = \Phi(x) + x\varphi(x)$ with $\varphi$ the normal density. For softmax
+# $s$, the Jacobian-vector product is $s \odot (g - \langle g, s \rangle)$ along `dim`; for
+# log-softmax it is $g - \mathrm{softmax}(x) \sum g$, with $\mathrm{softmax}(x) = e^{\text{out}}$.
 
 # %%
 #| export
@@ -446,9 +460,10 @@ def _log_softmax_grad(g, out, a, dim): return (g - np.exp(out) * g.sum(axis=dim,
 #
 # Cross-entropy from logits has the gradient that makes it the standard classification loss:
 # $\partial \ell / \partial z = \mathrm{softmax}(z) - q$, where $q$ is the target distribution
-# (one-hot, or $(1-\varepsilon)$ one-hot $+ \varepsilon / C$ with label smoothing), divided by $N$ for the mean.
-# Binary cross-entropy from logits likewise gives $\sigma(x) - y$. For `BCELoss` on probabilities,
-# $\partial \ell/\partial p = (p - y) / (p(1-p))$, with the denominator kept at least $10^{-12}$ as in PyTorch.
+# (one-hot, or $(1-\varepsilon)$ one-hot $+ \varepsilon / C$ with label smoothing), divided by $N$
+# for the mean. Binary cross-entropy from logits likewise gives $\sigma(x) - y$. For `BCELoss` on
+# probabilities, $\partial \ell/\partial p = (p - y) / (p(1-p))$, with the denominator kept at least
+# $10^{-12}$ as in PyTorch.
 
 # %%
 #| export
@@ -487,19 +502,21 @@ test_close(dz, [[-0.25, 0.25], [0.25, -0.25]])                 # (softmax - oneh
 # %% [markdown]
 # ## The backward pass
 #
-# `backward()` first puts the graph in topological order: every tensor after all the tensors computed from it,
-# when read from the output. A depth-first walk does it without recursion (a deep network would otherwise exceed
-# Python's recursion limit). Then it walks that order once, applying each op's rule and adding up the gradients
-# that reach each tensor from its different uses. Leaves receive their gradient in `.grad`, added to any gradient
-# already there, as in PyTorch: call `zero_grad()` between steps.
+# `backward()` first puts the graph in topological order: every tensor after all the tensors
+# computed from it, when read from the output. A depth-first walk does it without recursion (a deep
+# network would otherwise exceed Python's recursion limit). Then it walks that order once, applying
+# each op's rule and adding up the gradients that reach each tensor from its different uses. Leaves
+# receive their gradient in `.grad`, added to any gradient already there, as in PyTorch: call
+# `zero_grad()` between steps.
 #
-# Afterwards the graph is released: each result drops its record, so the intermediate arrays can be freed at once.
-# A second `backward()` through a released graph is an error, not a silent zero.
+# Afterwards the graph is released: each result drops its record, so the intermediate arrays can be
+# freed at once. A second `backward()` through a released graph is an error, not a silent zero.
 #
-# One detail guards the leaves. Some rules pass the upstream gradient on unchanged (`add` hands the same array to
-# both inputs) or as a view (`reshape`, `permute`), so two leaves could receive the same memory; an in-place change
-# to one leaf's `.grad`, as gradient clipping makes, would then change the other's. The accumulation gives a leaf the
-# array it received only when no other leaf holds any of that memory, and a copy otherwise.
+# One detail guards the leaves. Some rules pass the upstream gradient on unchanged (`add` hands the
+# same array to both inputs) or as a view (`reshape`, `permute`), so two leaves could receive the
+# same memory; an in-place change to one leaf's `.grad`, as gradient clipping makes, would then
+# change the other's. The accumulation gives a leaf the array it received only when no other leaf
+# holds any of that memory, and a copy otherwise.
 
 # %%
 #| export
@@ -580,9 +597,9 @@ def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
         if not retain_graph: t._ctx = _RELEASED
 
 # %% [markdown]
-# A worked example a reader can check by hand: $L = \sum (a \cdot b + a)$ with $a = (1, 2)$, $b = (3, 4)$ gives
-# $\partial L/\partial a = b + 1 = (4, 5)$ and $\partial L/\partial b = a = (1, 2)$. `a` is used twice, and the two
-# contributions add up.
+# A worked example a reader can check by hand: $L = \sum (a \cdot b + a)$ with $a = (1, 2)$,
+# $b = (3, 4)$ gives $\partial L/\partial a = b + 1 = (4, 5)$ and
+# $\partial L/\partial b = a = (1, 2)$. `a` is used twice, and the two contributions add up.
 
 # %%
 a = Tensor([1., 2.], requires_grad=True)
@@ -593,8 +610,8 @@ test_eq(b.grad, [1., 2.])
 test_eq(a.grad.dtype, np.float32)
 
 # %% [markdown]
-# Gradients accumulate across calls, broadcast operands get gradients of their own shape, and the errors name
-# what went wrong.
+# Gradients accumulate across calls, broadcast operands get gradients of their own shape, and the
+# errors name what went wrong.
 
 # %%
 (a * 2).sum().backward()
@@ -624,14 +641,17 @@ test_close(x.grad[0], 1.0001 ** 5000, eps=1e-2)
 # %% [markdown]
 # ## Checking gradients against finite differences
 #
-# A wrong gradient rule does not crash; it makes training slower or useless. The check is the central difference
-# $\frac{\partial f}{\partial x_i} \approx \frac{f(x + \epsilon e_i) - f(x - \epsilon e_i)}{2\epsilon}$, whose error is
-# $O(\epsilon^2)$ from truncation plus about $\delta / \epsilon$ from rounding, with $\delta \approx 10^{-16}$ in
-# float64. With $\epsilon = 10^{-6}$ both are below $10^{-9}$, far below any mistake in a rule; in float32 the
-# rounding term would be $10^{-7}/10^{-6}$, too large, so `gradcheck` requires float64 inputs.
+# A wrong gradient rule does not crash; it makes training slower or useless. The check is the
+# central difference
+# $$\frac{\partial f}{\partial x_i} \approx \frac{f(x + \epsilon e_i) - f(x - \epsilon e_i)}{2\epsilon},$$
+# whose error is $O(\epsilon^2)$ from truncation plus about $\delta / \epsilon$ from rounding, with
+# $\delta \approx 10^{-16}$ in float64. With $\epsilon = 10^{-6}$ both are below $10^{-9}$, far
+# below any mistake in a rule; in float32 the rounding term would be $10^{-7}/10^{-6}$, too large,
+# so `gradcheck` requires float64 inputs.
 #
-# For an output with many elements, `gradcheck` checks the gradient of $\sum_j w_j f_j$ with fixed random weights
-# $w$: one backward pass covers every output element, and an error in any of them shows.
+# For an output with many elements, `gradcheck` checks the gradient of $\sum_j w_j f_j$ with fixed
+# random weights $w$: one backward pass covers every output element, and an error in any of them
+# shows.
 
 # %%
 #| export
@@ -684,10 +704,10 @@ test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)), 
 # %% [markdown]
 # ## Every rule, checked
 #
-# Each op of the tensor, activation and loss modules, on small float64 inputs. Inputs are kept away from the points
-# where an op has no derivative (0 for `abs` and `relu`, the bounds of `clip`, ties for `max`), since there the
-# finite difference straddles a kink. Wider random coverage, with shapes drawn by hypothesis, is in
-# `tests/test_05_autograd.py`.
+# Each op of the tensor, activation and loss modules, on small float64 inputs. Inputs are kept away
+# from the points where an op has no derivative (0 for `abs` and `relu`, the bounds of `clip`, ties
+# for `max`), since there the finite difference straddles a kink. Wider random coverage, with shapes
+# drawn by hypothesis, is in `tests/test_05_autograd.py`.
 
 # %%
 A, B = randn(2, 3, seed=3, dtype=np.float64).requires_grad_(), randn(3, 4, seed=4, dtype=np.float64).requires_grad_()
@@ -728,9 +748,10 @@ test_eq(ops_used - set(_grad_rules), set())
 # %% [markdown]
 # ## Memory: the graph is released
 #
-# After `backward()` each result has dropped its record of its inputs, so nothing keeps the intermediate arrays
-# alive once the loss goes out of scope. A weak reference to an intermediate shows it is gone right after backward
-# and deletion of the loss, without any help from the cycle collector (switched off here).
+# After `backward()` each result has dropped its record of its inputs, so nothing keeps the
+# intermediate arrays alive once the loss goes out of scope. A weak reference to an intermediate
+# shows it is gone right after backward and deletion of the loss, without any help from the cycle
+# collector (switched off here).
 
 # %%
 gc.disable()
@@ -743,9 +764,9 @@ test_is(h_ref(), None)
 gc.enable()
 
 # %% [markdown]
-# Over many steps, memory stays flat. The cell measures the memory NumPy allocations hold after 10 and after
-# 100 steps of a small model, with `tracemalloc`, and the number of objects the cycle collector would have to
-# free (0: there are no cycles).
+# Over many steps, memory stays flat. The cell measures the memory NumPy allocations hold after 10
+# and after 100 steps of a small model, with `tracemalloc`, and the number of objects the cycle
+# collector would have to free (0: there are no cycles).
 
 # %%
 def step():
@@ -767,9 +788,9 @@ print(f"traced memory after 10 steps {after10/1e6:.2f} MB, after 100 steps {afte
 assert after100 <= after10 * 1.05 and cyclic == 0
 
 # %% [markdown]
-# For contrast, the closure design: each result stores `out._backward = lambda: ... out ...`, a function that
-# refers to the result itself. The loop below builds 100 such results and drops them; none can be freed by reference
-# counting, and the cycle collector finds them all.
+# For contrast, the closure design: each result stores `out._backward = lambda: ... out ...`, a
+# function that refers to the result itself. The loop below builds 100 such results and drops them;
+# none can be freed by reference counting, and the cycle collector finds them all.
 
 # %%
 class ClosureNode:
@@ -797,9 +818,10 @@ assert leaked >= 100
 # it raises as it goes) straight from the operating system and hands freed memory at the top of the
 # heap back to it, so the next step gets fresh pages, and the first write to each 4 KiB page is a
 # page fault the kernel must serve and zero (the acceleration module measures what that costs a
-# training step). `keep_freed_memory` sets two `mallopt` parameters so that freed memory up to `nbytes`
-# stays in the process for reuse, and blocks up to 32 MiB are served from it; importing this module
-# calls it. The price is memory: up to `nbytes` of freed memory is kept rather than returned.
+# training step). `keep_freed_memory` sets two `mallopt` parameters so that freed memory up to
+# `nbytes` stays in the process for reuse, and blocks up to 32 MiB are served from it; importing
+# this module calls it. The price is memory: up to `nbytes` of freed memory is kept rather than
+# returned.
 
 # %%
 #| export
@@ -845,9 +867,9 @@ else: print("no glibc malloc here: keep_freed_memory does nothing")
 # %% [markdown]
 # ## What recording costs
 #
-# The recording adds one check per input to every op. The benchmark in `benchmarks/` measures the per-op overhead
-# and a whole training step against raw NumPy; here, a quick look with `compare` (the two alternate over 5
-# rounds of 20,000 calls).
+# The recording adds one check per input to every op. The benchmark in `benchmarks/` measures the
+# per-op overhead and a whole training step against raw NumPy; here, a quick look with `compare`
+# (the two alternate over 5 rounds of 20,000 calls).
 
 # %%
 xs, ys = Tensor(np.ones(100, np.float32), requires_grad=True), Tensor(np.ones(100, np.float32))

@@ -4,20 +4,20 @@
 # %% [markdown]
 # # Optimizers
 #
-# > Turn gradients into parameter updates: SGD with momentum, Adam and AdamW, learning-rate schedules, and gradient clipping.
+# > Gradients into parameter updates: SGD with momentum, Adam, AdamW, schedules, gradient clipping.
 
 # %% [markdown]
 # A training step has three parts: a forward pass computes the loss, a backward pass fills each
-# parameter's `.grad`, and an optimizer changes the parameters using those gradients. This module is the
-# third part. It depends only on `Tensor`: a parameter is a `Tensor` with `requires_grad=True`, and its
-# gradient is an ndarray of the parameter's shape in `.grad`, or None if the backward pass did not reach it.
-# Here we set `.grad` by hand from gradients we know in closed form, so every update can be checked against
-# arithmetic done on paper.
+# parameter's `.grad`, and an optimizer changes the parameters using those gradients. This module is
+# the third part. It depends only on `Tensor`: a parameter is a `Tensor` with `requires_grad=True`,
+# and its gradient is an ndarray of the parameter's shape in `.grad`, or None if the backward pass
+# did not reach it. Here we set `.grad` by hand from gradients we know in closed form, so every
+# update can be checked against arithmetic done on paper.
 #
-# The optimizers follow `torch.optim` in names, signatures and update equations, so what a learner knows of
-# one carries over to the other. Updates change `p.data` in place, in the parameter's own dtype, with as few temporary
-# arrays as the formulas allow: they run once per training step on every parameter.
-# Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`; the cells under it test it at once.
+# The optimizers follow `torch.optim` in names, signatures and update equations, so what a learner
+# knows of one carries over to the other. Updates change `p.data` in place, in the parameter's own
+# dtype, with as few temporary arrays as the formulas allow: they run once per training step on
+# every parameter. The cells under each exercise test it at once.
 
 # %%
 #| export
@@ -39,15 +39,16 @@ from fastcore.test import test_eq, test_fail, test_close
 # %% [markdown]
 # ## The optimizer base class
 #
-# An `Optimizer` holds three things: the list of parameters, the hyperparameters (learning rate, momentum, ...),
-# and a state dictionary per parameter (a momentum buffer, Adam's running averages). Parameters are referred to
-# by their position in the list, which is also how `state_dict` names them.
+# An `Optimizer` holds three things: the list of parameters, the hyperparameters (learning rate,
+# momentum, ...), and a state dictionary per parameter (a momentum buffer, Adam's running averages).
+# Parameters are referred to by their position in the list, which is also how `state_dict` names
+# them.
 #
-# The constructor takes any iterable of tensors, including a generator such as a model's `parameters()`, and
-# turns it into a list at once, because a generator can be read only once. It refuses what would otherwise fail
-# later and far from the cause: an empty list, an element that is not a tensor requiring a gradient, and a tensor
-# listed twice (it would be updated twice per step). Each hyperparameter becomes an attribute, so a
-# learning-rate schedule can set `optimizer.lr`.
+# The constructor takes any iterable of tensors, including a generator such as a model's
+# `parameters()`, and turns it into a list at once, because a generator can be read only once. It
+# refuses what would otherwise fail later and far from the cause: an empty list, an element that is
+# not a tensor requiring a gradient, and a tensor listed twice (it would be updated twice per step).
+# Each hyperparameter becomes an attribute, so a learning-rate schedule can set `optimizer.lr`.
 
 # %%
 #| export
@@ -89,12 +90,13 @@ test_fail(lambda: Optimizer([w, Tensor([1.])], {}), contains="parameter 1 (shape
 test_fail(lambda: Optimizer([w, w], {}), contains="parameters 0 and 1 are the same tensor")
 
 # %% [markdown]
-# Every optimizer walks the same list: the parameters whose gradient is set. As in PyTorch, a parameter whose
-# `.grad` is None is skipped, neither moved nor decayed, and its state is left as it was. The walk also checks
-# each gradient's shape, because a gradient of the wrong shape would otherwise broadcast silently into the update.
+# Every optimizer walks the same list: the parameters whose gradient is set. As in PyTorch, a
+# parameter whose `.grad` is None is skipped, neither moved nor decayed, and its state is left as it
+# was. The walk also checks each gradient's shape, because a gradient of the wrong shape would
+# otherwise broadcast silently into the update.
 #
-# `zero_grad` clears the gradients before the next backward pass. Setting them to None (PyTorch's default)
-# frees the arrays; `set_to_none=False` fills them with zeros instead.
+# `zero_grad` clears the gradients before the next backward pass. Setting them to None (PyTorch's
+# default) frees the arrays; `set_to_none=False` fills them with zeros instead.
 
 # %%
 #| export
@@ -128,8 +130,8 @@ w.grad = np.ones(3, np.float32)
 test_fail(lambda: list(opt._grads()), contains="parameter 0 has shape (2,) but its grad has shape (3,)")
 
 # %% [markdown]
-# `step` is where the optimizers differ; the base class only says that it has no rule. The `repr` lists the
-# hyperparameters, so printing an optimizer shows how it is configured.
+# `step` is where the optimizers differ; the base class only says that it has no rule. The `repr`
+# lists the hyperparameters, so printing an optimizer shows how it is configured.
 
 # %%
 #| export
@@ -151,21 +153,25 @@ test_fail(opt.step, contains="no update rule")
 # %% [markdown]
 # ## Stochastic gradient descent
 #
-# Plain gradient descent moves each parameter against its gradient: $\theta \leftarrow \theta - \gamma g$,
-# with learning rate $\gamma$. `torch.optim.SGD` adds three options, applied in this order at step $t$:
+# Plain gradient descent moves each parameter against its gradient:
+# $\theta \leftarrow \theta - \gamma g$, with learning rate $\gamma$. `torch.optim.SGD` adds three
+# options, applied in this order at step $t$:
 #
-# 1. weight decay $\lambda$ (an L2 penalty $\tfrac{\lambda}{2}\lVert\theta\rVert^2$ in the loss): $g \leftarrow g + \lambda\theta$;
-# 2. momentum $\mu$, a running sum of past gradients: $b_t = \mu b_{t-1} + (1-\tau) g$, with $b_1 = g$
-#    and dampening $\tau$ (0 by default); then $g \leftarrow b_t$;
-# 3. Nesterov momentum, which instead takes $g \leftarrow g + \mu b_t$: the step looks ahead along the buffer.
+# 1. weight decay $\lambda$ (an L2 penalty $\tfrac{\lambda}{2}\lVert\theta\rVert^2$ in the loss):
+#    $g \leftarrow g + \lambda\theta$;
+# 2. momentum $\mu$, a running sum of past gradients: $b_t = \mu b_{t-1} + (1-\tau) g$, with
+#    $b_1 = g$ and dampening $\tau$ (0 by default); then $g \leftarrow b_t$;
+# 3. Nesterov momentum, which instead takes $g \leftarrow g + \mu b_t$: the step looks ahead along
+#    the buffer.
 #
-# Momentum helps where the loss is a narrow valley: gradients across the valley alternate in sign and cancel in
-# the buffer, gradients along it add up. With a constant gradient, the buffer approaches $g/(1-\mu)$, a step
-# $1/(1-\mu)$ times larger. Like PyTorch, we scale the buffer by $\gamma$ at use, not at accumulation, so
-# changing the learning rate mid-training takes effect at once.
+# Momentum helps where the loss is a narrow valley: gradients across the valley alternate in sign
+# and cancel in the buffer, gradients along it add up. With a constant gradient, the buffer
+# approaches $g/(1-\mu)$, a step $1/(1-\mu)$ times larger. Like PyTorch, we scale the buffer by
+# $\gamma$ at use, not at accumulation, so changing the learning rate mid-training takes effect at
+# once.
 #
-# Invalid hyperparameters are refused when the optimizer is built: negative values, and Nesterov momentum without
-# momentum or with dampening, which PyTorch also refuses.
+# Invalid hyperparameters are refused when the optimizer is built: negative values, and Nesterov
+# momentum without momentum or with dampening, which PyTorch also refuses.
 
 # %%
 #| export
@@ -204,10 +210,11 @@ test_fail(lambda: SGD([w], lr=0.1, nesterov=True), contains="nesterov=True needs
 test_fail(lambda: SGD([w], lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), contains="dampening=0.1")
 
 # %% [markdown]
-# The update. Weight decay makes a new array rather than adding into `p.grad`, so the gradient a caller set is
-# not changed by the step. The momentum buffer starts as a copy of the first gradient, in the parameter's dtype,
-# and is then updated in place. The final subtraction writes into `p.data` itself: the parameter keeps its array,
-# its dtype, and any other reference to that array sees the new values.
+# The update. Weight decay makes a new array rather than adding into `p.grad`, so the gradient a
+# caller set is not changed by the step. The momentum buffer starts as a copy of the first gradient,
+# in the parameter's dtype, and is then updated in place. The final subtraction writes into `p.data`
+# itself: the parameter keeps its array, its dtype, and any other reference to that array sees the
+# new values.
 
 # %%
 #| export
@@ -230,9 +237,9 @@ def step(self: SGD):
     ### END SOLUTION
 
 # %% [markdown]
-# Two steps of momentum on $f(\theta) = \theta^2$ (gradient $2\theta$) from $\theta = 1$, with $\gamma = 0.1$ and
-# $\mu = 0.9$, worked by hand in the comments. The second step is larger than the first although the gradient
-# shrank: the buffer remembers the first gradient.
+# Two steps of momentum on $f(\theta) = \theta^2$ (gradient $2\theta$) from $\theta = 1$, with
+# $\gamma = 0.1$ and $\mu = 0.9$, worked by hand in the comments. The second step is larger than the
+# first although the gradient shrank: the buffer remembers the first gradient.
 
 # %%
 w = Tensor([1.], requires_grad=True)
@@ -247,7 +254,8 @@ test_eq(w.data is data, True)       # updated in place
 test_eq((w.dtype, opt.state[0]['momentum_buffer'].dtype), (np.float32, np.float32))
 
 # %% [markdown]
-# Nesterov momentum on the same problem, then weight decay alone, then a parameter without a gradient.
+# Nesterov momentum on the same problem, then weight decay alone, then a parameter without a
+# gradient.
 
 # %%
 w = Tensor([1.], requires_grad=True)
@@ -272,24 +280,26 @@ test_eq(list(opt.state), [0])
 # %% [markdown]
 # ## Adam
 #
-# Adam (Kingma and Ba, 2015) keeps two running averages per parameter: of the gradient, $m$, and of its
-# elementwise square, $v$, and divides one by the square root of the other. At step $t$ (`torch.optim.Adam`):
+# Adam (Kingma and Ba, 2015) keeps two running averages per parameter: of the gradient, $m$, and of
+# its elementwise square, $v$, and divides one by the square root of the other. At step $t$
+# (`torch.optim.Adam`):
 #
 # $$m_t = \beta_1 m_{t-1} + (1-\beta_1) g, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g^2,$$
 # $$\hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}, \qquad
-#   \theta \leftarrow \theta - \gamma \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.$$
+# \theta \leftarrow \theta - \gamma \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.$$
 #
 # $m$ and $v$ start at zero, so for small $t$ they are biased towards zero: $m_1 = (1-\beta_1) g$.
-# Dividing by $1-\beta^t$ removes that bias exactly; for a constant gradient, $\hat m_t = g$ and $\hat v_t = g^2$
-# at every step. Because the update divides $\hat m$ by $\sqrt{\hat v}$, it does not change when the loss is
-# multiplied by a constant (up to $\epsilon$), and each weight moves by about $\gamma$ per step whatever the size
-# of its gradient.
+# Dividing by $1-\beta^t$ removes that bias exactly; for a constant gradient, $\hat m_t = g$ and
+# $\hat v_t = g^2$ at every step. Because the update divides $\hat m$ by $\sqrt{\hat v}$, it does
+# not change when the loss is multiplied by a constant (up to $\epsilon$), and each weight moves by
+# about $\gamma$ per step whatever the size of its gradient.
 #
-# `weight_decay` $\lambda$ in `torch.optim.Adam` adds $\lambda\theta$ to the gradient before the averages, like
-# SGD's. With `decoupled_weight_decay=True`, which is what `AdamW` sets, the parameter is instead shrunk directly,
-# $\theta \leftarrow \theta - \gamma\lambda\theta$, and the averages see only the loss's gradient.
-# The state per parameter is its own step count $t$ (a parameter skipped at some steps counts fewer) and two arrays
-# of its shape, `exp_avg` ($m$) and `exp_avg_sq` ($v$).
+# `weight_decay` $\lambda$ in `torch.optim.Adam` adds $\lambda\theta$ to the gradient before the
+# averages, like SGD's. With `decoupled_weight_decay=True`, which is what `AdamW` sets, the
+# parameter is instead shrunk directly, $\theta \leftarrow \theta - \gamma\lambda\theta$, and the
+# averages see only the loss's gradient. The state per parameter is its own step count $t$ (a
+# parameter skipped at some steps counts fewer) and two arrays of its shape, `exp_avg` ($m$) and
+# `exp_avg_sq` ($v$).
 
 # %%
 #| export
@@ -324,9 +334,9 @@ test_fail(lambda: Adam([w], betas=(0.9,)), contains="invalid betas")
 test_fail(lambda: Adam([w], eps=-1.), contains="invalid eps=-1.0")
 
 # %% [markdown]
-# The update, as the formulas read. The state of parameter `i` is `self.state[i]`, a dict with PyTorch's keys:
-# `step` (the count $t$), `exp_avg` ($m$) and `exp_avg_sq` ($v$), created at the parameter's first update.
-# A later section writes the same update with less temporary memory.
+# The update, as the formulas read. The state of parameter `i` is `self.state[i]`, a dict with
+# PyTorch's keys: `step` (the count $t$), `exp_avg` ($m$) and `exp_avg_sq` ($v$), created at the
+# parameter's first update. A later section writes the same update with less temporary memory.
 
 # %%
 #| export
@@ -350,11 +360,11 @@ def step(self: Adam):
         ### END SOLUTION
 
 # %% [markdown]
-# At the first step $\hat m_1 = g$ and $\hat v_1 = g^2$, so the update is $\gamma\, g/(|g| + \epsilon)$: every
-# weight moves by $\gamma$ against the sign of its gradient, short by a relative $\epsilon/|g|$.
-# Below, the loss $f(\theta) = \tfrac12\sum_i c_i\theta_i^2$ has curvatures $c_i$ three orders of magnitude
-# apart, and each weight still moves by $\gamma = 0.1$. Gradient descent would move them by $\gamma c_i \theta_i$,
-# also three orders of magnitude apart.
+# At the first step $\hat m_1 = g$ and $\hat v_1 = g^2$, so the update is
+# $\gamma\, g/(|g| + \epsilon)$: every weight moves by $\gamma$ against the sign of its gradient,
+# short by a relative $\epsilon/|g|$. Below, the loss $f(\theta) = \tfrac12\sum_i c_i\theta_i^2$ has
+# curvatures $c_i$ three orders of magnitude apart, and each weight still moves by $\gamma = 0.1$.
+# Gradient descent would move them by $\gamma c_i \theta_i$, also three orders of magnitude apart.
 
 # %%
 c = np.array([0.5, 2., 1e-3], np.float32)
@@ -368,9 +378,10 @@ test_eq((opt.state[0]['exp_avg'].dtype, opt.state[0]['exp_avg_sq'].dtype), (np.f
 adam_step_plain = Adam.step   # kept, to compare with the in-place update written later
 
 # %% [markdown]
-# With a constant gradient the bias correction makes every step, not only the first, move each weight by $\gamma$.
-# Without it, the first step would move each weight by $\gamma(1-\beta_1)/\sqrt{1-\beta_2}$; the cell prints that
-# factor for the default betas. A parameter that has no gradient at some step does not advance its own step count.
+# With a constant gradient the bias correction makes every step, not only the first, move each
+# weight by $\gamma$. Without it, the first step would move each weight by
+# $\gamma(1-\beta_1)/\sqrt{1-\beta_2}$; the cell prints that factor for the default betas. A
+# parameter that has no gradient at some step does not advance its own step count.
 
 # %%
 w, b = Tensor([0., 0.], requires_grad=True), Tensor([0.], requires_grad=True)
@@ -388,11 +399,12 @@ test_close(b.data, [-0.1], eps=1e-6)             # b's first step is a first ste
 # %% [markdown]
 # ## AdamW: decoupled weight decay
 #
-# With L2 weight decay inside Adam, the term $\lambda\theta$ goes through the same division by $\sqrt{\hat v}$ as
-# the gradient. A weight whose loss gradient is large is barely decayed; a weight whose loss gradient is zero is
-# decayed by a full $\gamma$ per step, however small $\lambda$ is. Loshchilov and Hutter (2019) decouple the two:
-# AdamW shrinks every weight by the same factor $1 - \gamma\lambda$ and lets the adaptive step see only the loss.
-# `torch.optim.AdamW` is `Adam` with `decoupled_weight_decay=True` and a default $\lambda$ of 0.01; so is ours.
+# With L2 weight decay inside Adam, the term $\lambda\theta$ goes through the same division by
+# $\sqrt{\hat v}$ as the gradient. A weight whose loss gradient is large is barely decayed; a weight
+# whose loss gradient is zero is decayed by a full $\gamma$ per step, however small $\lambda$ is.
+# Loshchilov and Hutter (2019) decouple the two: AdamW shrinks every weight by the same factor
+# $1 - \gamma\lambda$ and lets the adaptive step see only the loss. `torch.optim.AdamW` is `Adam`
+# with `decoupled_weight_decay=True` and a default $\lambda$ of 0.01; so is ours.
 
 # %%
 #| export
@@ -411,8 +423,9 @@ class AdamW(Adam):
         if not self.decoupled_weight_decay: raise ValueError("AdamW: decoupled_weight_decay must be True (an Adam state dict?)")
 
 # %% [markdown]
-# The difference on a weight whose loss gradient is zero: Adam's L2 term $\lambda\theta = 0.02$ is normalised to
-# a full step of $\gamma$, AdamW shrinks the weight by $\gamma\lambda\theta$ and takes no adaptive step.
+# The difference on a weight whose loss gradient is zero: Adam's L2 term $\lambda\theta = 0.02$ is
+# normalised to a full step of $\gamma$, AdamW shrinks the weight by $\gamma\lambda\theta$ and takes
+# no adaptive step.
 
 # %%
 w1, w2 = Tensor([2.], requires_grad=True), Tensor([2.], requires_grad=True)
@@ -426,19 +439,20 @@ test_eq(AdamW([w2]).weight_decay, 0.01)
 # %% [markdown]
 # ## Saving and restoring the state
 #
-# Resuming a training run needs the optimizer's state as well as the parameters: without the momentum buffers
-# and Adam's averages (and step counts, which drive the bias correction), the first steps after a restart differ
-# from an uninterrupted run. `state_dict` returns that state in PyTorch's layout: `'state'` maps a parameter's
-# index to its entries, and `'param_groups'` holds one dictionary of hyperparameters plus the list of parameter
-# indices. Everything in it is a number, a tuple, a bool or an ndarray, so the training module can write it with
-# `np.savez` and read it back without pickle. The arrays are copies, so later steps do not change a saved
-# state dictionary.
+# Resuming a training run needs the optimizer's state as well as the parameters: without the
+# momentum buffers and Adam's averages (and step counts, which drive the bias correction), the first
+# steps after a restart differ from an uninterrupted run. `state_dict` returns that state in
+# PyTorch's layout: `'state'` maps a parameter's index to its entries, and `'param_groups'` holds
+# one dictionary of hyperparameters plus the list of parameter indices. Everything in it is a
+# number, a tuple, a bool or an ndarray, so the training module can write it with `np.savez` and
+# read it back without pickle. The arrays are copies, so later steps do not change a saved state
+# dictionary.
 #
-# `load_state_dict` accepts the same dictionary, or one whose numbers and tuples came back from `np.load` as
-# 0-d and 1-d arrays. It checks that the state fits this optimizer before it changes anything: the number of
-# parameters, the hyperparameter names, and the shape of every state array, naming the parameter and the shapes
-# when they disagree, and the hyperparameters' values with the constructor's checks. Loaded arrays are copied
-# into the parameter's dtype.
+# `load_state_dict` accepts the same dictionary, or one whose numbers and tuples came back from
+# `np.load` as 0-d and 1-d arrays. It checks that the state fits this optimizer before it changes
+# anything: the number of parameters, the hyperparameter names, and the shape of every state array,
+# naming the parameter and the shapes when they disagree, and the hyperparameters' values with the
+# constructor's checks. Loaded arrays are copied into the parameter's dtype.
 
 # %%
 #| export
@@ -455,8 +469,8 @@ def _plain(v, like):
     return tuple(v) if isinstance(like, tuple) else v
 
 # %% [markdown]
-# Loading builds the new state aside and installs it only once every check has passed, so a state dictionary
-# that does not fit leaves the optimizer as it was.
+# Loading builds the new state aside and installs it only once every check has passed, so a state
+# dictionary that does not fit leaves the optimizer as it was.
 
 # %%
 #| export
@@ -487,8 +501,8 @@ def load_state_dict(self: Optimizer, state_dict: dict):
     self.state = state
 
 # %% [markdown]
-# A round trip through `np.savez`, flattened by hand into names such as `state/0/exp_avg`: the restored
-# optimizer continues exactly as the original does.
+# A round trip through `np.savez`, flattened by hand into names such as `state/0/exp_avg`: the
+# restored optimizer continues exactly as the original does.
 
 # %%
 def make_params(seed: int) -> list:
@@ -544,10 +558,10 @@ test_eq(opt3.lr, 0.1)                                     # unchanged by the fai
 # %% [markdown]
 # ## What optimizer state costs
 #
-# Optimizer state is memory on top of the parameters and their gradients. SGD with momentum keeps one array per
-# parameter, Adam two. Below, the parameters of a multilayer perceptron with layers of 784, 256, 128 and 10
-# units (a weight matrix and a bias per layer), in float32; the state bytes are summed over the arrays the
-# optimizers really hold after one step.
+# Optimizer state is memory on top of the parameters and their gradients. SGD with momentum keeps
+# one array per parameter, Adam two. Below, the parameters of a multilayer perceptron with layers of
+# 784, 256, 128 and 10 units (a weight matrix and a bias per layer), in float32; the state bytes are
+# summed over the arrays the optimizers really hold after one step.
 
 # %%
 def mlp_params(sizes=(784, 256, 128, 10), seed=0) -> list:
@@ -574,13 +588,13 @@ for label, opt, copies in (('SGD', SGD(ps, lr=0.01), 0), ('SGD, momentum', SGD(p
     test_eq(state_nbytes(opt), copies * param_bytes)  # state arrays have the parameters' shapes and dtype
 
 # %% [markdown]
-# Adam's state is twice the size of the model, and with the gradients, training with Adam holds four times the
-# memory of the parameters alone. This is why large models are sometimes trained with optimizers that keep less
-# state, or with the state in lower precision.
+# Adam's state is twice the size of the model, and with the gradients, training with Adam holds four
+# times the memory of the parameters alone. This is why large models are sometimes trained with
+# optimizers that keep less state, or with the state in lower precision.
 #
-# The update itself should allocate little. `tracemalloc` sees NumPy's allocations, so it can report the peak of
-# temporary memory during one step, once the state exists. The largest parameter bounds what a single scratch
-# array costs.
+# The update itself should allocate little. `tracemalloc` sees NumPy's allocations, so it can report
+# the peak of temporary memory during one step, once the state exists. The largest parameter bounds
+# what a single scratch array costs.
 
 # %%
 largest = max(p.nbytes for p in ps)
@@ -597,13 +611,14 @@ for label, opt in (('SGD', SGD(ps, lr=0.01)), ('SGD, momentum', SGD(ps, lr=0.01,
 tracemalloc.stop()
 
 # %% [markdown]
-# SGD's update allocates about one array the size of the largest parameter (the product $\gamma g$). Adam's,
-# written as the formulas read, allocates one array per operator: $\beta_1 m$, $(1-\beta_1) g$, their sum,
-# and so on, several arrays the size of the largest parameter at once. The same arithmetic can run with one
-# scratch array per parameter, `tmp`, changing $m$, $v$ and $\theta$ in place: NumPy's `out=` argument
-# writes a result into an existing array, and `*=` or `+=` on an array writes into it. The bias corrections
-# fold into two scalars, $\sqrt{1-\beta_2^t}$ and $\gamma/(1-\beta_1^t)$: the same arithmetic in a
-# cheaper order, so the results agree to float32 rounding.
+# SGD's update allocates about one array the size of the largest parameter (the product $\gamma g$).
+# Adam's, written as the formulas read, allocates one array per operator: $\beta_1 m$,
+# $(1-\beta_1) g$, their sum, and so on, several arrays the size of the largest parameter at once.
+# The same arithmetic can run with one scratch array per parameter, `tmp`, changing $m$, $v$ and
+# $\theta$ in place: NumPy's `out=` argument writes a result into an existing array, and `*=` or
+# `+=` on an array writes into it. The bias corrections fold into two scalars, $\sqrt{1-\beta_2^t}$
+# and $\gamma/(1-\beta_1^t)$: the same arithmetic in a cheaper order, so the results agree to
+# float32 rounding.
 
 # %%
 #| export
@@ -638,8 +653,8 @@ def step(self: Adam):
         _adam_update_(p.data, g, st['exp_avg'], st['exp_avg_sq'], st['step'], lr, b1, b2, eps)
 
 # %% [markdown]
-# The two updates agree, and the in-place one stays within one scratch array: the peak temporary memory of
-# one step of each, measured as above.
+# The two updates agree, and the in-place one stays within one scratch array: the peak temporary
+# memory of one step of each, measured as above.
 
 # %%
 a, b = mlp_params(seed=1), mlp_params(seed=1)
@@ -663,10 +678,11 @@ test_eq(peaks['as the formulas read'] > 2 * largest, True)
 # %% [markdown]
 # ## Comparing optimizers on the Rosenbrock function
 #
-# The Rosenbrock function $f(x, y) = (1-x)^2 + 100\,(y - x^2)^2$ has its minimum $f = 0$ at $(1, 1)$, at the
-# bottom of a long, curved, narrow valley: steep across it, nearly flat along it. Its gradient is
-# $\partial f/\partial x = -2(1-x) - 400x(y-x^2)$ and $\partial f/\partial y = 200(y-x^2)$. We start each
-# optimizer at $(-1.5, 2)$ and run the same number of steps.
+# The Rosenbrock function $f(x, y) = (1-x)^2 + 100\,(y - x^2)^2$ has its minimum $f = 0$ at
+# $(1, 1)$, at the bottom of a long, curved, narrow valley: steep across it, nearly flat along it.
+# Its gradient is $\partial f/\partial x = -2(1-x) - 400x(y-x^2)$ and
+# $\partial f/\partial y = 200(y-x^2)$. We start each optimizer at $(-1.5, 2)$ and run the same
+# number of steps.
 
 # %%
 def rosenbrock(w: np.ndarray) -> float:
@@ -714,13 +730,14 @@ ax.set(xlabel='step', ylabel='Rosenbrock loss', title='From (-1.5, 2), float32')
 ax.legend(); plt.show()
 
 # %% [markdown]
-# All three reach the valley floor. AdamW's loss levels off where Adam's keeps falling: decoupled weight decay
-# pulls every weight towards zero, so AdamW settles where that pull balances the gradient, near but not at
-# $(1, 1)$. Weight decay changes the problem being solved; that is its purpose as a regulariser, and here it
-# shows as a floor in the loss.
+# All three reach the valley floor. AdamW's loss levels off where Adam's keeps falling: decoupled
+# weight decay pulls every weight towards zero, so AdamW settles where that pull balances the
+# gradient, near but not at $(1, 1)$. Weight decay changes the problem being solved; that is its
+# purpose as a regulariser, and here it shows as a floor in the loss.
 #
-# The learning rates above were chosen for each optimizer. How much that choice matters is the larger difference
-# between them: the cell below runs each optimizer over a range of learning rates, each twice the one before.
+# The learning rates above were chosen for each optimizer. How much that choice matters is the
+# larger difference between them: the cell below runs each optimizer over a range of learning rates,
+# each twice the one before.
 
 # %%
 sweep = {}
@@ -734,23 +751,24 @@ test_eq(np.isfinite(list(sweep['SGD, momentum 0.9'].values())).tolist(), [True, 
 test_eq(np.isfinite(list(sweep['Adam'].values())).all(), True)
 
 # %% [markdown]
-# On this valley, SGD with momentum diverges once the learning rate passes a threshold set by the steepest
-# curvature it meets, and crawls well below it. Adam's step is bounded by about $\gamma$ per weight whatever the
-# gradient's size, so it cannot blow up that way and works over a wider range of learning rates. The printed
-# losses show both effects.
+# On this valley, SGD with momentum diverges once the learning rate passes a threshold set by the
+# steepest curvature it meets, and crawls well below it. Adam's step is bounded by about $\gamma$
+# per weight whatever the gradient's size, so it cannot blow up that way and works over a wider
+# range of learning rates. The printed losses show both effects.
 
 # %% [markdown]
 # ## Learning-rate schedules
 #
-# A schedule changes the learning rate as training proceeds, usually decaying it: large steps make fast
-# progress early, small steps settle into a minimum late. A scheduler follows `torch.optim.lr_scheduler`: it
-# remembers the optimizer's learning rate when it is created as `base_lr`, sets the optimizer's `lr` to its
-# value for step 0 right away, and on each `step()` advances its counter and sets the value for the new step.
-# PyTorch calls the counter `last_epoch` even when `step()` is called once per batch; we keep the name.
-# `get_last_lr()` returns a one-element list, because PyTorch returns one value per parameter group.
+# A schedule changes the learning rate as training proceeds, usually decaying it: large steps make
+# fast progress early, small steps settle into a minimum late. A scheduler follows
+# `torch.optim.lr_scheduler`: it remembers the optimizer's learning rate when it is created as
+# `base_lr`, sets the optimizer's `lr` to its value for step 0 right away, and on each `step()`
+# advances its counter and sets the value for the new step. PyTorch calls the counter `last_epoch`
+# even when `step()` is called once per batch; we keep the name. `get_last_lr()` returns a
+# one-element list, because PyTorch returns one value per parameter group.
 #
-# Each schedule is a formula of the step number, so jumping to any step (after loading a checkpoint) gives the
-# same value as stepping there.
+# Each schedule is a formula of the step number, so jumping to any step (after loading a checkpoint)
+# gives the same value as stepping there.
 
 # %%
 #| export
@@ -774,8 +792,8 @@ class LRScheduler:
         return [self._last_lr]
 
 # %% [markdown]
-# A scheduler's state is its settings and its counter; saving it with the optimizer's lets a resumed run
-# continue the schedule where it stopped.
+# A scheduler's state is its settings and its counter; saving it with the optimizer's lets a resumed
+# run continue the schedule where it stopped.
 
 # %%
 #| export
@@ -825,20 +843,21 @@ test_fail(lambda: StepLR(lrs, step_size=1), contains="expected an Optimizer, got
 # %% [markdown]
 # ### Cosine decay with linear warm-up
 #
-# Transformers are usually trained with a short warm-up, during which the learning rate rises linearly from
-# near zero, followed by a cosine decay. The warm-up keeps the first updates small while Adam's averages are
-# still estimated from few gradients. With peak rate $\eta_{\max}$ (the optimizer's `lr`), floor
-# $\eta_{\min}$, $W$ warm-up steps and decay ending at step $T$, the rate at step $t = 0, 1, \ldots$ is
+# Transformers are usually trained with a short warm-up, during which the learning rate rises
+# linearly from near zero, followed by a cosine decay. The warm-up keeps the first updates small
+# while Adam's averages are still estimated from few gradients. With peak rate $\eta_{\max}$ (the
+# optimizer's `lr`), floor $\eta_{\min}$, $W$ warm-up steps and decay ending at step $T$, the rate
+# at step $t = 0, 1, \ldots$ is
 #
 # $$\eta_t = \begin{cases}
-#   \eta_{\max}\,\dfrac{t+1}{W} & t < W \\[1ex]
-#   \eta_{\min} + (\eta_{\max} - \eta_{\min})\, \tfrac12\left(1 + \cos\left(\pi\,\dfrac{t - W}{T - W}\right)\right) & W \le t < T \\[1ex]
-#   \eta_{\min} & t \ge T
-# \end{cases}$$
+# \eta_{\max}\,\dfrac{t+1}{W} & t < W \\[1ex] \eta_{\min} + (\eta_{\max} - \eta_{\min})\,
+# \tfrac12\left(1 + \cos\left(\pi\,\dfrac{t - W}{T - W}\right)\right) & W \le t < T \\[1ex]
+# \eta_{\min} & t \ge T \end{cases}$$
 #
-# The warm-up counts from $t+1$ so that the first step does not use a learning rate of zero; it reaches
-# $\eta_{\max}$ at its last step, $t = W-1$, and the cosine starts from $\eta_{\max}$ at $t = W$. Halfway
-# through the decay the cosine term is zero and $\eta$ is the mean of $\eta_{\max}$ and $\eta_{\min}$.
+# The warm-up counts from $t+1$ so that the first step does not use a learning rate of zero; it
+# reaches $\eta_{\max}$ at its last step, $t = W-1$, and the cosine starts from $\eta_{\max}$ at
+# $t = W$. Halfway through the decay the cosine term is zero and $\eta$ is the mean of $\eta_{\max}$
+# and $\eta_{\min}$.
 
 # %%
 #| export
@@ -857,9 +876,9 @@ def cosine_warmup_lr(step: int,           # t, counted from 0
     ### END SOLUTION
 
 # %% [markdown]
-# A worked example with $\eta_{\max} = 1$, $\eta_{\min} = 0.1$, $W = 2$ and $T = 6$: the warm-up gives
-# $\tfrac12$ and $1$; the cosine part is evaluated at $0, \tfrac14, \tfrac12, \tfrac34$ of the way through the
-# decay; from $t = T$ on the rate is the floor.
+# A worked example with $\eta_{\max} = 1$, $\eta_{\min} = 0.1$, $W = 2$ and $T = 6$: the warm-up
+# gives $\tfrac12$ and $1$; the cosine part is evaluated at $0, \tfrac14, \tfrac12, \tfrac34$ of the
+# way through the decay; from $t = T$ on the rate is the floor.
 
 # %%
 lrs = [cosine_warmup_lr(t, 1., warmup_steps=2, total_steps=6, min_lr=0.1) for t in range(8)]
@@ -917,13 +936,15 @@ ax.set(xlabel='step', ylabel='learning rate'); ax.legend(); plt.show()
 # %% [markdown]
 # ## Gradient clipping
 #
-# One bad batch can produce a gradient many times larger than usual, and one step along it can undo much of the
-# training so far. `clip_grad_norm_` (as `torch.nn.utils.clip_grad_norm_`) treats all the gradients as one
-# vector and computes its L2 norm $\lVert g \rVert = \sqrt{\sum_p \sum_i g_{p,i}^2}$. If that norm exceeds
-# `max_norm`, every gradient is multiplied in place by $\text{max\_norm} / (\lVert g\rVert + 10^{-6})$: the
-# direction is kept, the length is capped (the $10^{-6}$ guards the division, as in PyTorch). It returns the norm
-# before clipping, which is worth logging: a rising gradient norm often comes before a divergence.
-# Parameters without a gradient are skipped. PyTorch returns the norm as a tensor; we return a Python float.
+# One bad batch can produce a gradient many times larger than usual, and one step along it can undo
+# much of the training so far. `clip_grad_norm_` (as `torch.nn.utils.clip_grad_norm_`) treats all
+# the gradients as one vector and computes its L2 norm
+# $\lVert g \rVert = \sqrt{\sum_p \sum_i g_{p,i}^2}$. If that norm exceeds `max_norm`, every
+# gradient is multiplied in place by $\text{max\_norm} / (\lVert g\rVert + 10^{-6})$: the direction
+# is kept, the length is capped (the $10^{-6}$ guards the division, as in PyTorch). It returns the
+# norm before clipping, which is worth logging: a rising gradient norm often comes before a
+# divergence. Parameters without a gradient are skipped. PyTorch returns the norm as a tensor; we
+# return a Python float.
 
 # %%
 #| export
@@ -943,7 +964,8 @@ def clip_grad_norm_(parameters,       # a Tensor or an iterable of Tensors; thos
     ### END SOLUTION
 
 # %% [markdown]
-# Gradients $(3, 4)$ and $(12,)$ have global norm $\sqrt{9 + 16 + 144} = 13$. Clipped to 6.5, each is halved.
+# Gradients $(3, 4)$ and $(12,)$ have global norm $\sqrt{9 + 16 + 144} = 13$. Clipped to 6.5, each
+# is halved.
 
 # %%
 a, b, c = (Tensor(np.zeros(s, np.float32), requires_grad=True) for s in (2, 1, 3))
@@ -961,9 +983,10 @@ test_fail(lambda: clip_grad_norm_([a], -1.), contains="invalid max_norm=-1.0")
 # %% [markdown]
 # ## Summary
 #
-# An `Optimizer` holds a list of parameters, hyperparameters as attributes, and per-parameter state keyed by
-# index. `SGD`, `Adam` and `AdamW` follow `torch.optim`'s update equations and change `p.data` in place, skipping
-# parameters without a gradient. `state_dict` and `load_state_dict` save and restore everything a resumed run
-# needs, as plain numbers and arrays. `StepLR` and `CosineWarmupLR` set `optimizer.lr` from the step count, and
-# `clip_grad_norm_` caps the global gradient norm. The training module puts these together with a model, a loss
-# and the autograd module's `backward`.
+# An `Optimizer` holds a list of parameters, hyperparameters as attributes, and per-parameter state
+# keyed by index. `SGD`, `Adam` and `AdamW` follow `torch.optim`'s update equations and change
+# `p.data` in place, skipping parameters without a gradient. `state_dict` and `load_state_dict` save
+# and restore everything a resumed run needs, as plain numbers and arrays. `StepLR` and
+# `CosineWarmupLR` set `optimizer.lr` from the step count, and `clip_grad_norm_` caps the global
+# gradient norm. The training module puts these together with a model, a loss and the autograd
+# module's `backward`.

@@ -4,18 +4,19 @@
 # %% [markdown]
 # # Training
 #
-# > The loop that turns a model, a loss and an optimizer into a trained model, with history, safe checkpoints, and three historical milestones.
+# > The loop that trains a model with a loss and an optimizer: history, safe checkpoints, milestones.
 
 # %% [markdown]
-# Every earlier module supplied one piece: tensors, activations, layers, losses, gradients, optimizers.
-# This module puts them in a loop. A `Trainer` runs epochs of training and evaluation, records loss and accuracy,
-# steps a learning-rate schedule, clips gradients, and stops with an error that names the step when the loss stops
-# being a number. `save_checkpoint` and `load_checkpoint` store a run in a file that cannot run code when loaded and
-# is never left half-written.
+# Every earlier module supplied one piece: tensors, activations, layers, losses, gradients,
+# optimizers. This module puts them in a loop. A `Trainer` runs epochs of training and evaluation,
+# records loss and accuracy, steps a learning-rate schedule, clips gradients, and stops with an
+# error that names the step when the loss stops being a number. `save_checkpoint` and
+# `load_checkpoint` store a run in a file that cannot run code when loaded and is never left
+# half-written.
 #
-# The module ends with three milestones of neural-network history, each trained here and measured: Rosenblatt's
-# perceptron (1957), the XOR problem that a single layer cannot solve (1969), and a multilayer perceptron trained by
-# backpropagation on real handwritten digits (1986).
+# The module ends with three milestones of neural-network history, each trained here and measured:
+# Rosenblatt's perceptron (1957), the XOR problem that a single layer cannot solve (1969), and a
+# multilayer perceptron trained by backpropagation on real handwritten digits (1986).
 
 # %%
 #| export
@@ -56,11 +57,12 @@ from tinytorch.core.optimizers import SGD, Adam, StepLR, CosineWarmupLR
 # %% [markdown]
 # ## Mini-batches
 #
-# A training step looks at a mini-batch of examples rather than one or all: enough to average out the noise of
-# single examples, few enough to take many steps per pass over the data. `Batches` cuts arrays `X` and `y` into
-# batches of `batch_size` rows, in order or shuffled. The shuffle comes from one generator seeded once, so each
-# epoch sees a new order and the whole sequence of orders is the same on every run with the same seed.
-# (The data-loading module generalises this into `DataLoader`.)
+# A training step looks at a mini-batch of examples rather than one or all: enough to average out
+# the noise of single examples, few enough to take many steps per pass over the data. `Batches` cuts
+# arrays `X` and `y` into batches of `batch_size` rows, in order or shuffled. The shuffle comes from
+# one generator seeded once, so each epoch sees a new order and the whole sequence of orders is the
+# same on every run with the same seed. (The data-loading module generalises this into
+# `DataLoader`.)
 
 # %%
 #| export
@@ -96,10 +98,10 @@ test_fail(lambda: Batches(X, y[:3]), contains="X has 5 rows but y has 3")
 # %% [markdown]
 # ## Accuracy
 #
-# For a classifier, accuracy counts the examples whose highest-scoring class is the target. Two shapes of output
-# are recognised: `(N, C)` scores with integer targets, and one logit per example with float targets that are all
-# 0 or 1, where a positive logit means class 1. For anything else, such as regression, there is no accuracy and the
-# count is None.
+# For a classifier, accuracy counts the examples whose highest-scoring class is the target. Two
+# shapes of output are recognised: `(N, C)` scores with integer targets, and one logit per example
+# with float targets that are all 0 or 1, where a positive logit means class 1. For anything else,
+# such as regression, there is no accuracy and the count is None.
 
 # %%
 #| export
@@ -122,14 +124,14 @@ test_eq(correct_count(Tensor(np.zeros((3, 4))), Tensor(np.zeros((3, 4)))), None)
 # %% [markdown]
 # ## The Trainer
 #
-# One training step is five lines: clear the gradients, compute the output and the loss, check the loss is a finite
-# number, backpropagate, and update. The check comes before the update, so a step that produced NaN or infinity never
-# reaches the weights, and the error names the epoch and step: training that diverges fails loudly instead of
-# printing `nan` for the rest of the run.
+# One training step is five lines: clear the gradients, compute the output and the loss, check the
+# loss is a finite number, backpropagate, and update. The check comes before the update, so a step
+# that produced NaN or infinity never reaches the weights, and the error names the epoch and step:
+# training that diverges fails loudly instead of printing `nan` for the rest of the run.
 #
-# Gradient clipping (`clip_grad_norm`, a maximum global norm) sits between backward and the update. A learning-rate
-# schedule steps after every update (`scheduler_interval='step'`, as for `CosineWarmupLR`) or after every epoch
-# (`'epoch'`, as `StepLR` is usually used).
+# Gradient clipping (`clip_grad_norm`, a maximum global norm) sits between backward and the update.
+# A learning-rate schedule steps after every update (`scheduler_interval='step'`, as for
+# `CosineWarmupLR`) or after every epoch (`'epoch'`, as `StepLR` is usually used).
 
 # %%
 #| export
@@ -171,9 +173,9 @@ def _train_step(self: Trainer, x: Tensor, y: Tensor, batch: int) -> tuple:
 
 
 # %% [markdown]
-# An epoch averages the per-batch losses weighted by batch size, which equals the mean over all examples for losses
-# with `reduction='mean'`. Evaluation runs the model in `eval()` mode and under `no_grad()`, so it records no graph
-# and layers such as dropout behave as at test time.
+# An epoch averages the per-batch losses weighted by batch size, which equals the mean over all
+# examples for losses with `reduction='mean'`. Evaluation runs the model in `eval()` mode and under
+# `no_grad()`, so it records no graph and layers such as dropout behave as at test time.
 
 # %%
 #| export
@@ -220,8 +222,8 @@ def fit(self: Trainer, train_data, epochs: int, val_data=None) -> dict:
 
 
 # %% [markdown]
-# A regression that a reader can check: fitting $y = 2x + 1$ with one `Linear(1, 1)` and SGD recovers the slope and
-# intercept.
+# A regression that a reader can check: fitting $y = 2x + 1$ with one `Linear(1, 1)` and SGD
+# recovers the slope and intercept.
 
 # %%
 manual_seed(0)
@@ -235,7 +237,8 @@ test_eq((len(hist['train_loss']), hist['train_acc'][0], tr.step), (60, None, 240
 print(f"after 60 epochs: w = {lin.weight.item():.4f}, b = {lin.bias.item():.4f}, loss {hist['train_loss'][-1]:.2e}")
 
 # %% [markdown]
-# A learning rate far too large makes the loss overflow; the trainer stops at the first non-finite loss and says where.
+# A learning rate far too large makes the loss overflow; the trainer stops at the first non-finite
+# loss and says where.
 
 # %%
 lin = Linear(1, 1)
@@ -245,7 +248,8 @@ with np.errstate(over='ignore', invalid='ignore'):    # the overflow is the poin
               contains="at epoch 1, batch 2 (update 2)")
 
 # %% [markdown]
-# A schedule is stepped for the trainer; the history records the learning rate each epoch started with.
+# A schedule is stepped for the trainer; the history records the learning rate each epoch started
+# with.
 
 # %%
 lin = Linear(1, 1)
@@ -257,9 +261,10 @@ test_fail(lambda: Trainer(lin, MSELoss(), opt, scheduler_interval='batch'), cont
 # %% [markdown]
 # ## Same seed, same result
 #
-# Every source of randomness in a run, the weight initialisation (`manual_seed`) and the shuffle (`seed=`), is seeded,
-# and NumPy's arithmetic is deterministic on one machine, so two runs with the same seeds give bit-identical weights
-# and histories. The test trains twice and compares every number.
+# Every source of randomness in a run, the weight initialisation (`manual_seed`) and the shuffle
+# (`seed=`), is seeded, and NumPy's arithmetic is deterministic on one machine, so two runs with the
+# same seeds give bit-identical weights and histories. The test trains twice and compares every
+# number.
 
 # %%
 def run(seed: int):
@@ -278,17 +283,19 @@ test_eq(l1 == l3, False)
 # %% [markdown]
 # ## Checkpoints
 #
-# A checkpoint stores the model's `state_dict`, the optimizer's and the scheduler's state, and the epoch. Two things
-# make it safe.
+# A checkpoint stores the model's `state_dict`, the optimizer's and the scheduler's state, and the
+# epoch. Two things make it safe.
 #
-# *No code runs on load.* Python's pickle format can call any function while it loads, so a checkpoint from someone
-# else would be a program. We write NumPy's `.npz` (a zip of `.npy` arrays) with `np.savez`, and read it with
-# `np.load(..., allow_pickle=False)`, which refuses anything but plain arrays. The structure around the arrays (which
-# names, which numbers, nested dictionaries of optimizer state) is stored as one JSON string.
+# *No code runs on load.* Python's pickle format can call any function while it loads, so a
+# checkpoint from someone else would be a program. We write NumPy's `.npz` (a zip of `.npy` arrays)
+# with `np.savez`, and read it with `np.load(..., allow_pickle=False)`, which refuses anything but
+# plain arrays. The structure around the arrays (which names, which numbers, nested dictionaries of
+# optimizer state) is stored as one JSON string.
 #
-# *No half-written file.* `save_checkpoint` writes to a temporary file in the same directory, flushes it to disk, and
-# then renames it over the target. A rename within one file system is atomic, so the target is at every moment either
-# the old complete checkpoint or the new complete one, even if the process is killed while writing.
+# *No half-written file.* `save_checkpoint` writes to a temporary file in the same directory,
+# flushes it to disk, and then renames it over the target. A rename within one file system is
+# atomic, so the target is at every moment either the old complete checkpoint or the new complete
+# one, even if the process is killed while writing.
 
 # %%
 #| export
@@ -332,8 +339,8 @@ test_eq(dec['none'], None)
 test_fail(lambda: _encode({'f': print}, {}, 'x'), contains="cannot store a builtin_function_or_method at 'x/f'")
 
 # %% [markdown]
-# `atomic_write` is the write-then-rename pattern as a context manager, so every file the package writes (checkpoints
-# here, tokenizers and downloads later) goes through the same few lines.
+# `atomic_write` is the write-then-rename pattern as a context manager, so every file the package
+# writes (checkpoints here, tokenizers and downloads later) goes through the same few lines.
 
 # %%
 #| export
@@ -386,10 +393,11 @@ def save_checkpoint(path,                              # file to write, conventi
     return path
 
 # %% [markdown]
-# `load_checkpoint` reads everything before it changes anything, and restores everything it changed if a later part
-# fails, so a checkpoint that does not fit the model (a missing layer, a different width) gives one clear error and
-# leaves the model and optimizer exactly as they were. `read_checkpoint` returns the contents without loading them,
-# for a script that needs the saved settings (say, a model's size) before it can build the model.
+# `load_checkpoint` reads everything before it changes anything, and restores everything it changed
+# if a later part fails, so a checkpoint that does not fit the model (a missing layer, a different
+# width) gives one clear error and leaves the model and optimizer exactly as they were.
+# `read_checkpoint` returns the contents without loading them, for a script that needs the saved
+# settings (say, a model's size) before it can build the model.
 
 # %%
 #| export
@@ -431,8 +439,9 @@ def load_checkpoint(path,
     return {'epoch': c['epoch'], **c['extra']}
 
 # %% [markdown]
-# A round trip: train, save, keep training; then load the checkpoint into fresh objects and train the same way. The two
-# continuations are identical, which shows the optimizer's moment estimates and the schedule's position came back too.
+# A round trip: train, save, keep training; then load the checkpoint into fresh objects and train
+# the same way. The two continuations are identical, which shows the optimizer's moment estimates
+# and the schedule's position came back too.
 
 # %%
 def make(seed=0):
@@ -458,9 +467,10 @@ test_eq(tr2.fit(Batches(Xc, yc, 16), epochs=2)['train_loss'], cont)
 print(f"checkpoint: {ckpt.stat().st_size:,} bytes; continued losses {cont}")
 
 # %% [markdown]
-# A checkpoint of another architecture is refused and the model is untouched; a truncated file is reported as
-# unreadable; a save that fails (here on a value it cannot store) leaves the previous checkpoint whole and no
-# temporary file behind. `tests/test_07_training.py` also makes a save fail in the middle of writing.
+# A checkpoint of another architecture is refused and the model is untouched; a truncated file is
+# reported as unreadable; a save that fails (here on a value it cannot store) leaves the previous
+# checkpoint whole and no temporary file behind. `tests/test_07_training.py` also makes a save fail
+# in the middle of writing.
 
 # %%
 other = Sequential(Linear(2, 4), ReLU(), Linear(4, 2))
@@ -480,10 +490,12 @@ test_eq(sorted(p.name for p in ckpt.parent.iterdir()), ['run.npz', 'truncated.np
 # %% [markdown]
 # ## Milestone 1957: the perceptron
 #
-# Rosenblatt's perceptron is a single linear unit with a threshold, $\hat y = \mathrm{sign}(w \cdot x + b)$, trained by
-# his rule: for each misclassified example, $w \leftarrow w + y\,x$ and $b \leftarrow b + y$ (labels $y \in \{-1, 1\}$).
-# No gradients, no loss. The perceptron convergence theorem guarantees a finite number of updates when the classes are
-# linearly separable. The data: 200 points on either side of a random line, with a margin of 0.1 left empty.
+# Rosenblatt's perceptron is a single linear unit with a threshold,
+# $\hat y = \mathrm{sign}(w \cdot x + b)$, trained by his rule: for each misclassified example,
+# $w \leftarrow w + y\,x$ and $b \leftarrow b + y$ (labels $y \in \{-1, 1\}$). No gradients, no
+# loss. The perceptron convergence theorem guarantees a finite number of updates when the classes
+# are linearly separable. The data: 200 points on either side of a random line, with a margin of 0.1
+# left empty.
 
 # %%
 rng = np.random.default_rng(1957)
@@ -506,11 +518,12 @@ test_eq(acc, 1.0)
 # %% [markdown]
 # ## Milestone 1969: XOR
 #
-# Minsky and Papert showed that a single-layer perceptron cannot compute XOR: no line separates $\{(0,0),(1,1)\}$
-# from $\{(0,1),(1,0)\}$. The data: 400 points in $[-1,1]^2$, class 1 when exactly one coordinate is positive, with a
-# margin of 0.1 around the axes. A single `Linear` layer trained with cross-entropy does no better than guessing: its
-# loss stays near $\ln 2$, the loss of predicting 50/50 for every point, and its accuracy stays near or below 50%.
-# Two layers with a ReLU between them separate the classes.
+# Minsky and Papert showed that a single-layer perceptron cannot compute XOR: no line separates
+# $\{(0,0),(1,1)\}$ from $\{(0,1),(1,0)\}$. The data: 400 points in $[-1,1]^2$, class 1 when exactly
+# one coordinate is positive, with a margin of 0.1 around the axes. A single `Linear` layer trained
+# with cross-entropy does no better than guessing: its loss stays near $\ln 2$, the loss of
+# predicting 50/50 for every point, and its accuracy stays near or below 50%. Two layers with a ReLU
+# between them separate the classes.
 
 # %%
 rng = np.random.default_rng(1969)
@@ -532,16 +545,17 @@ print(f"XOR, {len(P)} points, classes {np.bincount(Y)}: one linear layer loss {l
 assert loss_linear > 0.68 and acc_linear < 0.75 and acc_mlp == 1.0
 
 # %% [markdown]
-# The best a line can do on four balanced quadrants is 75% (cut off one quadrant), so a linear model can never reach
-# the 100% the two-layer network reaches.
+# The best a line can do on four balanced quadrants is 75% (cut off one quadrant), so a linear model
+# can never reach the 100% the two-layer network reaches.
 
 # %% [markdown]
 # ## Milestone 1986: an MLP on handwritten digits
 #
-# Rumelhart, Hinton and Williams made backpropagation the standard way to train multilayer networks. The data here is
-# real: the UCI optical digits set, 1,797 images of 8x8 pixels with values 0..16, shipped with the package
-# (`tinytorch/data/digits.csv.gz`, from scikit-learn, BSD-3; see `tinytorch/data/LICENSE-data.txt`). A fixed random
-# split keeps 20% of the images for testing; the network never trains on them.
+# Rumelhart, Hinton and Williams made backpropagation the standard way to train multilayer networks.
+# The data here is real: the UCI optical digits set, 1,797 images of 8x8 pixels with values 0..16,
+# shipped with the package (`tinytorch/data/digits.csv.gz`, from scikit-learn, BSD-3; see
+# `tinytorch/data/LICENSE-data.txt`). A fixed random split keeps 20% of the images for testing; the
+# network never trains on them.
 
 # %%
 with gzip.open(files('tinytorch') / 'data' / 'digits.csv.gz', 'rt') as f:
@@ -575,6 +589,6 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## Summary
 #
-# `Trainer` runs the training step (clear, forward, check, backward, clip, update, schedule) and evaluation in
-# `no_grad` and `eval()` mode, and keeps a history. Seeded runs repeat exactly. Checkpoints are pickle-free `.npz`
-# files written atomically and loaded all or nothing.
+# `Trainer` runs the training step (clear, forward, check, backward, clip, update, schedule) and
+# evaluation in `no_grad` and `eval()` mode, and keeps a history. Seeded runs repeat exactly.
+# Checkpoints are pickle-free `.npz` files written atomically and loaded all or nothing.
