@@ -87,7 +87,8 @@ with warnings.catch_warnings():
     s = sigmoid(Tensor([-1000., -20., 1000.])).numpy()
 test_eq(s[0], 0.)
 test_eq(s[2], 1.)
-test_close(s[1] / (1 / (1 + math.exp(20))), 1., eps=1e-6)   # relative error of float32, not absolute
+# relative error of float32, not absolute
+test_close(s[1] / (1 / (1 + math.exp(20))), 1., eps=1e-6)
 test_eq(s.dtype, np.float32)
 with trace_ops() as ops: sigmoid(Tensor([1.]))
 test_eq(ops, [('sigmoid', ())])
@@ -147,7 +148,8 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     "$x\\,\\Phi(x)$; `approximate='tanh'` uses the tanh approximation."
     d = x.data
-    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
+    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming
+    # it.
     ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
     elif approximate == 'tanh':   # d*d*d: NumPy computes float32 d**3 with the slow general power
@@ -166,9 +168,11 @@ x = Tensor(np.linspace(-5, 5, 1001))
 exact, approx = gelu(x).numpy(), gelu(x, 'tanh').numpy()
 test_close(gelu(Tensor([1.])).item(), 0.5 * (1 + math.erf(1 / math.sqrt(2))), eps=3e-7)
 test_eq(gelu(Tensor([0.])).item(), 0.)
-print(f"GELU(1) = {gelu(Tensor([1.])).item():.6f}, Phi(1) = {0.5 * (1 + math.erf(1 / math.sqrt(2))):.6f}")
+print(f"GELU(1) = {gelu(Tensor([1.])).item():.6f}, Phi(1) = "
+      f"{0.5 * (1 + math.erf(1 / math.sqrt(2))):.6f}")
 print(f"max |GELU_tanh - GELU_exact| on [-5, 5]: {np.abs(exact - approx).max():.1e}")
-test_fail(lambda: gelu(x, 'fast'), contains="gelu: approximate must be 'none' or 'tanh', got 'fast'")
+test_fail(lambda: gelu(x, 'fast'),
+          contains="gelu: approximate must be 'none' or 'tanh', got 'fast'")
 test_eq(gelu(Tensor([1.], dtype=np.float64)).dtype, np.float64)
 with trace_ops() as ops: gelu(Tensor([1.]), 'tanh')
 test_eq(ops, [('gelu', ('approximate',))])
@@ -184,7 +188,8 @@ test_eq(ops, [('gelu', ('approximate',))])
 # %%
 #| export
 def _check_dim(op: str, dim: int, x: Tensor):
-    if not -x.ndim <= dim < x.ndim: raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
+    if not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$e^{x_i} / \\sum_j e^{x_j}$ along `dim`, with the maximum subtracted first."
@@ -203,7 +208,8 @@ test_close(p.numpy()[1], [1/3, 1/3, 1/3], eps=1e-7)
 test_close(p.numpy().sum(axis=-1), [1., 1.], eps=1e-6)
 test_eq(np.isfinite(softmax(Tensor([1000., -1000.])).numpy()).all(), True)
 test_eq(softmax(Tensor(np.ones((2, 3))), dim=0).numpy(), np.full((2, 3), 0.5, np.float32))
-test_fail(lambda: softmax(Tensor([1., 2.]), dim=1), contains="dim 1 out of range for tensor of shape (2,)")
+test_fail(lambda: softmax(Tensor([1., 2.]), dim=1),
+          contains="dim 1 out of range for tensor of shape (2,)")
 with trace_ops() as ops: softmax(Tensor([1., 2.]))
 test_eq(ops, [('softmax', ('dim',))])
 

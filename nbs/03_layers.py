@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Layers
 #
-# > `Module`, which finds its own parameters, and layers built on it: `Linear`, `Sequential`, `ReLU`.
+# > `Module`, which finds its own parameters, and layers on it: `Linear`, `Sequential`, `ReLU`.
 
 # %% [markdown]
 # A layer is a function with state. `Linear` computes $y = x W^T + b$, and $W$ and $b$ are what
@@ -67,7 +67,8 @@ from tinytorch.core.tensor import manual_seed, ones, randn
 # %%
 #| export
 class Parameter(Tensor):
-    "A `Tensor` that a `Module` registers as learnable; it requires a gradient unless told otherwise."
+    """A `Tensor` that a `Module` registers as learnable; it requires a gradient unless told
+    otherwise."""
     __slots__ = ()
 
     def __init__(self,
@@ -86,13 +87,16 @@ w = Parameter(Tensor([[1., 2.]]))
 test_eq(isinstance(w, Tensor), True)
 test_eq(w.requires_grad, True)
 test_eq(repr(w), "Parameter containing:\ntensor([[1., 2.]], requires_grad=True)")
-test_eq(type(2 * w), Tensor)                                              # op results are plain tensors
-test_eq(Parameter(np.zeros(2)).dtype, np.float32)                         # float64 arrays become float32, as for Tensor
+# op results are plain tensors
+test_eq(type(2 * w), Tensor)
+# float64 arrays become float32, as for Tensor
+test_eq(Parameter(np.zeros(2)).dtype, np.float32)
 test_eq(Parameter(Tensor([1.], dtype=np.float64)).dtype, np.float64)      # a Tensor keeps its dtype
 test_eq(Parameter([1.], requires_grad=False).requires_grad, False)
 t = Tensor([1., 2.])
 test_eq(np.shares_memory(Parameter(t).data, t.data), True)
-test_fail(lambda: Parameter([1, 2]), contains="Parameter: data must be floating-point, got dtype int64")
+test_fail(lambda: Parameter([1, 2]),
+          contains="Parameter: data must be floating-point, got dtype int64")
 test_fail(lambda: setattr(w, 'name', 'w'), contains="'Parameter' object has no attribute 'name'")
 
 # %% [markdown]
@@ -117,7 +121,8 @@ test_fail(lambda: setattr(w, 'name', 'w'), contains="'Parameter' object has no a
 # %%
 #| export
 class Module:
-    "Base class of layers and models: registers the `Parameter`s and `Module`s assigned to it, and calls `forward`."
+    """Base class of layers and models: registers the `Parameter`s and `Module`s assigned to it, and
+    calls `forward`."""
     def __init__(self):
         d = self.__dict__  # bypass our __setattr__, which needs these dictionaries to exist
         d['training'] = True
@@ -126,31 +131,36 @@ class Module:
 
     def forward(self, *args, **kwargs):
         "The computation; every subclass defines it."
-        raise NotImplementedError(f"{type(self).__name__}.forward: a subclass of Module must define forward()")
+        raise NotImplementedError(f"{type(self).__name__}.forward: a subclass of Module must "
+                                  f"define forward()")
 
     def __call__(self, *args, **kwargs):
         "`module(x)` runs the forward pre-hooks, then `module.forward(x)`."
         hooks = self.__dict__.get('_forward_pre_hooks')
-        if hooks:                   # on every call: no list is built for the usual module without hooks
+        # on every call: no list is built for the usual module without hooks
+        if hooks:
             for hook in list(hooks.values()):
                 out = hook(self, args)  # a hook may return new positional arguments
                 if out is not None: args = out if isinstance(out, tuple) else (out,)
         return self.forward(*args, **kwargs)
 
     def __getattr__(self, name: str):
-        "Find `name` among the registered parameters, buffers and modules; Python calls this only when normal lookup fails."
+        """Find `name` among the registered parameters, buffers and modules; Python calls this only
+        when normal lookup fails."""
         d = self.__dict__
         for r in ('_parameters', '_buffers', '_modules'):
             if name in d.get(r, ()): return d[r][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def extra_repr(self) -> str:
-        "The settings shown inside the parentheses of the repr, such as `in_features=4, out_features=8, bias=True`."
+        """The settings shown inside the parentheses of the repr, such as `in_features=4,
+        out_features=8, bias=True`."""
         return ''
 
 # %%
 test_eq(Module().training, True)
-test_fail(lambda: Module()(Tensor([1.])), contains="Module.forward: a subclass of Module must define forward()")
+test_fail(lambda: Module()(Tensor([1.])),
+          contains="Module.forward: a subclass of Module must define forward()")
 
 # %% [markdown]
 # ### Registering what is assigned
@@ -168,19 +178,25 @@ test_fail(lambda: Module()(Tensor([1.])), contains="Module.forward: a subclass o
 
 # %%
 #| export
-_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}  # where a value lives -> its type
+# where a value lives -> its type
+_REGISTRIES = {'_parameters': Parameter, '_modules': Module, '_buffers': Tensor}
 _KINDS = {'_parameters': 'Parameter', '_modules': 'Module', '_buffers': 'Tensor'}
 
 @patch
 def __setattr__(self: Module, name: str, value):
-    "Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become plain attributes."
+    """Register a `Parameter` in `_parameters` and a `Module` in `_modules`; other values become
+    plain attributes."""
     ### BEGIN SOLUTION
     d = self.__dict__
-    new = '_parameters' if isinstance(value, Parameter) else '_modules' if isinstance(value, Module) else None
+    new = '_parameters' if isinstance(value,
+                                      Parameter) else '_modules' if isinstance(value,
+                                                                               Module) else None
     if new and '_parameters' not in d:
-        raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before Module.__init__() has run; "
+        raise AttributeError(f"{type(self).__name__}: cannot assign {name!r} before "
+                             f"Module.__init__() has run; "
                              "call super().__init__() first")
-    old = next((r for r in _REGISTRIES if name in d.get(r, ())), None)  # where `name` is registered now
+    # where `name` is registered now
+    old = next((r for r in _REGISTRIES if name in d.get(r, ())), None)
     if new:
         if old: del d[old][name]
         d.pop(name, None)
@@ -188,7 +204,8 @@ def __setattr__(self: Module, name: str, value):
     elif old:  # a registered name keeps its kind; None empties it
         kind = _KINDS[old]
         if value is not None and not isinstance(value, _REGISTRIES[old]):
-            raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to {name!r}, "
+            raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} "
+                            f"to {name!r}, "
                             f"which holds a {kind}; assign a {kind} or None")
         d[old][name] = value
     else: object.__setattr__(self, name, value)
@@ -220,16 +237,19 @@ class Scale(Module):
 # %%
 s = Scale(3)
 test_eq(list(s._parameters), ['gain'])
-test_eq('gain' in s.__dict__, False)                 # the registry is the one place the parameter lives
+# the registry is the one place the parameter lives
+test_eq('gain' in s.__dict__, False)
 test_eq(s.gain.shape, (3,))
 test_eq(s.label, 'scale')
 test_eq(s(Tensor([1., 2., 3.])).numpy(), [1., 2., 3.])
-test_fail(lambda: setattr(s, 'gain', ones(3)), contains="cannot assign a Tensor to 'gain', which holds a Parameter")
+test_fail(lambda: setattr(s, 'gain', ones(3)),
+          contains="cannot assign a Tensor to 'gain', which holds a Parameter")
 s.gain = None                                        # emptying a parameter's slot is allowed
 test_eq(s._parameters, {'gain': None})
 s.inner = Scale(2)
 test_eq(list(s._modules), ['inner'])
-test_fail(lambda: setattr(s, 'inner', 3), contains="cannot assign a int to 'inner', which holds a Module")
+test_fail(lambda: setattr(s, 'inner', 3),
+          contains="cannot assign a int to 'inner', which holds a Module")
 s.inner = Parameter(ones(1))                         # a Parameter moves the name to _parameters
 test_eq((list(s._modules), list(s._parameters)), ([], ['gain', 'inner']))
 del s.inner
@@ -258,15 +278,20 @@ def register_buffer(self: Module,
                     name: str,              # attribute name, without '.'
                     tensor: Tensor | None,  # the state; None reserves the name
                    ):
-    "Register non-learnable state, such as a running mean: saved by `state_dict`, not yielded by `parameters`."
+    """Register non-learnable state, such as a running mean: saved by `state_dict`, not yielded by
+    `parameters`."""
     if '_buffers' not in self.__dict__:
-        raise AttributeError(f"{type(self).__name__}: cannot register buffer {name!r} before Module.__init__() has run")
+        raise AttributeError(f"{type(self).__name__}: cannot register buffer {name!r} before "
+                             f"Module.__init__() has run")
     if not isinstance(name, str) or not name or '.' in name:
-        raise ValueError(f"register_buffer: name must be a non-empty string without '.', got {name!r}")
+        raise ValueError(f"register_buffer: name must be a non-empty string without "
+                         f"'.', got {name!r}")
     if tensor is not None and not isinstance(tensor, Tensor):
-        raise TypeError(f"register_buffer: {name!r} must be a Tensor or None, got {type(tensor).__name__}")
+        raise TypeError(f"register_buffer: {name!r} must be a Tensor or None, got "
+                        f"{type(tensor).__name__}")
     if hasattr(self, name) and name not in self._buffers:
-        raise ValueError(f"register_buffer: {type(self).__name__} already has an attribute {name!r}")
+        raise ValueError(f"register_buffer: {type(self).__name__} already has an "
+                         f"attribute {name!r}")
     self._buffers[name] = tensor
 
 # %%
@@ -274,12 +299,16 @@ s = Scale(2)
 s.register_buffer('running_mean', zeros(2))
 test_eq(list(s._buffers), ['running_mean'])
 test_eq(s.running_mean.numpy(), [0., 0.])
-s.running_mean = ones(2)                             # a Tensor assigned to a buffer's name replaces the buffer
+# a Tensor assigned to a buffer's name replaces the buffer
+s.running_mean = ones(2)
 test_eq(s._buffers['running_mean'].numpy(), [1., 1.])
-test_fail(lambda: s.register_buffer('gain', zeros(2)), contains="Scale already has an attribute 'gain'")
-test_fail(lambda: s.register_buffer('forward', zeros(2)), contains="already has an attribute 'forward'")
+test_fail(lambda: s.register_buffer('gain', zeros(2)),
+          contains="Scale already has an attribute 'gain'")
+test_fail(lambda: s.register_buffer('forward', zeros(2)),
+          contains="already has an attribute 'forward'")
 test_fail(lambda: s.register_buffer('a.b', zeros(2)), contains="without '.', got 'a.b'")
-test_fail(lambda: s.register_buffer('c', np.zeros(2)), contains="'c' must be a Tensor or None, got ndarray")
+test_fail(lambda: s.register_buffer('c', np.zeros(2)),
+          contains="'c' must be a Tensor or None, got ndarray")
 
 # %% [markdown]
 # ## Linear
@@ -301,7 +330,8 @@ def uniform_(tensor: Tensor,  # filled in place
              a: float = 0.,   # lower bound
              b: float = 1.,   # upper bound
             ) -> Tensor:
-    "Fill `tensor` in place with draws from U(a, b), made by the tensor module's generator; return it."
+    """Fill `tensor` in place with draws from U(a, b), made by the tensor module's generator; return
+    it."""
     tensor.data[...] = a + (b - a) * rand(*tensor.shape, dtype=tensor.dtype).data
     return tensor
 
@@ -321,7 +351,8 @@ class Linear(Module):
                  out_features: int,  # size of the output's last axis
                  bias: bool = True,  # add a learnable bias b?
                 ):
-        "Make `weight` (out_features, in_features) and `bias` (out_features,), drawn from U(-1/sqrt(in_features), 1/sqrt(in_features))."
+        """Make `weight` (out_features, in_features) and `bias` (out_features,), drawn from
+        U(-1/sqrt(in_features), 1/sqrt(in_features))."""
         super().__init__()
         if not all(isinstance(n, (int, np.integer)) and n > 0 for n in (in_features, out_features)):
             raise ValueError(f"Linear: in_features and out_features must be positive integers, "
@@ -329,12 +360,15 @@ class Linear(Module):
         self.in_features, self.out_features = in_features, out_features
         ### BEGIN SOLUTION
         bound = 1 / math.sqrt(in_features)
-        self.weight = uniform_(Parameter(zeros(out_features, in_features)), -bound, bound)  # (out, in)
-        self.bias = uniform_(Parameter(zeros(out_features)), -bound, bound) if bias else None  # (out,)
+        # (out, in)
+        self.weight = uniform_(Parameter(zeros(out_features, in_features)), -bound, bound)
+        # (out,)
+        self.bias = uniform_(Parameter(zeros(out_features)), -bound, bound) if bias else None
         ### END SOLUTION
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
 
 # %%
 #| export
@@ -343,7 +377,8 @@ def forward(self: Linear, x: Tensor) -> Tensor:
     "$y = x W^T + b$ on the last axis: (..., in_features) -> (..., out_features)."
     ### BEGIN SOLUTION
     if x.ndim == 0 or x.shape[-1] != self.in_features:
-        raise ValueError(f"Linear: input of shape {x.shape} does not end in in_features={self.in_features}")
+        raise ValueError(f"Linear: input of shape {x.shape} does not end in "
+                         f"in_features={self.in_features}")
     y = x @ self.weight.T                              # (..., in) @ (in, out) -> (..., out)
     return y if self.bias is None else y + self.bias   # (..., out) + (out,)
     ### END SOLUTION
@@ -369,9 +404,11 @@ nb = Linear(3, 2, bias=False)
 test_eq(nb.bias, None)
 test_eq(list(nb._parameters), ['weight'])
 test_eq(nb(x).numpy(), x.numpy() @ nb.weight.numpy().T)
-test_fail(lambda: lin(randn(4, 4)), contains="Linear: input of shape (4, 4) does not end in in_features=3")
+test_fail(lambda: lin(randn(4, 4)),
+          contains="Linear: input of shape (4, 4) does not end in in_features=3")
 test_fail(lambda: lin(Tensor(1.)), contains="input of shape ()")
-test_fail(lambda: Linear(0, 2), contains="must be positive integers, got in_features=0, out_features=2")
+test_fail(lambda: Linear(0, 2),
+          contains="must be positive integers, got in_features=0, out_features=2")
 test_fail(lambda: Linear(3, 2.5), contains="out_features=2.5")
 
 # %% [markdown]
@@ -384,7 +421,8 @@ test_eq(bool(np.abs(big.bias.numpy()).max() <= 1 / math.sqrt(100)), True)
 manual_seed(0); first = Linear(3, 4)
 manual_seed(0); again = Linear(3, 4)
 test_eq((again.weight.numpy(), again.bias.numpy()), (first.weight.numpy(), first.bias.numpy()))
-test_eq(np.array_equal(Linear(3, 4).weight.numpy(), first.weight.numpy()), False)  # no reset: the generator moved on
+# no reset: the generator moved on
+test_eq(np.array_equal(Linear(3, 4).weight.numpy(), first.weight.numpy()), False)
 
 # %% [markdown]
 # ## Why this initialisation
@@ -411,7 +449,8 @@ a = math.sqrt(5)
 gain = math.sqrt(2 / (1 + a**2))
 for fan_in in (3, 784):
     kaiming_bound = gain * math.sqrt(3 / fan_in)
-    print(f"fan_in={fan_in}: gain {gain:.4f}, Kaiming bound {kaiming_bound:.6f}, 1/sqrt(fan_in) {1 / math.sqrt(fan_in):.6f}")
+    print(f"fan_in={fan_in}: gain {gain:.4f}, Kaiming bound {kaiming_bound:.6f}, 1/sqrt(fan_in) "
+          f"{1 / math.sqrt(fan_in):.6f}")
     test_close(kaiming_bound, 1 / math.sqrt(fan_in), eps=1e-12)
 
 # %% [markdown]
@@ -423,8 +462,10 @@ n = 512
 x = randn(4096, n, seed=0)                            # (4096, 512), E[x^2] = 1
 y = Linear(n, n)(x)                                   # (4096, 512)
 predicted = math.sqrt(1 / 3 + 1 / (3 * n))
-print(f"input std {x.numpy().std():.4f}, output std {y.numpy().std():.4f}, predicted {predicted:.4f}")
-test_close(y.numpy().std() / predicted, 1., eps=0.02)  # sampling error of 2M outputs and 262k weights is ~0.2%
+print(f"input std {x.numpy().std():.4f}, output std {y.numpy().std():.4f}, predicted "
+      f"{predicted:.4f}")
+# sampling error of 2M outputs and 262k weights is ~0.2%
+test_close(y.numpy().std() / predicted, 1., eps=0.02)
 
 # %% [markdown]
 # Depth multiplies the factor. With a ReLU between layers, which zeroes the negative half of a
@@ -445,7 +486,8 @@ test_close(y.numpy().std() / predicted, 1., eps=0.02)  # sampling error of 2M ou
 
 # %%
 def mean_square_through_relu_stack(bound, depth=6, n=512, batch=512, runs=4):
-    "Mean square of the activations after each Linear+ReLU layer, averaged over `runs` stacks; weights from U(-bound(n), bound(n))."
+    """Mean square of the activations after each Linear+ReLU layer, averaged over `runs` stacks;
+    weights from U(-bound(n), bound(n))."""
     manual_seed(0)
     ms = np.zeros(depth)
     for _ in range(runs):
@@ -467,12 +509,16 @@ def predicted_mean_square(c, depth=6, n=512):
 
 default = np.sqrt(mean_square_through_relu_stack(lambda n: 1 / math.sqrt(n)))
 kaiming = np.sqrt(mean_square_through_relu_stack(lambda n: math.sqrt(6 / n)))
-default_pred, kaiming_pred = np.sqrt(predicted_mean_square(1 / 3)), np.sqrt(predicted_mean_square(2.))
+default_pred = np.sqrt(predicted_mean_square(1 / 3))
+kaiming_pred = np.sqrt(predicted_mean_square(2.))
 for l in range(len(default)):
-    print(f"layer {l + 1}: rms with default init {default[l]:.4f} (predicted {default_pred[l]:.4f}), "
+    print(f"layer {l + 1}: rms with default init {default[l]:.4f} (predicted "
+          f"{default_pred[l]:.4f}), "
           f"with Kaiming init {kaiming[l]:.3f} (predicted {kaiming_pred[l]:.3f})")
-print(f"scale lost per layer with the default init, first step: {default[0] / default[1]:.2f}x, sqrt(6) = {math.sqrt(6):.2f}")
-# finite width moves each stack's rms by a few percent per layer; four stacks averaged over six layers
+print(f"scale lost per layer with the default init, first step: {default[0] / default[1]:.2f}x, "
+      f"sqrt(6) = {math.sqrt(6):.2f}")
+# finite width moves each stack's rms by a few percent per layer; four stacks averaged over six
+# layers
 test_close(default / default_pred, 1., eps=0.15)
 test_close(kaiming / kaiming_pred, 1., eps=0.15)
 
@@ -498,9 +544,11 @@ class RemovableHandle:
 
 @patch
 def register_forward_pre_hook(self: Module, hook) -> RemovableHandle:
-    "Run `hook(module, args)` before every `forward`; a non-None result replaces the positional arguments."
+    """Run `hook(module, args)` before every `forward`; a non-None result replaces the positional
+    arguments."""
     if not callable(hook):
-        raise TypeError(f"register_forward_pre_hook: hook must be callable, got {type(hook).__name__}")
+        raise TypeError(f"register_forward_pre_hook: hook must be callable, got "
+                        f"{type(hook).__name__}")
     hooks = self.__dict__.setdefault('_forward_pre_hooks', {})
     handle = RemovableHandle(hooks)
     hooks[handle.id] = hook
@@ -535,7 +583,8 @@ def _join(prefix: str, name: str) -> str:
 
 @patch
 def named_modules(self: Module, memo: set | None = None, prefix: str = ''):
-    "Yield (dotted name, module) for this module and every descendant, depth first, each module once."
+    """Yield (dotted name, module) for this module and every descendant, depth first, each module
+    once."""
     memo = set() if memo is None else memo  # ids of the modules yielded so far
     if id(self) in memo: return
     memo.add(id(self))
@@ -578,7 +627,8 @@ def named_parameters(self: Module,
                      prefix: str = '',      # put before every name, with a '.'
                      recurse: bool = True,  # include the parameters of submodules?
                     ):
-    "Yield (dotted name, parameter) for every parameter, each once even if several modules share it."
+    """Yield (dotted name, parameter) for every parameter, each once even if several modules share
+    it."""
     ### BEGIN SOLUTION
     seen = set()  # ids of the parameters yielded so far
     for mod_name, m in (self.named_modules(prefix=prefix) if recurse else [(prefix, self)]):
@@ -616,7 +666,8 @@ def buffers(self: Module, recurse: bool = True):
 
 # %%
 class Block(Module):
-    "A test module: `Block(fc=Linear(4, 3))` has a child named `fc`; forward applies the children in order."
+    """A test module: `Block(fc=Linear(4, 3))` has a child named `fc`; forward applies the children
+    in order."""
     def __init__(self, **children):
         super().__init__()
         for name, m in children.items(): setattr(self, name, m)
@@ -626,7 +677,8 @@ class Block(Module):
 
 # %%
 ae = Block(encoder=Block(fc=Linear(4, 3)), decoder=Linear(3, 4))
-test_eq([n for n, _ in ae.named_parameters()], ['encoder.fc.weight', 'encoder.fc.bias', 'decoder.weight', 'decoder.bias'])
+test_eq([n for n, _ in ae.named_parameters()],
+        ['encoder.fc.weight', 'encoder.fc.bias', 'decoder.weight', 'decoder.bias'])
 test_eq([n for n, _ in ae.named_modules()], ['', 'encoder', 'encoder.fc', 'decoder'])
 test_eq([n for n, _ in ae.named_children()], ['encoder', 'decoder'])
 test_eq([type(m).__name__ for m in ae.modules()], ['Block', 'Block', 'Linear', 'Linear'])
@@ -675,9 +727,11 @@ class Sequential(Module):
     def __init__(self, *modules):
         super().__init__()
         one_dict = len(modules) == 1 and isinstance(modules[0], dict)
-        for name, m in (modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))):
+        named = modules[0].items() if one_dict else ((str(i), m) for i, m in enumerate(modules))
+        for name, m in named:
             if not isinstance(name, str) or not name or '.' in name:
-                raise ValueError(f"Sequential: module names must be non-empty strings without '.', got {name!r}")
+                raise ValueError(f"Sequential: module names must be non-empty strings without "
+                                 f"'.', got {name!r}")
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: {name!r} is a {type(m).__name__}, not a Module")
             setattr(self, name, m)
@@ -690,7 +744,9 @@ class Sequential(Module):
         items = list(self._modules.items())
         if isinstance(idx, slice): return Sequential(dict(items[idx]))
         try: return items[idx][1]
-        except IndexError: raise IndexError(f"Sequential: index {idx} out of range for {len(items)} modules") from None
+        except IndexError:
+            raise IndexError(f"Sequential: index {idx} out of range for "
+                             f"{len(items)} modules") from None
 
 # %%
 #| export
@@ -774,13 +830,15 @@ test_fail(lambda: net.train('no'), contains="train: mode must be a bool, got 'no
 #| export
 @patch
 def zero_grad(self: Module, set_to_none: bool = True):
-    "Clear every parameter's gradient: set it to None, or fill it with zeros if `set_to_none` is False."
+    """Clear every parameter's gradient: set it to None, or fill it with zeros if `set_to_none` is
+    False."""
     for p in self.parameters():
         if set_to_none: p.grad = None
         elif p.grad is not None: p.grad[...] = 0
 
 # %%
-for p in net.parameters(): p.grad = np.ones(p.shape, np.float32)  # stand-ins for gradients from autograd
+# stand-ins for gradients from autograd
+for p in net.parameters(): p.grad = np.ones(p.shape, np.float32)
 net.zero_grad(set_to_none=False)
 test_eq([float(np.abs(p.grad).sum()) for p in net.parameters()], [0.] * 4)
 net.zero_grad()
@@ -802,7 +860,8 @@ test_eq([p.grad for p in net.parameters()], [None] * 4)
 #| export
 @patch
 def _named_state(self: Module, prefix: str = ''):
-    "Yield (dotted name, tensor) for every parameter and buffer along every path; a shared one appears under each name."
+    """Yield (dotted name, tensor) for every parameter and buffer along every path; a shared one
+    appears under each name."""
     for name, t in [*self._parameters.items(), *self._buffers.items()]:
         if t is not None: yield _join(prefix, name), t
     for name, m in self._modules.items():
@@ -818,11 +877,15 @@ manual_seed(0)
 src = Sequential(Linear(4, 4), Linear(4, 2))
 sd = src.state_dict()
 test_eq(list(sd), ['0.weight', '0.bias', '1.weight', '1.bias'])
-test_eq((type(sd['0.weight']), sd['0.weight'].dtype, sd['1.weight'].shape), (np.ndarray, np.float32, (2, 4)))
-sd['0.bias'][0] = 99.                                 # the dict holds copies: the model does not change
+test_eq((type(sd['0.weight']), sd['0.weight'].dtype, sd['1.weight'].shape),
+        (np.ndarray, np.float32, (2, 4)))
+# the dict holds copies: the model does not change
+sd['0.bias'][0] = 99.
 test_eq(bool(src[0].bias.numpy()[0] == 99.), False)
-test_eq(list(Sequential(lin, lin).state_dict()), ['0.weight', '0.bias', '1.weight', '1.bias'])  # shared: each name
-test_eq(list(with_buf.state_dict()), ['s.gain', 's.running_mean', 'fc.weight', 'fc.bias'])              # buffers included
+# shared: each name
+test_eq(list(Sequential(lin, lin).state_dict()), ['0.weight', '0.bias', '1.weight', '1.bias'])
+# buffers included
+test_eq(list(with_buf.state_dict()), ['s.gain', 's.running_mean', 'fc.weight', 'fc.bias'])
 
 # %% [markdown]
 # `load_state_dict(state)` copies the arrays of `state` into the parameters and buffers of the same
@@ -845,7 +908,8 @@ def load_state_dict(self: Module,
                     state: dict,         # dotted name -> ndarray or Tensor, as `state_dict` gives
                     strict: bool = True, # require exactly the model's names?
                    ) -> IncompatibleKeys:
-    "Copy `state` into the parameters and buffers of the same names; check everything first, load all or nothing."
+    """Copy `state` into the parameters and buffers of the same names; check everything first, load
+    all or nothing."""
     ### BEGIN SOLUTION
     own = dict(self._named_state())
     missing = [k for k in own if k not in state]
@@ -854,7 +918,8 @@ def load_state_dict(self: Module,
     for k, t in own.items():
         if k not in state: continue
         v = np.asarray(state[k].data if isinstance(state[k], Tensor) else state[k])
-        if v.shape != t.shape: problems.append(f"shape mismatch for {k!r}: checkpoint {v.shape} vs model {t.shape}")
+        if v.shape != t.shape:
+            problems.append(f"shape mismatch for {k!r}: checkpoint {v.shape} vs model {t.shape}")
         else: new[k] = v.astype(t.dtype)  # a copy, in the model's dtype
     if strict and unexpected: problems.insert(0, f"unexpected keys {unexpected}")
     if strict and missing: problems.insert(0, f"missing keys {missing}")
@@ -891,7 +956,8 @@ test_fail(lambda: dst.load_state_dict(bad), exc=RuntimeError,
           contains="load_state_dict: missing keys ['1.bias']; unexpected keys ['2.weight']; "
                    "shape mismatch for '0.weight': checkpoint (3, 4) vs model (4, 4)")
 test_eq(list(dst.state_dict()), list(before))
-for k, v in dst.state_dict().items(): test_eq(v, before[k])   # bad['0.bias'] and bad['1.weight'] were not loaded
+# bad['0.bias'] and bad['1.weight'] were not loaded
+for k, v in dst.state_dict().items(): test_eq(v, before[k])
 
 # %% [markdown]
 # With `strict=False` the matching entries load and the others are returned; a shape mismatch still
@@ -923,7 +989,8 @@ def _indent(text: str, n: int) -> str:
 def __repr__(self: Module) -> str:
     "`Name(settings)`, then one indented line per child, in PyTorch's format."
     extra = self.extra_repr()
-    lines = (extra.split('\n') if extra else []) + [f"({k}): {_indent(repr(m), 2)}" for k, m in self._modules.items()]
+    lines = (extra.split('\n') if extra else []) + [f"({k}): {_indent(repr(m), 2)}"
+                                                   for k, m in self._modules.items()]
     if not self._modules and len(lines) <= 1: return f"{type(self).__name__}({extra})"
     return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
@@ -1027,7 +1094,8 @@ manual_seed(0)
 net = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
 test_eq([n for n, _ in net.named_parameters()], ['0.weight', '0.bias', '2.weight', '2.bias'])
 test_eq(list(net.state_dict()), ['0.weight', '0.bias', '2.weight', '2.bias'])
-test_eq(repr(net), "Sequential(\n  (0): Linear(in_features=4, out_features=8, bias=True)\n  (1): ReLU()\n"
+test_eq(repr(net),
+        "Sequential(\n  (0): Linear(in_features=4, out_features=8, bias=True)\n  (1): ReLU()\n"
                    "  (2): Linear(in_features=8, out_features=2, bias=True)\n)")
 test_eq([m.training for m in net.eval().modules()], [False] * 4)
 x = randn(3, 4)
@@ -1083,15 +1151,19 @@ test_eq(sum(v.nbytes for v in mlp.state_dict().values()), n_bytes)
 #| export
 @patch
 def double(self: Module) -> Module:
-    "Convert every parameter and floating-point buffer to float64 in place, keeping shared parameters shared; return `self`."
+    """Convert every parameter and floating-point buffer to float64 in place, keeping shared
+    parameters shared; return `self`."""
     copies = {}  # id of an original parameter -> its float64 copy
     for m in self.modules():
         for name, p in list(m._parameters.items()):
             if p is None: continue
-            if id(p) not in copies: copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64), requires_grad=p.requires_grad)
+            if id(p) not in copies:
+                copies[id(p)] = Parameter(Tensor(p.data, dtype=np.float64),
+                                          requires_grad=p.requires_grad)
             setattr(m, name, copies[id(p)])
         for name, b in list(m._buffers.items()):
-            if b is not None and b.dtype.kind == 'f': setattr(m, name, Tensor(b.data, dtype=np.float64))
+            if b is not None and b.dtype.kind == 'f':
+                setattr(m, name, Tensor(b.data, dtype=np.float64))
     return self
 
 # %%
@@ -1106,9 +1178,11 @@ one = Linear(784, 10).double()
 one.load_state_dict({'weight': W3 @ W2 @ W1, 'bias': W3 @ (W2 @ b1 + b2) + b3})
 x = randn(8, 784, seed=2, dtype=np.float64)
 diff = np.abs(mlp(x).numpy() - one(x).numpy())                                            # (8, 10)
-abs_chain = ((np.abs(x.numpy()) @ np.abs(W1).T + np.abs(b1)) @ np.abs(W2).T + np.abs(b2)) @ np.abs(W3).T + np.abs(b3)
+abs_chain = np.abs(x.numpy()) @ np.abs(W1).T + np.abs(b1)                                # (8, 256)
+abs_chain = (abs_chain @ np.abs(W2).T + np.abs(b2)) @ np.abs(W3).T + np.abs(b3)          # (8, 10)
 tol = 2 * (784 + 256 + 128) * np.finfo(np.float64).eps * abs_chain                         # (8, 10)
-print(f"largest difference {diff.max():.1e}, smallest allowed {tol.min():.1e}, largest output {np.abs(one(x).numpy()).max():.3f}")
+print(f"largest difference {diff.max():.1e}, smallest allowed {tol.min():.1e}, largest output "
+      f"{np.abs(one(x).numpy()).max():.3f}")
 test_eq(one.weight.dtype, np.float64)
 test_eq(bool((diff <= tol).all()), True)
 

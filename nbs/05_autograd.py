@@ -58,7 +58,8 @@ from tinytorch.utils.timing import compare
 
 from tinytorch.core.tensor import randn, zeros, cat, stack
 from tinytorch.core.activations import relu, sigmoid, tanh, gelu, softmax, log_softmax
-from tinytorch.core.losses import mse_loss, cross_entropy, binary_cross_entropy_with_logits, binary_cross_entropy
+from tinytorch.core.losses import mse_loss, cross_entropy
+from tinytorch.core.losses import binary_cross_entropy_with_logits, binary_cross_entropy
 
 # %% [markdown]
 # ## Recording the graph
@@ -128,9 +129,12 @@ def detach(self: Tensor) -> Tensor:
 @patch
 def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
     "Set `requires_grad` in place on a leaf tensor; returns self."
-    if self._ctx is not None: raise RuntimeError("requires_grad_: only leaf tensors can change requires_grad; use detach() first")
+    if self._ctx is not None:
+        raise RuntimeError("requires_grad_: only leaf tensors can change requires_grad; use "
+                           "detach() first")
     if requires_grad and self.data.dtype.kind != 'f':
-        raise TypeError(f"requires_grad_: only floating-point tensors can require gradients, got dtype {self.dtype}")
+        raise TypeError(f"requires_grad_: only floating-point tensors can require gradients, got "
+                        f"dtype {self.dtype}")
     self.requires_grad = requires_grad
     return self
 
@@ -159,7 +163,8 @@ test_fail(lambda: (a * 2).requires_grad_(False), contains="only leaf tensors")
 _grad_rules = {}
 
 def grad_rule(op: str):
-    "Decorator: register `fn(g, out, *parents, **ctx) -> tuple of input gradients` as the rule for `op`."
+    """Decorator: register `fn(g, out, *parents, **ctx) -> tuple of input gradients` as the rule for
+    `op`."""
     def register(fn):
         _grad_rules[op] = fn
         return fn
@@ -204,7 +209,8 @@ g = np.ones((2, 2)); test_is(unbroadcast(g, (2, 2)), g)   # same shape: no work
 #| export
 @grad_rule('add')
 def _add_grad(g, out, a, b):
-    "Rule for `a + b`: (dL/da, dL/db), each `g` unbroadcast to that input's shape; None if not needed."
+    """Rule for `a + b`: (dL/da, dL/db), each `g` unbroadcast to that input's shape; None if not
+    needed."""
     ### BEGIN SOLUTION
     return (unbroadcast(g, a.shape) if a.requires_grad else None,
             unbroadcast(g, b.shape) if b.requires_grad else None)
@@ -228,22 +234,26 @@ def _mul_grad(g, out, a, b):
 a, b = Tensor([[1., 2.], [3., 4.]], requires_grad=True), Tensor([10., 20.], requires_grad=True)
 g = np.ones((2, 2), np.float32)
 ga, gb = _add_grad(g, None, a, b)
-test_eq(ga, g); test_eq(gb, [2., 2.])                          # b was broadcast over 2 rows: its gradient sums them
+# b was broadcast over 2 rows: its gradient sums them
+test_eq(ga, g); test_eq(gb, [2., 2.])
 ga, gb = _mul_grad(g, None, a, b)
 test_eq(ga, [[10., 20.], [10., 20.]]); test_eq(gb, [4., 6.])
-test_eq(_add_grad(g, None, a, Tensor([1., 1.]))[1], None)     # no gradient for an input that does not need one
+# no gradient for an input that does not need one
+test_eq(_add_grad(g, None, a, Tensor([1., 1.]))[1], None)
 
 # %%
 #| export
 @grad_rule('div')
 def _div_grad(g, out, a, b):
     return (unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
-            unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None)   # -a/b^2 = -out/b
+            # -a/b^2 = -out/b
+            unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None)
 
 @grad_rule('pow')
 def _pow_grad(g, out, a, b):
     ga = unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape) if a.requires_grad else None
-    with np.errstate(divide='ignore', invalid='ignore'):  # log of a negative base is NaN, as in PyTorch
+    # log of a negative base is NaN, as in PyTorch
+    with np.errstate(divide='ignore', invalid='ignore'):
         gb = unbroadcast(g * out * np.log(a.data), b.shape) if b.requires_grad else None
     return ga, gb
 
@@ -295,27 +305,36 @@ def _clip_grad(g, out, a, min, max):
 #| export
 @grad_rule('matmul')
 def _matmul_grad(g, out, a, b):
-    "Rule for `a @ b`: (g @ B.T, A.T @ g) for 2-D A, B (None where not needed); other ranks are given."
+    """Rule for `a @ b`: (g @ B.T, A.T @ g) for 2-D A, B (None where not needed); other ranks are
+    given."""
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:                                  # the common case, no reshaping
         ### BEGIN SOLUTION
         return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
-    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:               # (..., n, k) @ (k, m), as in Linear
-        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # one GEMM (k, m), no (..., k, m) temporary
-        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None   # one GEMM too
+    # (..., n, k) @ (k, m), as in Linear
+    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:
+        # one GEMM (k, m), no (..., k, m) temporary
+        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        # one GEMM too
+        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None
         return ga, gb
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
-    g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
-    g2 = np.expand_dims(g2, -2) if A.ndim == 1 else g2               # and the n axis of a row: (..., n, m)
-    ga = unbroadcast(g2 @ np.swapaxes(B2, -1, -2), A2.shape).reshape(A.shape) if a.requires_grad else None
-    gb = unbroadcast(np.swapaxes(A2, -1, -2) @ g2, B2.shape).reshape(B.shape) if b.requires_grad else None
+    # put back the m axis of a column
+    g2 = g[..., None] if B.ndim == 1 else g
+    # and the n axis of a row: (..., n, m)
+    g2 = np.expand_dims(g2, -2) if A.ndim == 1 else g2
+    ga = unbroadcast(g2 @ np.swapaxes(B2, -1, -2),
+                     A2.shape).reshape(A.shape) if a.requires_grad else None
+    gb = unbroadcast(np.swapaxes(A2, -1, -2) @ g2,
+                     B2.shape).reshape(B.shape) if b.requires_grad else None
     return ga, gb
 
 
 # %%
-A, B = Tensor([[1., 2.]], requires_grad=True), Tensor([[3.], [4.]], requires_grad=True)   # (1, 2) @ (2, 1)
+# (1, 2) @ (2, 1)
+A, B = Tensor([[1., 2.]], requires_grad=True), Tensor([[3.], [4.]], requires_grad=True)
 ga, gb = _matmul_grad(np.array([[2.]], np.float32), None, A, B)
 test_eq(ga, [[6., 8.]]); test_eq(gb, [[2.], [4.]])
 
@@ -331,8 +350,10 @@ test_eq(ga, [[6., 8.]]); test_eq(gb, [[2.], [4.]])
 # %%
 #| export
 def _expand(g: np.ndarray, shape: tuple, axis, keepdims: bool) -> np.ndarray:
-    "Give a reduced gradient `g` back the axes the reduction removed, ready to broadcast to `shape`."
-    if axis is None or keepdims: return g.reshape([1] * len(shape)) if axis is None and not keepdims else g
+    """Give a reduced gradient `g` back the axes the reduction removed, ready to broadcast to
+    `shape`."""
+    if axis is None or keepdims:
+        return g.reshape([1] * len(shape)) if axis is None and not keepdims else g
     axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
     return np.expand_dims(g, tuple(ax % len(shape) for ax in axes))
 
@@ -345,7 +366,8 @@ def _count(shape: tuple, axis) -> int:
 #| export
 @grad_rule('sum')
 def _sum_grad(g, out, a, axis, keepdims):
-    "Rule for a sum: a 1-tuple, `g` given back the reduced axes (`_expand`) and broadcast to `a.shape`."
+    """Rule for a sum: a 1-tuple, `g` given back the reduced axes (`_expand`) and broadcast to
+    `a.shape`."""
     ### BEGIN SOLUTION
     return (np.broadcast_to(_expand(g, a.shape, axis, keepdims), a.shape),)
     ### END SOLUTION
@@ -355,7 +377,8 @@ def _mean_grad(g, out, a, axis, keepdims):
     return (np.broadcast_to(_expand(g, a.shape, axis, keepdims) / _count(a.shape, axis), a.shape),)
 
 def _extreme_grad(g, out, a, axis, keepdims):
-    hit = a.data == _expand(out, a.shape, axis, keepdims)            # where the max (or min) was attained
+    # where the max (or min) was attained
+    hit = a.data == _expand(out, a.shape, axis, keepdims)
     share = hit / hit.sum(axis=axis, keepdims=True)
     return ((_expand(g, a.shape, axis, keepdims) * share).astype(a.dtype, copy=False),)
 
@@ -365,7 +388,8 @@ grad_rule('min')(_extreme_grad)
 
 # %%
 x = Tensor(np.ones((2, 3)), requires_grad=True)
-test_eq(_sum_grad(np.array([1., 2.], np.float32), None, x, 1, False)[0], [[1., 1., 1.], [2., 2., 2.]])
+test_eq(_sum_grad(np.array([1., 2.], np.float32), None, x, 1, False)[0],
+        [[1., 1., 1.], [2., 2., 2.]])
 test_eq(_sum_grad(np.array(5., np.float32), None, x, None, False)[0], np.full((2, 3), 5.))
 
 # %% [markdown]
@@ -410,7 +434,8 @@ def _cat_grad(g, out, *tensors, dim):
 # %%
 x = Tensor(np.zeros(4), requires_grad=True)
 test_eq(_getitem_grad(np.array([1., 2.], np.float32), None, x, slice(1, 3))[0], [0., 1., 2., 0.])
-test_eq(_getitem_grad(np.array([1., 2.], np.float32), None, x, np.array([3, 3]))[0], [0., 0., 0., 3.])
+test_eq(_getitem_grad(np.array([1., 2.], np.float32), None, x, np.array([3, 3]))[0],
+        [0., 0., 0., 3.])
 
 # %% [markdown]
 # ### Activations
@@ -437,9 +462,12 @@ def _gelu_grad(g, out, a, approximate):
     x = a.data
     if approximate == 'tanh':
         k = math.sqrt(2 / math.pi)
-        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715, in three
-        # arrays updated in place: each temporary of an expression costs a pass over memory and fresh pages
-        x2 = x * x                                                   # x*x: float32 x**3 is far slower
+        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715,
+        # in three
+        # arrays updated in place: each temporary of an expression costs a pass over memory and
+        # fresh pages
+        # x*x: float32 x**3 is far slower
+        x2 = x * x
         t = x2 * 0.044715; t += 1; t *= x; t *= k; np.tanh(t, out=t)
         x2 *= 3 * 0.044715; x2 += 1; x2 *= x; x2 *= 0.5 * k          # k x (1 + 3c x^2) / 2
         d = t * t; np.subtract(1, d, out=d); d *= x2                 # k x (1 - t^2)(1 + 3c x^2) / 2
@@ -469,7 +497,8 @@ def _log_softmax_grad(g, out, a, dim): return (g - np.exp(out) * g.sum(axis=dim,
 #| export
 @grad_rule('cross_entropy')
 def _cross_entropy_grad(g, out, z, target, reduction, label_smoothing):
-    "Rule for cross-entropy: (dL/dz,), softmax(z) minus the smoothed one-hot `target`, times `g` (/N for mean)."
+    """Rule for cross-entropy: (dL/dz,), softmax(z) minus the smoothed one-hot `target`, times `g`
+    (/N for mean)."""
     ### BEGIN SOLUTION
     N, C = z.shape
     e = np.exp(z.data - z.data.max(axis=1, keepdims=True))
@@ -490,7 +519,8 @@ def _bce_grad(g, out, p, y):
     P, Y = p.data, y.data
     gp = g * (P - Y) / np.maximum(P * (1 - P), 1e-12) if p.requires_grad else None
     with np.errstate(divide='ignore'):
-        gy = g * (np.maximum(np.log1p(-P), -100) - np.maximum(np.log(P), -100)) if y.requires_grad else None
+        gy = None
+        if y.requires_grad: gy = g * (np.maximum(np.log1p(-P), -100) - np.maximum(np.log(P), -100))
     return gp, gy
 
 
@@ -542,14 +572,19 @@ def backward(self: Tensor,
              gradient=None,       # dL/dself; may be omitted for a single-element tensor (then 1)
              retain_graph=False,  # keep the graph for another backward pass?
             ) -> None:
-    "Accumulate the gradient of `self` with respect to every leaf that requires one into the leaves' `.grad`."
-    if not self.requires_grad: raise RuntimeError("backward: tensor does not require grad and has no graph")
+    """Accumulate the gradient of `self` with respect to every leaf that requires one into the
+    leaves' `.grad`."""
+    if not self.requires_grad:
+        raise RuntimeError("backward: tensor does not require grad and has no graph")
     if gradient is None:
         if self.data.size != 1:
-            raise RuntimeError(f"backward: the gradient can be implied only for a single-element tensor, got shape {self.shape}; pass gradient=")
+            raise RuntimeError(f"backward: the gradient can be implied only for a single-element "
+                               f"tensor, got shape {self.shape}; pass gradient=")
         gradient = np.ones_like(self.data)
-    gradient = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient, dtype=self.dtype)
-    if gradient.shape != self.shape: raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
+    gradient = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient,
+                          dtype=self.dtype)
+    if gradient.shape != self.shape:
+        raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
     _backward(self, gradient, retain_graph)
 
 # %%
@@ -560,7 +595,8 @@ def _root_base(a: np.ndarray):
     return a
 
 def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
-    "`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else a copy."
+    """`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else
+    a copy."""
     root = _root_base(g)
     if (id(root) in claimed or g.dtype != dtype or not g.flags.c_contiguous or not g.flags.writeable
             or g.size != getattr(root, 'size', -1)):
@@ -573,25 +609,31 @@ def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
 def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
     "Apply the gradient rules over the graph ending at `root`, output first."
     grads = {id(root): gradient}
-    claimed = {id(_root_base(gradient))}  # memory handed out already; the caller's gradient is never handed out
+    # memory handed out already; the caller's gradient is never handed out
+    claimed = {id(_root_base(gradient))}
     for t in reversed(_topo_order(root)):
         g = grads.pop(id(t), None)
         if g is None: continue
-        if t._ctx is None:                                          # a leaf: give it an array of its own
+        # a leaf: give it an array of its own
+        if t._ctx is None:
             t.grad = _own(g, t.dtype, claimed) if t.grad is None else t.grad + g
             continue
         if t._ctx is _RELEASED:
-            raise RuntimeError("backward: trying to backward through a graph that was already released; "
-                               "call backward(retain_graph=True) the first time if you need two passes")
-        # Look up the rule of `t`'s op (`t._ctx` is (op, parents, ctx)), call it with g, t.data, the parents and
-        # ctx, and add each parent's gradient (skip None and parents that need none) into `grads`; a gradient
+            raise RuntimeError("backward: trying to backward through a graph that was already "
+                               "released; call backward(retain_graph=True) the first time if you "
+                               "need two passes")
+        # Look up the rule of `t`'s op (`t._ctx` is (op, parents, ctx)), call it with g, t.data, the
+        # parents and
+        # ctx, and add each parent's gradient (skip None and parents that need none) into `grads`; a
+        # gradient
         # whose shape differs from its parent's is a RuntimeError naming the op and both shapes.
         ### BEGIN SOLUTION
         op, parents, ctx = t._ctx
         for p, pg in zip(parents, _grad_rules[op](g, t.data, *parents, **ctx)):
             if pg is None or not p.requires_grad: continue
             if pg.shape != p.shape:
-                raise RuntimeError(f"backward: the rule for '{op}' gave a gradient of shape {pg.shape} for an input of shape {p.shape}")
+                raise RuntimeError(f"backward: the rule for '{op}' gave a gradient of shape "
+                                   f"{pg.shape} for an input of shape {p.shape}")
             grads[id(p)] = grads[id(p)] + pg if id(p) in grads else pg
         ### END SOLUTION
         if not retain_graph: t._ctx = _RELEASED
@@ -643,7 +685,8 @@ test_close(x.grad[0], 1.0001 ** 5000, eps=1e-2)
 #
 # A wrong gradient rule does not crash; it makes training slower or useless. The check is the
 # central difference
-# $$\frac{\partial f}{\partial x_i} \approx \frac{f(x + \epsilon e_i) - f(x - \epsilon e_i)}{2\epsilon},$$
+# $$\frac{\partial f}{\partial x_i}
+#   \approx \frac{f(x + \epsilon e_i) - f(x - \epsilon e_i)}{2\epsilon},$$
 # whose error is $O(\epsilon^2)$ from truncation plus about $\delta / \epsilon$ from rounding, with
 # $\delta \approx 10^{-16}$ in float64. With $\epsilon = 10^{-6}$ both are below $10^{-9}$, far
 # below any mistake in a rule; in float32 the rounding term would be $10^{-7}/10^{-6}$, too large,
@@ -670,10 +713,12 @@ def gradcheck(fn,              # function of Tensors returning a Tensor
               rtol=1e-3,       # relative tolerance
               seed=0,          # for the random output weights
              ) -> bool:
-    "Check the gradients `backward` computes for `fn` against central differences; raise `GradcheckError` if they differ."
+    """Check the gradients `backward` computes for `fn` against central differences; raise
+    `GradcheckError` if they differ."""
     checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     for i in checked:
-        if inputs[i].dtype != np.float64: raise TypeError(f"gradcheck: input {i} has dtype {inputs[i].dtype}; use float64")
+        if inputs[i].dtype != np.float64:
+            raise TypeError(f"gradcheck: input {i} has dtype {inputs[i].dtype}; use float64")
         inputs[i].grad = None
     out = fn(*inputs)
     w = np.random.default_rng(seed).standard_normal(out.shape)
@@ -689,17 +734,22 @@ def gradcheck(fn,              # function of Tensors returning a Tensor
             x.data[idx] = orig
             numeric = (plus - minus) / (2 * eps)
             if abs(analytic[idx] - numeric) > atol + rtol * abs(numeric):
-                raise GradcheckError(f"gradcheck: input {i} {x.shape} at index {idx}: analytic {analytic[idx]:.6g}, numeric {numeric:.6g}")
+                raise GradcheckError(f"gradcheck: input {i} {x.shape} at index {idx}: analytic "
+                                     f"{analytic[idx]:.6g}, numeric {numeric:.6g}")
     ### END SOLUTION
     return True
 
 # %%
-test_eq(gradcheck(lambda a, b: a * b + a / (b * b + 1), randn(3, 1, seed=0, dtype=np.float64).requires_grad_(), randn(4, seed=1, dtype=np.float64).requires_grad_()), True)
+x = randn(3, 1, seed=0, dtype=np.float64).requires_grad_()                    # (3, 1)
+y = randn(4, seed=1, dtype=np.float64).requires_grad_()                       # (4,)
+test_eq(gradcheck(lambda a, b: a * b + a / (b * b + 1), x, y), True)
 # a deliberately wrong rule is caught
 _grad_rules['exp'], saved = (lambda g, out, a: (g * 2 * out,)), _grad_rules['exp']
-try: test_fail(lambda: gradcheck(lambda a: a.exp(), randn(3, seed=2, dtype=np.float64).requires_grad_()), contains="analytic")
+z = randn(3, seed=2, dtype=np.float64).requires_grad_()
+try: test_fail(lambda: gradcheck(lambda a: a.exp(), z), contains="analytic")
 finally: _grad_rules['exp'] = saved                          # restored even if the check fails
-test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)), contains="use float64")
+test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)),
+          contains="use float64")
 
 # %% [markdown]
 # ## Every rule, checked
@@ -710,27 +760,35 @@ test_fail(lambda: gradcheck(lambda a: a * 2, Tensor([1.], requires_grad=True)), 
 # drawn by hypothesis, is in `tests/test_05_autograd.py`.
 
 # %%
-A, B = randn(2, 3, seed=3, dtype=np.float64).requires_grad_(), randn(3, 4, seed=4, dtype=np.float64).requires_grad_()
-P = (randn(2, 3, seed=5, dtype=np.float64).abs() + 0.5).requires_grad_()  # positive, for log and sqrt
+A = randn(2, 3, seed=3, dtype=np.float64).requires_grad_()                    # (2, 3)
+B = randn(3, 4, seed=4, dtype=np.float64).requires_grad_()                    # (3, 4)
+P = (randn(2, 3, seed=5, dtype=np.float64).abs() + 0.5).requires_grad_()      # (2, 3), positive
+P1 = Tensor(P.data + 1, dtype=np.float64, requires_grad=True)                 # (2, 3), above 1
+v = randn(3, seed=6, dtype=np.float64).requires_grad_()                       # (3,)
+S = randn(2, 2, 3, seed=7, dtype=np.float64).requires_grad_()                 # (2, 2, 3)
+M = randn(2, 2, seed=10, dtype=np.float64).requires_grad_()                   # (2, 2)
 checks = {
-    'add, sub': lambda: gradcheck(lambda a, b: a + b - b * 2, A, randn(3, seed=6, dtype=np.float64).requires_grad_()),
-    'div, pow': lambda: gradcheck(lambda a, b: a / b + a ** 3 + b ** a, P, Tensor(P.data + 1, dtype=np.float64, requires_grad=True)),
+    'add, sub': lambda: gradcheck(lambda a, b: a + b - b * 2, A, v),
+    'div, pow': lambda: gradcheck(lambda a, b: a / b + a ** 3 + b ** a, P, P1),
     'matmul 2-D': lambda: gradcheck(lambda a, b: a @ b, A, B),
-    'matmul batched': lambda: gradcheck(lambda a, b: a @ b, randn(2, 2, 3, seed=7, dtype=np.float64).requires_grad_(), randn(3, 4, seed=8, dtype=np.float64).requires_grad_()),
-    'matmul 1-D': lambda: gradcheck(lambda a, b: (a @ b) + (b.T @ a.T)[0], randn(3, seed=9, dtype=np.float64).requires_grad_(), B),
+    'matmul batched': lambda: gradcheck(lambda a, b: a @ b, S, B),
+    'matmul 1-D': lambda: gradcheck(lambda a, b: (a @ b) + (b.T @ a.T)[0], v, B),
     'sum, mean': lambda: gradcheck(lambda a: a.sum(axis=0) * a.mean(axis=1, keepdims=True), A),
     'max, min': lambda: gradcheck(lambda a: a.max(axis=1) + a.min(), A),
     'exp, log, sqrt': lambda: gradcheck(lambda p: p.exp() + p.log() + p.sqrt(), P),
     'abs, neg, clip': lambda: gradcheck(lambda p: (-p).abs() + p.clip(0.9, 1.1), P),
     'reshape, permute': lambda: gradcheck(lambda a: a.reshape(3, 2).T.transpose(0, 1).flatten(), A),
     'getitem': lambda: gradcheck(lambda a: a[[0, 0, 1], 1:] * a[1, :2] + a[a > 0].sum(), A),
-    'cat, stack': lambda: gradcheck(lambda a, b: cat([a, b], 1).sum(0) + stack([a, a]).sum((0, 1)).sum(), A, randn(2, 2, seed=10, dtype=np.float64).requires_grad_()),
+    'cat, stack': lambda: gradcheck(lambda a, b: cat([a, b], 1).sum(0)
+                                                 + stack([a, a]).sum((0, 1)).sum(), A, M),
     'relu, sigmoid, tanh': lambda: gradcheck(lambda p, a: relu(p) + sigmoid(a) + tanh(a), P, A),
     'gelu exact, tanh': lambda: gradcheck(lambda a: gelu(a) + gelu(a, 'tanh'), A),
     'softmax, log_softmax': lambda: gradcheck(lambda a: softmax(a, 0) + log_softmax(a, 1), A),
-    'cross_entropy': lambda: gradcheck(lambda a: cross_entropy(a, Tensor([2, 0]), label_smoothing=0.1), A),
-    'bce (logits, probs)': lambda: gradcheck(lambda a, p: binary_cross_entropy_with_logits(a, Tensor(np.ones((2, 3)))) +
-                                              binary_cross_entropy(sigmoid(p), Tensor(np.zeros((2, 3)))), A, P),
+    'cross_entropy': lambda: gradcheck(
+        lambda a: cross_entropy(a, Tensor([2, 0]), label_smoothing=0.1), A),
+    'bce (logits, probs)': lambda: gradcheck(
+        lambda a, p: binary_cross_entropy_with_logits(a, Tensor(np.ones((2, 3))))
+                     + binary_cross_entropy(sigmoid(p), Tensor(np.zeros((2, 3)))), A, P),
     'mse': lambda: gradcheck(lambda a: mse_loss(a, Tensor(np.zeros((2, 3)))), A),
 }
 for name, check in checks.items(): test_eq(check(), True)
@@ -740,9 +798,10 @@ print(f"{len(checks)} groups of ops pass gradcheck")
 # Every op name used by the tensor, activation and loss modules has a rule:
 
 # %%
-ops_used = {'add', 'sub', 'mul', 'div', 'pow', 'neg', 'exp', 'log', 'sqrt', 'abs', 'clip', 'matmul', 'sum', 'mean',
-            'max', 'min', 'reshape', 'permute', 'getitem', 'cat', 'relu', 'sigmoid', 'tanh', 'gelu', 'softmax',
-            'log_softmax', 'cross_entropy', 'bce_with_logits', 'binary_cross_entropy'}
+ops_used = {'add', 'sub', 'mul', 'div', 'pow', 'neg', 'exp', 'log', 'sqrt', 'abs', 'clip', 'matmul',
+            'sum', 'mean', 'max', 'min', 'reshape', 'permute', 'getitem', 'cat', 'relu', 'sigmoid',
+            'tanh', 'gelu', 'softmax', 'log_softmax', 'cross_entropy', 'bce_with_logits',
+            'binary_cross_entropy'}
 test_eq(ops_used - set(_grad_rules), set())
 
 # %% [markdown]
@@ -874,5 +933,6 @@ else: print("no glibc malloc here: keep_freed_memory does nothing")
 # %%
 xs, ys = Tensor(np.ones(100, np.float32), requires_grad=True), Tensor(np.ones(100, np.float32))
 xa, ya = xs.data, ys.data
-c = compare({'NumPy add': lambda: xa + ya, 'Tensor add, recording': lambda: xs + ys}, rounds=5, number=20_000)
+c = compare({'NumPy add': lambda: xa + ya, 'Tensor add, recording': lambda: xs + ys}, rounds=5,
+            number=20_000)
 for name, m in c.results.items(): print(f"{name:>22}: {m.median * 1e6:.2f} us")

@@ -46,6 +46,13 @@ def test_message_names_class_method_and_falls_back():
     assert student_source(top_level) == '#| export\nraise NotImplementedError("implement this exercise")'
 
 
+def test_message_is_the_docstrings_first_paragraph_on_one_line():
+    src = ('def f(x):\n    """Return `x` doubled, for a docstring wrapped\n    at the line limit.\n\n    More."""\n'
+           '    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION')
+    assert student_source(src).split("\n")[-1] == \
+        '    raise NotImplementedError("f: Return `x` doubled, for a docstring wrapped at the line limit.")'
+
+
 def test_nearest_enclosing_def_wins_and_code_after_block_stays():
     src = ('def outer(x):\n    "Outer."\n    def inner(y): return y\n    ### BEGIN SOLUTION\n    z = inner(x)\n'
            '    ### END SOLUTION\n    return z')

@@ -52,7 +52,8 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     "$x\\,\\Phi(x)$; `approximate='tanh'` uses the tanh approximation."
     d = x.data
-    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
+    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming
+    # it.
     ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
     elif approximate == 'tanh':   # d*d*d: NumPy computes float32 d**3 with the slow general power
@@ -64,7 +65,8 @@ def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
 
 # %% ../../nbs/02_activations.ipynb #5b3109bf
 def _check_dim(op: str, dim: int, x: Tensor):
-    if not -x.ndim <= dim < x.ndim: raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
+    if not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$e^{x_i} / \\sum_j e^{x_j}$ along `dim`, with the maximum subtracted first."

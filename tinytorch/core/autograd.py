@@ -56,9 +56,12 @@ def detach(self: Tensor) -> Tensor:
 @patch
 def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
     "Set `requires_grad` in place on a leaf tensor; returns self."
-    if self._ctx is not None: raise RuntimeError("requires_grad_: only leaf tensors can change requires_grad; use detach() first")
+    if self._ctx is not None:
+        raise RuntimeError("requires_grad_: only leaf tensors can change requires_grad; use "
+                           "detach() first")
     if requires_grad and self.data.dtype.kind != 'f':
-        raise TypeError(f"requires_grad_: only floating-point tensors can require gradients, got dtype {self.dtype}")
+        raise TypeError(f"requires_grad_: only floating-point tensors can require gradients, got "
+                        f"dtype {self.dtype}")
     self.requires_grad = requires_grad
     return self
 
@@ -66,7 +69,8 @@ def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
 _grad_rules = {}
 
 def grad_rule(op: str):
-    "Decorator: register `fn(g, out, *parents, **ctx) -> tuple of input gradients` as the rule for `op`."
+    """Decorator: register `fn(g, out, *parents, **ctx) -> tuple of input gradients` as the rule for
+    `op`."""
     def register(fn):
         _grad_rules[op] = fn
         return fn
@@ -85,7 +89,8 @@ def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 # %% ../../nbs/05_autograd.ipynb #2a0032bb
 @grad_rule('add')
 def _add_grad(g, out, a, b):
-    "Rule for `a + b`: (dL/da, dL/db), each `g` unbroadcast to that input's shape; None if not needed."
+    """Rule for `a + b`: (dL/da, dL/db), each `g` unbroadcast to that input's shape; None if not
+    needed."""
     ### BEGIN SOLUTION
     return (unbroadcast(g, a.shape) if a.requires_grad else None,
             unbroadcast(g, b.shape) if b.requires_grad else None)
@@ -108,12 +113,14 @@ def _mul_grad(g, out, a, b):
 @grad_rule('div')
 def _div_grad(g, out, a, b):
     return (unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
-            unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None)   # -a/b^2 = -out/b
+            # -a/b^2 = -out/b
+            unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None)
 
 @grad_rule('pow')
 def _pow_grad(g, out, a, b):
     ga = unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape) if a.requires_grad else None
-    with np.errstate(divide='ignore', invalid='ignore'):  # log of a negative base is NaN, as in PyTorch
+    # log of a negative base is NaN, as in PyTorch
+    with np.errstate(divide='ignore', invalid='ignore'):
         gb = unbroadcast(g * out * np.log(a.data), b.shape) if b.requires_grad else None
     return ga, gb
 
@@ -143,28 +150,38 @@ def _clip_grad(g, out, a, min, max):
 # %% ../../nbs/05_autograd.ipynb #4b2b8a1d
 @grad_rule('matmul')
 def _matmul_grad(g, out, a, b):
-    "Rule for `a @ b`: (g @ B.T, A.T @ g) for 2-D A, B (None where not needed); other ranks are given."
+    """Rule for `a @ b`: (g @ B.T, A.T @ g) for 2-D A, B (None where not needed); other ranks are
+    given."""
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:                                  # the common case, no reshaping
         ### BEGIN SOLUTION
         return (g @ B.T if a.requires_grad else None, (g.T @ A).T if b.requires_grad else None)
         ### END SOLUTION
-    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:               # (..., n, k) @ (k, m), as in Linear
-        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # one GEMM (k, m), no (..., k, m) temporary
-        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None   # one GEMM too
+    # (..., n, k) @ (k, m), as in Linear
+    if A.ndim > 2 and B.ndim == 2 and b.requires_grad:
+        # one GEMM (k, m), no (..., k, m) temporary
+        gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        # one GEMM too
+        ga = (g.reshape(-1, g.shape[-1]) @ B.T).reshape(A.shape) if a.requires_grad else None
         return ga, gb
     A2 = A[None, :] if A.ndim == 1 else A                            # (..., n, k)
     B2 = B[:, None] if B.ndim == 1 else B                            # (..., k, m)
-    g2 = g[..., None] if B.ndim == 1 else g                          # put back the m axis of a column
-    g2 = np.expand_dims(g2, -2) if A.ndim == 1 else g2               # and the n axis of a row: (..., n, m)
-    ga = unbroadcast(g2 @ np.swapaxes(B2, -1, -2), A2.shape).reshape(A.shape) if a.requires_grad else None
-    gb = unbroadcast(np.swapaxes(A2, -1, -2) @ g2, B2.shape).reshape(B.shape) if b.requires_grad else None
+    # put back the m axis of a column
+    g2 = g[..., None] if B.ndim == 1 else g
+    # and the n axis of a row: (..., n, m)
+    g2 = np.expand_dims(g2, -2) if A.ndim == 1 else g2
+    ga = unbroadcast(g2 @ np.swapaxes(B2, -1, -2),
+                     A2.shape).reshape(A.shape) if a.requires_grad else None
+    gb = unbroadcast(np.swapaxes(A2, -1, -2) @ g2,
+                     B2.shape).reshape(B.shape) if b.requires_grad else None
     return ga, gb
 
 # %% ../../nbs/05_autograd.ipynb #05c5dfd1
 def _expand(g: np.ndarray, shape: tuple, axis, keepdims: bool) -> np.ndarray:
-    "Give a reduced gradient `g` back the axes the reduction removed, ready to broadcast to `shape`."
-    if axis is None or keepdims: return g.reshape([1] * len(shape)) if axis is None and not keepdims else g
+    """Give a reduced gradient `g` back the axes the reduction removed, ready to broadcast to
+    `shape`."""
+    if axis is None or keepdims:
+        return g.reshape([1] * len(shape)) if axis is None and not keepdims else g
     axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
     return np.expand_dims(g, tuple(ax % len(shape) for ax in axes))
 
@@ -176,7 +193,8 @@ def _count(shape: tuple, axis) -> int:
 # %% ../../nbs/05_autograd.ipynb #b1819433
 @grad_rule('sum')
 def _sum_grad(g, out, a, axis, keepdims):
-    "Rule for a sum: a 1-tuple, `g` given back the reduced axes (`_expand`) and broadcast to `a.shape`."
+    """Rule for a sum: a 1-tuple, `g` given back the reduced axes (`_expand`) and broadcast to
+    `a.shape`."""
     ### BEGIN SOLUTION
     return (np.broadcast_to(_expand(g, a.shape, axis, keepdims), a.shape),)
     ### END SOLUTION
@@ -186,7 +204,8 @@ def _mean_grad(g, out, a, axis, keepdims):
     return (np.broadcast_to(_expand(g, a.shape, axis, keepdims) / _count(a.shape, axis), a.shape),)
 
 def _extreme_grad(g, out, a, axis, keepdims):
-    hit = a.data == _expand(out, a.shape, axis, keepdims)            # where the max (or min) was attained
+    # where the max (or min) was attained
+    hit = a.data == _expand(out, a.shape, axis, keepdims)
     share = hit / hit.sum(axis=axis, keepdims=True)
     return ((_expand(g, a.shape, axis, keepdims) * share).astype(a.dtype, copy=False),)
 
@@ -235,9 +254,12 @@ def _gelu_grad(g, out, a, approximate):
     x = a.data
     if approximate == 'tanh':
         k = math.sqrt(2 / math.pi)
-        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715, in three
-        # arrays updated in place: each temporary of an expression costs a pass over memory and fresh pages
-        x2 = x * x                                                   # x*x: float32 x**3 is far slower
+        # d = (1 + t)/2 + k x (1 - t^2)(1 + 3c x^2)/2 with t = tanh(k x (1 + c x^2)), c = 0.044715,
+        # in three
+        # arrays updated in place: each temporary of an expression costs a pass over memory and
+        # fresh pages
+        # x*x: float32 x**3 is far slower
+        x2 = x * x
         t = x2 * 0.044715; t += 1; t *= x; t *= k; np.tanh(t, out=t)
         x2 *= 3 * 0.044715; x2 += 1; x2 *= x; x2 *= 0.5 * k          # k x (1 + 3c x^2) / 2
         d = t * t; np.subtract(1, d, out=d); d *= x2                 # k x (1 - t^2)(1 + 3c x^2) / 2
@@ -256,7 +278,8 @@ def _log_softmax_grad(g, out, a, dim): return (g - np.exp(out) * g.sum(axis=dim,
 # %% ../../nbs/05_autograd.ipynb #a0eda5d2
 @grad_rule('cross_entropy')
 def _cross_entropy_grad(g, out, z, target, reduction, label_smoothing):
-    "Rule for cross-entropy: (dL/dz,), softmax(z) minus the smoothed one-hot `target`, times `g` (/N for mean)."
+    """Rule for cross-entropy: (dL/dz,), softmax(z) minus the smoothed one-hot `target`, times `g`
+    (/N for mean)."""
     ### BEGIN SOLUTION
     N, C = z.shape
     e = np.exp(z.data - z.data.max(axis=1, keepdims=True))
@@ -277,7 +300,8 @@ def _bce_grad(g, out, p, y):
     P, Y = p.data, y.data
     gp = g * (P - Y) / np.maximum(P * (1 - P), 1e-12) if p.requires_grad else None
     with np.errstate(divide='ignore'):
-        gy = g * (np.maximum(np.log1p(-P), -100) - np.maximum(np.log(P), -100)) if y.requires_grad else None
+        gy = None
+        if y.requires_grad: gy = g * (np.maximum(np.log1p(-P), -100) - np.maximum(np.log(P), -100))
     return gp, gy
 
 # %% ../../nbs/05_autograd.ipynb #853f1820
@@ -302,14 +326,19 @@ def backward(self: Tensor,
              gradient=None,       # dL/dself; may be omitted for a single-element tensor (then 1)
              retain_graph=False,  # keep the graph for another backward pass?
             ) -> None:
-    "Accumulate the gradient of `self` with respect to every leaf that requires one into the leaves' `.grad`."
-    if not self.requires_grad: raise RuntimeError("backward: tensor does not require grad and has no graph")
+    """Accumulate the gradient of `self` with respect to every leaf that requires one into the
+    leaves' `.grad`."""
+    if not self.requires_grad:
+        raise RuntimeError("backward: tensor does not require grad and has no graph")
     if gradient is None:
         if self.data.size != 1:
-            raise RuntimeError(f"backward: the gradient can be implied only for a single-element tensor, got shape {self.shape}; pass gradient=")
+            raise RuntimeError(f"backward: the gradient can be implied only for a single-element "
+                               f"tensor, got shape {self.shape}; pass gradient=")
         gradient = np.ones_like(self.data)
-    gradient = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient, dtype=self.dtype)
-    if gradient.shape != self.shape: raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
+    gradient = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient,
+                          dtype=self.dtype)
+    if gradient.shape != self.shape:
+        raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
     _backward(self, gradient, retain_graph)
 
 # %% ../../nbs/05_autograd.ipynb #634aef55
@@ -319,7 +348,8 @@ def _root_base(a: np.ndarray):
     return a
 
 def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
-    "`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else a copy."
+    """`g` itself if it is a writeable, contiguous view of a whole buffer no other leaf holds, else
+    a copy."""
     root = _root_base(g)
     if (id(root) in claimed or g.dtype != dtype or not g.flags.c_contiguous or not g.flags.writeable
             or g.size != getattr(root, 'size', -1)):
@@ -331,25 +361,31 @@ def _own(g: np.ndarray, dtype, claimed: set) -> np.ndarray:
 def _backward(root: Tensor, gradient: np.ndarray, retain_graph: bool):
     "Apply the gradient rules over the graph ending at `root`, output first."
     grads = {id(root): gradient}
-    claimed = {id(_root_base(gradient))}  # memory handed out already; the caller's gradient is never handed out
+    # memory handed out already; the caller's gradient is never handed out
+    claimed = {id(_root_base(gradient))}
     for t in reversed(_topo_order(root)):
         g = grads.pop(id(t), None)
         if g is None: continue
-        if t._ctx is None:                                          # a leaf: give it an array of its own
+        # a leaf: give it an array of its own
+        if t._ctx is None:
             t.grad = _own(g, t.dtype, claimed) if t.grad is None else t.grad + g
             continue
         if t._ctx is _RELEASED:
-            raise RuntimeError("backward: trying to backward through a graph that was already released; "
-                               "call backward(retain_graph=True) the first time if you need two passes")
-        # Look up the rule of `t`'s op (`t._ctx` is (op, parents, ctx)), call it with g, t.data, the parents and
-        # ctx, and add each parent's gradient (skip None and parents that need none) into `grads`; a gradient
+            raise RuntimeError("backward: trying to backward through a graph that was already "
+                               "released; call backward(retain_graph=True) the first time if you "
+                               "need two passes")
+        # Look up the rule of `t`'s op (`t._ctx` is (op, parents, ctx)), call it with g, t.data, the
+        # parents and
+        # ctx, and add each parent's gradient (skip None and parents that need none) into `grads`; a
+        # gradient
         # whose shape differs from its parent's is a RuntimeError naming the op and both shapes.
         ### BEGIN SOLUTION
         op, parents, ctx = t._ctx
         for p, pg in zip(parents, _grad_rules[op](g, t.data, *parents, **ctx)):
             if pg is None or not p.requires_grad: continue
             if pg.shape != p.shape:
-                raise RuntimeError(f"backward: the rule for '{op}' gave a gradient of shape {pg.shape} for an input of shape {p.shape}")
+                raise RuntimeError(f"backward: the rule for '{op}' gave a gradient of shape "
+                                   f"{pg.shape} for an input of shape {p.shape}")
             grads[id(p)] = grads[id(p)] + pg if id(p) in grads else pg
         ### END SOLUTION
         if not retain_graph: t._ctx = _RELEASED
@@ -369,10 +405,12 @@ def gradcheck(fn,              # function of Tensors returning a Tensor
               rtol=1e-3,       # relative tolerance
               seed=0,          # for the random output weights
              ) -> bool:
-    "Check the gradients `backward` computes for `fn` against central differences; raise `GradcheckError` if they differ."
+    """Check the gradients `backward` computes for `fn` against central differences; raise
+    `GradcheckError` if they differ."""
     checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     for i in checked:
-        if inputs[i].dtype != np.float64: raise TypeError(f"gradcheck: input {i} has dtype {inputs[i].dtype}; use float64")
+        if inputs[i].dtype != np.float64:
+            raise TypeError(f"gradcheck: input {i} has dtype {inputs[i].dtype}; use float64")
         inputs[i].grad = None
     out = fn(*inputs)
     w = np.random.default_rng(seed).standard_normal(out.shape)
@@ -388,7 +426,8 @@ def gradcheck(fn,              # function of Tensors returning a Tensor
             x.data[idx] = orig
             numeric = (plus - minus) / (2 * eps)
             if abs(analytic[idx] - numeric) > atol + rtol * abs(numeric):
-                raise GradcheckError(f"gradcheck: input {i} {x.shape} at index {idx}: analytic {analytic[idx]:.6g}, numeric {numeric:.6g}")
+                raise GradcheckError(f"gradcheck: input {i} {x.shape} at index {idx}: analytic "
+                                     f"{analytic[idx]:.6g}, numeric {numeric:.6g}")
     ### END SOLUTION
     return True
 

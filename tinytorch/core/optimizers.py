@@ -15,27 +15,34 @@ from .tensor import Tensor
 
 # %% ../../nbs/06_optimizers.ipynb #21c65681
 class Optimizer:
-    "Base class: the parameters, their hyperparameters and per-parameter state, as `torch.optim.Optimizer`."
-    _state_arrays = ()  # names of the per-parameter state entries that are arrays of the parameter's shape
+    """Base class: the parameters, their hyperparameters and per-parameter state, as
+    `torch.optim.Optimizer`."""
+    # names of the per-parameter state entries that are arrays of the parameter's shape
+    _state_arrays = ()
 
     def __init__(self,
                  params,          # iterable of Tensors with requires_grad=True; a generator is fine
-                 defaults: dict,  # hyperparameter name -> value; each becomes an attribute, e.g. `opt.lr`
+                 defaults: dict,  # hyperparameter name -> value; each an attribute (`opt.lr`)
                 ):
         name = type(self).__name__
         if isinstance(params, Tensor):
-            raise TypeError(f"{name}: params must be an iterable of Tensors, got one Tensor; wrap it in a list")
+            raise TypeError(f"{name}: params must be an iterable of Tensors, got one Tensor; "
+                            f"wrap it in a list")
         self.params, seen = list(params), {}
         if not self.params: raise ValueError(f"{name}: got an empty list of parameters")
         for i, p in enumerate(self.params):
-            if not isinstance(p, Tensor): raise TypeError(f"{name}: parameter {i} has type {type(p).__name__}, not Tensor")
-            if not p.requires_grad: raise ValueError(f"{name}: parameter {i} (shape {p.shape}) does not require grad")
-            if id(p) in seen: raise ValueError(f"{name}: parameters {seen[id(p)]} and {i} are the same tensor")
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{name}: parameter {i} has type {type(p).__name__}, not Tensor")
+            if not p.requires_grad:
+                raise ValueError(f"{name}: parameter {i} (shape {p.shape}) does not require grad")
+            if id(p) in seen:
+                raise ValueError(f"{name}: parameters {seen[id(p)]} and {i} are the same tensor")
             seen[id(p)] = i
         self.defaults = dict(defaults)
         for k, v in self.defaults.items(): setattr(self, k, v)
         self._validate()
-        self.state = {}  # parameter index -> dict of its state, created at the parameter's first update
+        # parameter index -> dict of its state, created at the parameter's first update
+        self.state = {}
 
     def _validate(self):
         "Check the hyperparameters; subclasses raise a ValueError naming the bad one."
@@ -43,12 +50,14 @@ class Optimizer:
 # %% ../../nbs/06_optimizers.ipynb #3c0f51e0
 @patch
 def _grads(self: Optimizer):
-    "Yield `(index, parameter, gradient)` for every parameter whose `.grad` is set, checking the gradient's shape."
+    """Yield `(index, parameter, gradient)` for every parameter whose `.grad` is set, checking the
+    gradient's shape."""
     for i, p in enumerate(self.params):
         g = p.grad
         if g is None: continue
         if g.shape != p.data.shape:
-            raise ValueError(f"{type(self).__name__}: parameter {i} has shape {p.shape} but its grad has shape {g.shape}")
+            raise ValueError(f"{type(self).__name__}: parameter {i} has shape {p.shape} but its "
+                             f"grad has shape {g.shape}")
         yield i, p, g
 
 @patch
@@ -77,7 +86,8 @@ def _check_nonneg(op: str, **values):
         if not v >= 0: raise ValueError(f"{op}: invalid {name}={v}, expected {name} >= 0")
 
 class SGD(Optimizer):
-    "Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay, as `torch.optim.SGD`."
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay, as
+    `torch.optim.SGD`."""
     _state_arrays = ('momentum_buffer',)
 
     def __init__(self, params,
@@ -99,15 +109,18 @@ class SGD(Optimizer):
 # %% ../../nbs/06_optimizers.ipynb #a50c5154
 @patch
 def step(self: SGD):
-    "Update every parameter that has a gradient: θ ← θ − γ·g, with weight decay and momentum applied to g first."
+    """Update every parameter that has a gradient: θ ← θ − γ·g, with weight decay and momentum
+    applied to g first."""
     ### BEGIN SOLUTION
     lr, mu, tau, wd = self.lr, self.momentum, self.dampening, self.weight_decay
     for i, p, g in self._grads():
-        if wd != 0: g = g + wd * p.data                   # a new array: p.grad stays as the caller set it
+        # a new array: p.grad stays as the caller set it
+        if wd != 0: g = g + wd * p.data
         if mu != 0:
             st = self.state.setdefault(i, {})
             buf = st.get('momentum_buffer')
-            if buf is None: buf = st['momentum_buffer'] = np.array(g, dtype=p.data.dtype)  # b₁ = g, a copy
+            # b₁ = g, a copy
+            if buf is None: buf = st['momentum_buffer'] = np.array(g, dtype=p.data.dtype)
             else:
                 buf *= mu                                 # b ← μb + (1 − τ)g, in place
                 buf += g if tau == 0 else (1 - tau) * g
@@ -117,14 +130,15 @@ def step(self: SGD):
 
 # %% ../../nbs/06_optimizers.ipynb #f207f206
 class Adam(Optimizer):
-    "Adam with bias-corrected moment estimates, as `torch.optim.Adam`; `weight_decay` adds λθ to the gradient."
+    """Adam with bias-corrected moment estimates, as `torch.optim.Adam`; `weight_decay` adds λθ to
+    the gradient."""
     _state_arrays = ('exp_avg', 'exp_avg_sq')
 
     def __init__(self, params,
                  lr: float = 1e-3,            # step size γ
-                 betas: tuple = (0.9, 0.999), # (β1, β2): decay rates of the running mean of g and of g²
+                 betas: tuple = (0.9, 0.999), # (β1, β2): decay rates of the means of g and g²
                  eps: float = 1e-8,           # ε, added to √v̂ so that the division stays finite
-                 weight_decay: float = 0.,    # λ: L2 term added to the gradient, or decoupled decay (AdamW)
+                 weight_decay: float = 0.,    # λ: L2 term in the gradient, or decoupled decay
                  *, decoupled_weight_decay: bool = False, # shrink θ by γλθ directly, as AdamW
                 ):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -139,16 +153,20 @@ class Adam(Optimizer):
 # %% ../../nbs/06_optimizers.ipynb #36f366ad
 @patch
 def step(self: Adam):
-    "One Adam update of each parameter with a gradient; `self.state[i]` holds `step`, `exp_avg` (m), `exp_avg_sq` (v)."
+    """One Adam update of each parameter with a gradient; `self.state[i]` holds `step`, `exp_avg`
+    (m), `exp_avg_sq` (v)."""
     (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
     for i, p, g in self._grads():
         if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in the gradient
+        # Adam: L2 term in the gradient
+        elif wd != 0: g = g + wd * p.data
         st = self.state.get(i)
         if st is None:
-            st = self.state[i] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+            zeros = lambda: np.zeros_like(p.data)
+            st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
         st['step'] += 1
-        # Update st['exp_avg'] and st['exp_avg_sq'], then subtract γ·m̂ / (√v̂ + ε) from p.data in place.
+        # Update st['exp_avg'] and st['exp_avg_sq'], then subtract γ·m̂ / (√v̂ + ε) from p.data in
+        # place.
         ### BEGIN SOLUTION
         t = st['step']
         m = st['exp_avg'] = b1 * st['exp_avg'] + (1 - b1) * g           # m ← β1·m + (1 − β1)·g
@@ -169,13 +187,16 @@ class AdamW(Adam):
 
     def _validate(self):
         super()._validate()
-        if not self.decoupled_weight_decay: raise ValueError("AdamW: decoupled_weight_decay must be True (an Adam state dict?)")
+        if not self.decoupled_weight_decay:
+            raise ValueError("AdamW: decoupled_weight_decay must be True (an Adam state dict?)")
 
 # %% ../../nbs/06_optimizers.ipynb #859b5758
 @patch
 def state_dict(self: Optimizer) -> dict:
-    "Hyperparameters and per-parameter state, as plain numbers and copied ndarrays keyed by parameter index."
-    state = {i: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in st.items()} for i, st in self.state.items()}
+    """Hyperparameters and per-parameter state, as plain numbers and copied ndarrays keyed by
+    parameter index."""
+    state = {i: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in st.items()} for i,
+             st in self.state.items()}
     group = {k: getattr(self, k) for k in self.defaults} | {'params': list(range(len(self.params)))}
     return {'state': state, 'param_groups': [group]}
 
@@ -187,24 +208,33 @@ def _plain(v, like):
 # %% ../../nbs/06_optimizers.ipynb #574de083
 @patch
 def load_state_dict(self: Optimizer, state_dict: dict):
-    "Restore hyperparameters and state saved by `state_dict`, after checking that they fit these parameters."
+    """Restore hyperparameters and state saved by `state_dict`, after checking that they fit these
+    parameters."""
     name, n = f"{type(self).__name__}.load_state_dict", len(self.params)
     groups = state_dict['param_groups']
     if len(groups) != 1: raise ValueError(f"{name}: expected 1 parameter group, got {len(groups)}")
     group = groups[0]
-    if len(group['params']) != n: raise ValueError(f"{name}: state dict has {len(group['params'])} parameters, optimizer has {n}")
+    if len(group['params']) != n:
+        raise ValueError(f"{name}: state dict has {len(group['params'])} parameters, "
+                         f"optimizer has {n}")
     if set(group) - {'params'} != set(self.defaults):
-        raise ValueError(f"{name}: hyperparameters {sorted(set(group) - {'params'})} differ from {sorted(self.defaults)}")
+        raise ValueError(f"{name}: hyperparameters {sorted(set(group) - {'params'})} differ from "
+                         f"{sorted(self.defaults)}")
     state = {}
     for i, st in state_dict['state'].items():
         i = int(i)
-        if not 0 <= i < n: raise ValueError(f"{name}: state for parameter {i}, optimizer has {n} parameters")
+        if not 0 <= i < n:
+            raise ValueError(f"{name}: state for parameter {i}, optimizer has {n} parameters")
         p = self.params[i]
         for k in self._state_arrays:
-            if k not in st: raise ValueError(f"{name}: state of parameter {i} has entries {sorted(st)}, no '{k}'")
+            if k not in st:
+                raise ValueError(f"{name}: state of parameter {i} has entries "
+                                 f"{sorted(st)}, no '{k}'")
             if np.shape(st[k]) != p.shape:
-                raise ValueError(f"{name}: parameter {i} has shape {p.shape}, its '{k}' has shape {np.shape(st[k])}")
-        state[i] = {k: np.array(v, dtype=p.dtype) if k in self._state_arrays else _plain(v, 0) for k, v in st.items()}
+                raise ValueError(f"{name}: parameter {i} has shape {p.shape}, its '{k}' has shape "
+                                 f"{np.shape(st[k])}")
+        state[i] = {k: np.array(v, dtype=p.dtype) if k in self._state_arrays else _plain(v, 0)
+                    for k, v in st.items()}
     old = {k: getattr(self, k) for k in self.defaults}
     self.__dict__.update({k: _plain(group[k], like) for k, like in self.defaults.items()})
     try: self._validate()
@@ -219,7 +249,8 @@ def _adam_update_(p: np.ndarray,  # the parameter's data, updated in place
                   t: int, lr: float, b1: float, b2: float, eps: float):
     "Adam's update of `m`, `v` and `p` in place, with one scratch array the size of `p`."
     ### BEGIN SOLUTION
-    tmp = np.array(g, dtype=p.dtype)                        # a copy: the one scratch array of this update
+    # a copy: the one scratch array of this update
+    tmp = np.array(g, dtype=p.dtype)
     tmp *= 1 - b1
     m *= b1; m += tmp                                       # m ← β1·m + (1 − β1)·g
     np.multiply(g, g, out=tmp); tmp *= 1 - b2
@@ -235,23 +266,28 @@ def step(self: Adam):
     (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
     for i, p, g in self._grads():
         if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in the gradient
+        # Adam: L2 term in the gradient
+        elif wd != 0: g = g + wd * p.data
         st = self.state.get(i)
         if st is None:
-            st = self.state[i] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+            zeros = lambda: np.zeros_like(p.data)
+            st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
         st['step'] += 1
         _adam_update_(p.data, g, st['exp_avg'], st['exp_avg_sq'], st['step'], lr, b1, b2, eps)
 
 # %% ../../nbs/06_optimizers.ipynb #13b93eab
 class LRScheduler:
-    "Base class: set `optimizer.lr` from a formula of the step count, as `torch.optim.lr_scheduler.LRScheduler`."
+    """Base class: set `optimizer.lr` from a formula of the step count, as
+    `torch.optim.lr_scheduler.LRScheduler`."""
     def __init__(self, optimizer: Optimizer):
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got "
+                            f"{type(optimizer).__name__}")
         self.optimizer, self.base_lr, self.last_epoch = optimizer, optimizer.lr, -1
         self.step()  # as in PyTorch: the optimizer's lr becomes the schedule's value at step 0
 
-    def _lr_at(self, t: int) -> float: raise NotImplementedError(f"{type(self).__name__}: no formula for the learning rate")
+    def _lr_at(self, t: int) -> float:
+        raise NotImplementedError(f"{type(self).__name__}: no formula for the learning rate")
 
     def step(self):
         "Advance the schedule by one step and set the optimizer's `lr`."
@@ -270,12 +306,14 @@ def state_dict(self: LRScheduler) -> dict:
 
 @patch
 def load_state_dict(self: LRScheduler, state_dict: dict):
-    "Restore what `state_dict` returned; 0-d arrays (from `np.load`) become numbers. Does not change the optimizer's lr."
+    """Restore what `state_dict` returned; 0-d arrays (from `np.load`) become numbers. Does not
+    change the optimizer's lr."""
     self.__dict__.update({k: _plain(v, 0) for k, v in state_dict.items()})
 
 # %% ../../nbs/06_optimizers.ipynb #19982dd8
 class StepLR(LRScheduler):
-    "Multiply the learning rate by `gamma` every `step_size` steps, as `torch.optim.lr_scheduler.StepLR`."
+    """Multiply the learning rate by `gamma` every `step_size` steps, as
+    `torch.optim.lr_scheduler.StepLR`."""
     def __init__(self, optimizer: Optimizer,
                  step_size: int,      # steps between decays
                  gamma: float = 0.1,  # factor applied at each decay
@@ -295,7 +333,8 @@ def cosine_warmup_lr(step: int,           # t, counted from 0
                      total_steps: int,    # T: the decay reaches min_lr here
                      min_lr: float = 0.,  # η_min
                     ) -> float:
-    "Learning rate at `step`: linear warm-up to `base_lr` over `warmup_steps`, cosine decay to `min_lr` at `total_steps`."
+    """Learning rate at `step`: linear warm-up to `base_lr` over `warmup_steps`, cosine decay to
+    `min_lr` at `total_steps`."""
     ### BEGIN SOLUTION
     if step < warmup_steps: return base_lr * (step + 1) / warmup_steps
     if step >= total_steps: return min_lr
@@ -305,7 +344,8 @@ def cosine_warmup_lr(step: int,           # t, counted from 0
 
 # %% ../../nbs/06_optimizers.ipynb #d8dcc94d
 class CosineWarmupLR(LRScheduler):
-    "Linear warm-up to the optimizer's lr over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`."
+    """Linear warm-up to the optimizer's lr over `warmup_steps`, then cosine decay to `min_lr` at
+    `total_steps`."""
     def __init__(self, optimizer: Optimizer,
                  warmup_steps: int,   # W: steps of linear warm-up
                  total_steps: int,    # T: step at which the decay reaches min_lr
@@ -315,7 +355,8 @@ class CosineWarmupLR(LRScheduler):
             raise ValueError(f"CosineWarmupLR: need 0 <= warmup_steps <= total_steps, "
                              f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
         if not 0 <= min_lr <= optimizer.lr:
-            raise ValueError(f"CosineWarmupLR: need 0 <= min_lr <= lr, got min_lr={min_lr}, lr={optimizer.lr}")
+            raise ValueError(f"CosineWarmupLR: need 0 <= min_lr <= lr, got min_lr={min_lr}, "
+                             f"lr={optimizer.lr}")
         self.warmup_steps, self.total_steps, self.min_lr = warmup_steps, total_steps, min_lr
         super().__init__(optimizer)
 
@@ -323,15 +364,17 @@ class CosineWarmupLR(LRScheduler):
         return cosine_warmup_lr(t, self.base_lr, self.warmup_steps, self.total_steps, self.min_lr)
 
 # %% ../../nbs/06_optimizers.ipynb #6d420582
-def clip_grad_norm_(parameters,       # a Tensor or an iterable of Tensors; those whose grad is None are skipped
-                    max_norm: float,  # the largest global L2 norm the gradients may have after clipping
+def clip_grad_norm_(parameters,       # a Tensor or an iterable of Tensors; None grads are skipped
+                    max_norm: float,  # largest global L2 norm of the gradients after clipping
                    ) -> float:
-    "Scale all gradients in place so that their global L2 norm is at most `max_norm`; return the norm before clipping."
+    """Scale all gradients in place so that their global L2 norm is at most `max_norm`; return the
+    norm before clipping."""
     _check_nonneg('clip_grad_norm_', max_norm=max_norm)
     ### BEGIN SOLUTION
     if isinstance(parameters, Tensor): parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]
-    total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))  # vdot flattens without copying
+    # vdot flattens without copying
+    total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
     coef = max_norm / (total + 1e-6)
     if coef < 1:
         for p in params: p.grad *= coef   # in place for an ndarray

@@ -25,11 +25,14 @@ def _to_array(data,        # nested lists, a scalar or an ndarray
     except ValueError as e:
         if 'inhomogeneous' not in str(e): raise
         lens = [len(r) if hasattr(r, '__len__') else 'scalar' for r in data]
-        raise ValueError(f"Tensor: ragged nested sequence, row lengths {lens} differ ({e})") from None
+        raise ValueError(f"Tensor: ragged nested sequence, row lengths "
+                         f"{lens} differ ({e})") from None
     if arr.dtype.kind in _UNSUPPORTED_KINDS:
-        raise TypeError(f"Tensor: unsupported data of dtype {arr.dtype} ({_UNSUPPORTED_KINDS[arr.dtype.kind]}); "
+        raise TypeError(f"Tensor: unsupported data of dtype {arr.dtype} "
+                        f"({_UNSUPPORTED_KINDS[arr.dtype.kind]}); "
                         "expected numbers or bools")
-    if dtype is None and arr.dtype.kind == 'f' and arr.dtype != np.float32: arr = arr.astype(np.float32)
+    if dtype is None and arr.dtype.kind == 'f' and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
     return arr
     ### END SOLUTION
 
@@ -46,7 +49,8 @@ class Tensor:
                 ):
         self.data = _to_array(data.data if isinstance(data, Tensor) else data, dtype)
         if requires_grad and self.data.dtype.kind != 'f':
-            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got dtype {self.data.dtype}")
+            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got dtype "
+                            f"{self.data.dtype}")
         self.requires_grad = requires_grad
         self.grad = None   # filled in by backward() in the autograd module
         self._ctx = None   # how this tensor was computed, recorded by the autograd module
@@ -59,7 +63,7 @@ def _wrap(data: np.ndarray) -> Tensor:
     return t
 
 def _from_op(data: np.ndarray,  # the op's result
-             op: str,           # the op's name, e.g. 'add'; autograd looks up its gradient rule by it
+             op: str,  # the op's name, e.g. 'add'; autograd looks up its gradient rule by it
              parents: tuple,    # the input Tensors
              **ctx) -> Tensor:  # what the gradient rule needs besides the inputs (axis, shape, ...)
     "Build an op's result. The autograd module replaces this to record the computation graph."
@@ -70,7 +74,8 @@ Tensor._from_op = staticmethod(_from_op)
 # %% ../../nbs/01_tensor.ipynb #d2a538c6
 @contextlib.contextmanager
 def trace_ops():
-    "Context manager yielding a list that receives `(op, ctx names)` for every op built in the block."
+    """Context manager yielding a list that receives `(op, ctx names)` for every op built in the
+    block."""
     ops, inner = [], Tensor._from_op
     def spy(data, op, parents, **ctx):
         ops.append((op, tuple(sorted(ctx))))
@@ -130,7 +135,8 @@ def __array__(self: Tensor, dtype=None, copy=None) -> np.ndarray:
 @patch
 def item(self: Tensor):
     "The single element as a Python number."
-    if self.data.size != 1: raise ValueError(f"item: tensor of shape {self.shape} has {self.size} elements, not 1")
+    if self.data.size != 1:
+        raise ValueError(f"item: tensor of shape {self.shape} has {self.size} elements, not 1")
     return self.data.item()
 
 @patch
@@ -142,7 +148,8 @@ def __len__(self: Tensor) -> int:
 @patch
 def __bool__(self: Tensor) -> bool:
     "Truth value of a one-element tensor."
-    if self.data.size != 1: raise ValueError(f"bool: truth value of a tensor of shape {self.shape} is ambiguous")
+    if self.data.size != 1:
+        raise ValueError(f"bool: truth value of a tensor of shape {self.shape} is ambiguous")
     return bool(self.data)
 
 # %% ../../nbs/01_tensor.ipynb #bccd3bd4
@@ -164,7 +171,8 @@ def manual_seed(seed: int) -> None:
 
 def _shape_arg(shape) -> tuple:
     "Accept `f(2, 3)` and `f((2, 3))` alike."
-    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+    one_sequence = len(shape) == 1 and isinstance(shape[0], (tuple, list))  # zeros((2, 3))
+    return tuple(shape[0]) if one_sequence else tuple(shape)
 
 def _generator(seed) -> np.random.Generator:
     "The generator that `seed` (None, an int or a Generator) stands for."
@@ -182,11 +190,13 @@ def ones(*shape, dtype=np.float32) -> Tensor:
     return _wrap(np.ones(_shape_arg(shape), dtype))
 
 def rand(*shape, seed=None, dtype=np.float32) -> Tensor:
-    "Uniform samples on [0, 1); `seed` is an int, a `np.random.Generator` or None (the module generator)."
+    """Uniform samples on [0, 1); `seed` is an int, a `np.random.Generator` or None (the module
+    generator)."""
     return _wrap(_generator(seed).random(_shape_arg(shape), dtype=dtype))
 
 def randn(*shape, seed=None, dtype=np.float32) -> Tensor:
-    "Standard normal samples; `seed` is an int, a `np.random.Generator` or None (the module generator)."
+    """Standard normal samples; `seed` is an int, a `np.random.Generator` or None (the module
+    generator)."""
     return _wrap(_generator(seed).standard_normal(_shape_arg(shape), dtype=dtype))
 
 # %% ../../nbs/01_tensor.ipynb #0c07f278
@@ -194,15 +204,19 @@ def _lift(x, like: Tensor) -> Tensor:
     "Return `x` as a Tensor; a Python scalar takes `like`'s dtype where its value fits it."
     if isinstance(x, Tensor): return x
     if isinstance(x, numbers.Number) and not isinstance(x, np.generic):
-        dt = np.result_type(like.data, x)  # NumPy 2: a Python scalar does not widen the array's dtype
+        # NumPy 2: a Python scalar does not widen the array's dtype
+        dt = np.result_type(like.data, x)
         if dt == np.float64 and like.data.dtype != np.float64: dt = np.float32
         try: return _wrap(np.asarray(x, dt))
-        except OverflowError: raise OverflowError(f"scalar {x} does not fit in tensor dtype {like.dtype}") from None
+        except OverflowError:
+            raise OverflowError(f"scalar {x} does not fit in tensor dtype {like.dtype}") from None
     return Tensor(x)
 
 def _op_error(op: str, e: ValueError, a: Tensor, b: Tensor) -> ValueError:
-    "The error to raise when NumPy's `fn(a, b)` raised `e`: name the op, and the shapes if they do not broadcast."
-    if 'broadcast' in str(e): return ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast")
+    """The error to raise when NumPy's `fn(a, b)` raised `e`: name the op, and the shapes if they do
+    not broadcast."""
+    if 'broadcast' in str(e):
+        return ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast")
     return ValueError(f"{op}: {e} (shapes {a.shape} and {b.shape}, dtypes {a.dtype} and {b.dtype})")
 
 _F64 = np.dtype(np.float64)
@@ -216,12 +230,14 @@ def _fix_float(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
     if not isinstance(b, Tensor): b = _lift(b, a)
-    # Set `out` to fn's result; if NumPy raises a ValueError, raise `_op_error(op, e, a, b)` instead.
+    # Set `out` to fn's result; if NumPy raises a ValueError, raise `_op_error(op, e, a, b)`
+    # instead.
     ### BEGIN SOLUTION
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
     ### END SOLUTION
-    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the dtype test inline: it runs on every op
+    # the dtype test inline: it runs on every op
+    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)
     return Tensor._from_op(out, op, (a, b))
 
 # %% ../../nbs/01_tensor.ipynb #0bbbeaaf
@@ -300,7 +316,8 @@ def __abs__(self: Tensor) -> Tensor:
 @patch
 def clip(self: Tensor, min=None, max=None) -> Tensor:
     "Limit values to [`min`, `max`]; either bound may be None."
-    if min is None and max is None: raise ValueError("clip: at least one of min and max must be given")
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
     return _unary(self, 'clip', lambda d: np.clip(d, min, max), min=min, max=max)
 
 # %% ../../nbs/01_tensor.ipynb #176da58e
@@ -350,7 +367,8 @@ def __matmul__(self: Tensor, other) -> Tensor:
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ValueError(f"matmul: inner dims differ, {a.shape} @ {b.shape}")
     try: out = _fix_float(np.matmul(a, b), a, b)
-    except ValueError: raise ValueError(f"matmul: batch dims do not broadcast, {a.shape} @ {b.shape}") from None
+    except ValueError:
+        raise ValueError(f"matmul: batch dims do not broadcast, {a.shape} @ {b.shape}") from None
     ### END SOLUTION
     return Tensor._from_op(out, 'matmul', (self, other))
 
@@ -368,10 +386,12 @@ def _check_axis(op: str, axis, ndim: int, shape: tuple):
 
 def _reduce(a: Tensor, op: str, fn, axis, keepdims: bool) -> Tensor:
     "Reduce `a` with the NumPy function `fn` over `axis`; record it as `op`."
-    # Check the axis (`_check_axis`), refuse max/min of an empty tensor, and set `out` to fn's result array.
+    # Check the axis (`_check_axis`), refuse max/min of an empty tensor, and set `out` to fn's
+    # result array.
     ### BEGIN SOLUTION
     _check_axis(op, axis, a.data.ndim, a.data.shape)
-    if a.data.size == 0 and op in ('max', 'min'): raise ValueError(f"{op}: tensor of shape {a.shape} is empty")
+    if a.data.size == 0 and op in ('max', 'min'):
+        raise ValueError(f"{op}: tensor of shape {a.shape} is empty")
     out = _fix_float(np.asarray(fn(a.data, axis=axis, keepdims=keepdims)), a.data)
     ### END SOLUTION
     return Tensor._from_op(out, op, (a,), axis=axis, keepdims=keepdims)
@@ -422,7 +442,8 @@ def view(self: Tensor, *shape) -> Tensor:
     except ValueError as e:
         if 'copy' not in str(e): raise ValueError(f"view: cannot view tensor of shape {self.shape} "
                                                   f"({self.size} elements) as {shape}") from None
-        raise ValueError(f"view: tensor of shape {self.shape} with strides {self.stride()} is not contiguous "
+        raise ValueError(f"view: tensor of shape {self.shape} with strides {self.stride()} is "
+                         f"not contiguous "
                          f"enough to view as {shape}; use reshape, which copies") from None
     return Tensor._from_op(out, 'reshape', (self,))
 
@@ -440,7 +461,9 @@ def squeeze(self: Tensor, dim=None) -> Tensor:
     "Drop axes of size 1 (only `dim`, if given and of size 1)."
     if dim is None: return self.reshape(tuple(n for n in self.shape if n != 1))
     _check_axis('squeeze', dim, self.ndim, self.shape)
-    return self if self.shape[dim] != 1 else self.reshape(self.shape[:dim % self.ndim] + self.shape[dim % self.ndim + 1:])
+    if self.shape[dim] != 1: return self
+    d = dim % self.ndim
+    return self.reshape(self.shape[:d] + self.shape[d + 1:])
 
 @patch
 def unsqueeze(self: Tensor, dim: int) -> Tensor:
@@ -456,8 +479,10 @@ def permute(self: Tensor, *dims) -> Tensor:
     dims = _shape_arg(dims)
     # Check that `dims` is a permutation, make it non-negative (it is recorded), and set `out`.
     ### BEGIN SOLUTION
-    if sorted(d % max(self.ndim, 1) for d in dims) != list(range(self.ndim)) or len(dims) != self.ndim:
-        raise ValueError(f"permute: {dims} is not a permutation of the {self.ndim} axes of shape {self.shape}")
+    if (sorted(d % max(self.ndim, 1) for d in dims) != list(range(self.ndim))
+            or len(dims) != self.ndim):
+        raise ValueError(f"permute: {dims} is not a permutation of the {self.ndim} axes of "
+                         f"shape {self.shape}")
     dims = tuple(d % self.ndim for d in dims)
     out = self.data.transpose(dims)
     ### END SOLUTION
@@ -499,13 +524,15 @@ def cat(tensors: list, dim: int = 0) -> Tensor:
     "Concatenate `tensors` along the existing axis `dim`."
     if not tensors: raise ValueError("cat: expected a non-empty list of tensors")
     tensors = tuple(t if isinstance(t, Tensor) else Tensor(t) for t in tensors)
-    # Check `dim`, then set `out` to the joined arrays; sizes that differ outside `dim` are an error.
+    # Check `dim`, then set `out` to the joined arrays; sizes that differ outside `dim` are an
+    # error.
     ### BEGIN SOLUTION
     _check_axis('cat', dim, tensors[0].ndim, tensors[0].shape)
     arrays = [t.data for t in tensors]
     try: out = _fix_float(np.concatenate(arrays, axis=dim), *arrays)
     except ValueError:
-        raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ outside dim {dim}") from None
+        raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ "
+                         f"outside dim {dim}") from None
     ### END SOLUTION
     return Tensor._from_op(out, 'cat', tensors, dim=dim)
 
