@@ -370,6 +370,17 @@ class Linear(Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
+# %% [markdown]
+# The parameters' shapes, their registration, and the layer without a bias; the values come next.
+
+# %%
+lin = Linear(3, 2)
+test_eq((lin.weight.shape, lin.bias.shape), ((2, 3), (2,)))
+test_eq(list(lin._parameters), ['weight', 'bias'])
+test_eq((lin.weight.dtype, lin.weight.requires_grad), (np.float32, True))
+test_eq(Linear(3, 2, bias=False).bias, None)
+test_eq(bool(np.abs(lin.weight.numpy()).max() <= 1 / math.sqrt(3)), True)
+
 # %%
 #| export
 @patch
