@@ -158,8 +158,7 @@ def step(self: Adam):
     (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
     for i, p, g in self._grads():
         if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        # Adam: L2 term in the gradient
-        elif wd != 0: g = g + wd * p.data
+        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in g
         st = self.state.get(i)
         if st is None:
             zeros = lambda: np.zeros_like(p.data)
@@ -260,20 +259,20 @@ def _adam_update_(p: np.ndarray,  # the parameter's data, updated in place
     p -= tmp
     ### END SOLUTION
 
-@patch
-def step(self: Adam):
+def _adam_step_in_place(self: Adam):
     "One Adam update of each parameter with a gradient, in place; `self.state[i]` as above."
     (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
     for i, p, g in self._grads():
         if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        # Adam: L2 term in the gradient
-        elif wd != 0: g = g + wd * p.data
+        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in g
         st = self.state.get(i)
         if st is None:
             zeros = lambda: np.zeros_like(p.data)
             st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
         st['step'] += 1
         _adam_update_(p.data, g, st['exp_avg'], st['exp_avg_sq'], st['step'], lr, b1, b2, eps)
+
+Adam.step = _adam_step_in_place  # replaces the step above; AdamW inherits it
 
 # %% ../../nbs/06_optimizers.ipynb #13b93eab
 class LRScheduler:

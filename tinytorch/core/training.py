@@ -228,11 +228,10 @@ def read_checkpoint(path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         text = arrays.pop('__meta__')
-        # or an older str
+        # UTF-8 bytes, or a str in older checkpoints
         meta = json.loads(text.tobytes().decode() if text.dtype == np.uint8 else str(text))
         content = _decode(meta, arrays)
-    # JSONDecodeError is a ValueError
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:  # JSON errors too
         raise ValueError(f"load_checkpoint: {path} is not a readable checkpoint "
                          f"({type(e).__name__}: {e})") from None
     if not isinstance(content, dict) or content.get('format') != _FORMAT:
