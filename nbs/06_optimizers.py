@@ -669,7 +669,8 @@ tracemalloc.stop()
 # $\theta$ in place: NumPy's `out=` argument writes a result into an existing array, and `*=` or
 # `+=` on an array writes into it. The bias corrections fold into two scalars, $\sqrt{1-\beta_2^t}$
 # and $\gamma/(1-\beta_1^t)$: the same arithmetic in a cheaper order, so the results agree to
-# float32 rounding.
+# float32 rounding. The exercise below is that update for one parameter; the cell then makes
+# `Adam.step` (and so `AdamW`'s) call it instead of the formulas above.
 
 # %%
 #| export
