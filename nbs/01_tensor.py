@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Tensor
 #
-# > An n-dimensional array of numbers with NumPy underneath and room for a gradient: the one data structure every later module builds on.
+# > An n-dimensional array on NumPy with room for a gradient: what every later module builds on.
 
 # %% [markdown]
 # A `Tensor` wraps a NumPy array (`Tensor.data`) and adds three things NumPy does not have:
@@ -14,8 +14,7 @@
 # This module covers construction and dtypes, memory layout (strides, views, copies),
 # elementwise arithmetic with broadcasting, matrix multiplication, reductions,
 # shape operations, indexing, and joining tensors.
-# Every exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`;
-# the cells under it test it at once.
+# The cells under each exercise test it at once.
 
 # %%
 #| export
@@ -57,11 +56,14 @@ def _to_array(data,        # nested lists, a scalar or an ndarray
     except ValueError as e:
         if 'inhomogeneous' not in str(e): raise
         lens = [len(r) if hasattr(r, '__len__') else 'scalar' for r in data]
-        raise ValueError(f"Tensor: ragged nested sequence, row lengths {lens} differ ({e})") from None
+        raise ValueError(f"Tensor: ragged nested sequence, row lengths "
+                         f"{lens} differ ({e})") from None
     if arr.dtype.kind in _UNSUPPORTED_KINDS:
-        raise TypeError(f"Tensor: unsupported data of dtype {arr.dtype} ({_UNSUPPORTED_KINDS[arr.dtype.kind]}); "
+        raise TypeError(f"Tensor: unsupported data of dtype {arr.dtype} "
+                        f"({_UNSUPPORTED_KINDS[arr.dtype.kind]}); "
                         "expected numbers or bools")
-    if dtype is None and arr.dtype.kind == 'f' and arr.dtype != np.float32: arr = arr.astype(np.float32)
+    if dtype is None and arr.dtype.kind == 'f' and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
     return arr
     ### END SOLUTION
 
@@ -101,7 +103,8 @@ class Tensor:
                 ):
         self.data = _to_array(data.data if isinstance(data, Tensor) else data, dtype)
         if requires_grad and self.data.dtype.kind != 'f':
-            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got dtype {self.data.dtype}")
+            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got dtype "
+                            f"{self.data.dtype}")
         self.requires_grad = requires_grad
         self.grad = None   # filled in by backward() in the autograd module
         self._ctx = None   # how this tensor was computed, recorded by the autograd module
@@ -121,13 +124,13 @@ test_fail(lambda: Tensor([1, 2], requires_grad=True), contains="floating-point")
 # ### Every op builds its result in one place
 #
 # Each operation in this module computes a NumPy array and hands it to `Tensor._from_op`, naming the
-# op and its input tensors (`parents`), plus any settings the gradient will need (`ctx`, such as
-# the axis of a sum). Here `_from_op` only wraps the array. The autograd module replaces this one
-# function with a version that also records `(op, parents, ctx)` on the result when an input
-# requires a gradient, and registers a gradient rule per op name. None of the ops below change.
+# op and its input tensors (`parents`), plus any settings the gradient will need (`ctx`, such as the
+# axis of a sum). Here it only wraps the array. The autograd module replaces this one function with
+# a version that also records `(op, parents, ctx)` on the result when an input requires a gradient,
+# and registers a gradient rule per op name. None of the ops below change.
 #
-# `_wrap` skips the checks of `__init__`: it is for arrays an op has just produced, and it is on the path of
-# every op, so it does the least it can.
+# The wrapping skips the checks of `__init__`: it is for arrays an op has just produced, and it is
+# on the path of every op, so it does the least it can.
 
 # %%
 #| export
@@ -138,7 +141,7 @@ def _wrap(data: np.ndarray) -> Tensor:
     return t
 
 def _from_op(data: np.ndarray,  # the op's result
-             op: str,           # the op's name, e.g. 'add'; autograd looks up its gradient rule by it
+             op: str,  # the op's name, e.g. 'add'; autograd looks up its gradient rule by it
              parents: tuple,    # the input Tensors
              **ctx) -> Tensor:  # what the gradient rule needs besides the inputs (axis, shape, ...)
     "Build an op's result. The autograd module replaces this to record the computation graph."
@@ -152,15 +155,17 @@ test_eq(type(t), Tensor)
 test_eq(t._ctx, None)
 
 # %% [markdown]
-# `trace_ops()` lists the ops that run inside a `with` block: each op's name and the names of the settings
-# it recorded, sorted. The tests under each exercise below use it to check that an op records exactly the
-# names its gradient rule will read; a wrong name would otherwise surface only in the autograd module.
+# `trace_ops()` lists the ops that run inside a `with` block: each op's name and the names of the
+# settings it recorded, sorted. The tests under each exercise below use it to check that an op
+# records exactly the names its gradient rule will read; a wrong name would otherwise surface only
+# in the autograd module.
 
 # %%
 #| export
 @contextlib.contextmanager
 def trace_ops():
-    "Context manager yielding a list that receives `(op, ctx names)` for every op built in the block."
+    """Context manager yielding a list that receives `(op, ctx names)` for every op built in the
+    block."""
     ops, inner = [], Tensor._from_op
     def spy(data, op, parents, **ctx):
         ops.append((op, tuple(sorted(ctx))))
@@ -245,7 +250,8 @@ def __array__(self: Tensor, dtype=None, copy=None) -> np.ndarray:
 @patch
 def item(self: Tensor):
     "The single element as a Python number."
-    if self.data.size != 1: raise ValueError(f"item: tensor of shape {self.shape} has {self.size} elements, not 1")
+    if self.data.size != 1:
+        raise ValueError(f"item: tensor of shape {self.shape} has {self.size} elements, not 1")
     return self.data.item()
 
 @patch
@@ -257,7 +263,8 @@ def __len__(self: Tensor) -> int:
 @patch
 def __bool__(self: Tensor) -> bool:
     "Truth value of a one-element tensor."
-    if self.data.size != 1: raise ValueError(f"bool: truth value of a tensor of shape {self.shape} is ambiguous")
+    if self.data.size != 1:
+        raise ValueError(f"bool: truth value of a tensor of shape {self.shape} is ambiguous")
     return bool(self.data)
 
 # %%
@@ -282,10 +289,10 @@ test_fail(lambda: len(Tensor(1.)), contains="0-d")
 # %% [markdown]
 # ## Creating tensors
 #
-# `zeros`, `ones`, `rand` and `randn` take the shape as separate integers or one tuple, as in PyTorch.
-# Random draws come from a NumPy `Generator`. Pass `seed` as an int or a `Generator` to control it;
-# without one they use a module-wide generator that `manual_seed` resets, so a script that calls
-# `manual_seed(0)` first gives the same numbers on every run.
+# `zeros`, `ones`, `rand` and `randn` take the shape as separate integers or one tuple, as in
+# PyTorch. Random draws come from a NumPy `Generator`. Pass `seed` as an int or a `Generator` to
+# control it; without one they use a module-wide generator that `manual_seed` resets, so a script
+# that calls `manual_seed(0)` first gives the same numbers on every run.
 
 # %%
 #| export
@@ -298,7 +305,8 @@ def manual_seed(seed: int) -> None:
 
 def _shape_arg(shape) -> tuple:
     "Accept `f(2, 3)` and `f((2, 3))` alike."
-    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+    one_sequence = len(shape) == 1 and isinstance(shape[0], (tuple, list))  # zeros((2, 3))
+    return tuple(shape[0]) if one_sequence else tuple(shape)
 
 def _generator(seed) -> np.random.Generator:
     "The generator that `seed` (None, an int or a Generator) stands for."
@@ -317,11 +325,13 @@ def ones(*shape, dtype=np.float32) -> Tensor:
     return _wrap(np.ones(_shape_arg(shape), dtype))
 
 def rand(*shape, seed=None, dtype=np.float32) -> Tensor:
-    "Uniform samples on [0, 1); `seed` is an int, a `np.random.Generator` or None (the module generator)."
+    """Uniform samples on [0, 1); `seed` is an int, a `np.random.Generator` or None (the module
+    generator)."""
     return _wrap(_generator(seed).random(_shape_arg(shape), dtype=dtype))
 
 def randn(*shape, seed=None, dtype=np.float32) -> Tensor:
-    "Standard normal samples; `seed` is an int, a `np.random.Generator` or None (the module generator)."
+    """Standard normal samples; `seed` is an int, a `np.random.Generator` or None (the module
+    generator)."""
     return _wrap(_generator(seed).standard_normal(_shape_arg(shape), dtype=dtype))
 
 # %%
@@ -333,7 +343,8 @@ g = np.random.default_rng(5)
 test_eq(rand(4, seed=g).shape, (4,))
 manual_seed(3); a = randn(5).numpy()
 manual_seed(3); test_eq(randn(5).numpy(), a)
-test_close(randn(100_000, seed=0).numpy().std(), 1.0, eps=0.01)       # std of 1e5 samples: error ~ 1/sqrt(2e5)
+# std of 1e5 samples: error ~ 1/sqrt(2e5)
+test_close(randn(100_000, seed=0).numpy().std(), 1.0, eps=0.01)
 
 # %% [markdown]
 # ## Memory layout: strides, views and copies
@@ -365,7 +376,8 @@ test_eq(np.shares_memory(x.data, xt.data), True)
 
 # %%
 n = 2048
-big = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)  # 16 MiB, larger than the caches
+# 16 MiB, larger than the caches
+big = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
 by_rows = measure(lambda: [big[i, :].sum() for i in range(n)], number=3, repeats=5).median
 by_cols = measure(lambda: [big[:, j].sum() for j in range(n)], number=3, repeats=5).median
 print(f"{n}x{n} float32, strides {big.strides}: row-wise {by_rows*1e3:.1f} ms, "
@@ -378,12 +390,13 @@ print(f"{n}x{n} float32, strides {big.strides}: row-wise {by_rows*1e3:.1f} ms, "
 # %% [markdown]
 # ## Elementwise arithmetic and broadcasting
 #
-# Binary operators follow NumPy's broadcasting rule: shapes are aligned from the right, and each pair
-# of sizes must be equal or contain a 1, which is stretched without copying. `(3, 1) + (4,)` gives `(3, 4)`.
+# Binary operators follow NumPy's broadcasting rule: shapes are aligned from the right, and each
+# pair of sizes must be equal or contain a 1, which is stretched without copying. `(3, 1) + (4,)`
+# gives `(3, 4)`.
 #
-# For the result dtype we follow PyTorch, which differs from NumPy in two places:
-# a Python scalar takes the tensor's dtype (`int8_tensor + 1` stays int8), and float64 appears only
-# when an input is float64 (`int_tensor / 2` and `float32 + int64` give float32, where NumPy gives float64).
+# For the result dtype we follow PyTorch, which differs from NumPy in two places: a Python scalar
+# takes the tensor's dtype (`int8_tensor + 1` stays int8), and float64 appears only when an input is
+# float64 (`int_tensor / 2` and `float32 + int64` give float32, where NumPy gives float64).
 
 # %%
 #| export
@@ -391,15 +404,19 @@ def _lift(x, like: Tensor) -> Tensor:
     "Return `x` as a Tensor; a Python scalar takes `like`'s dtype where its value fits it."
     if isinstance(x, Tensor): return x
     if isinstance(x, numbers.Number) and not isinstance(x, np.generic):
-        dt = np.result_type(like.data, x)  # NumPy 2: a Python scalar does not widen the array's dtype
+        # NumPy 2: a Python scalar does not widen the array's dtype
+        dt = np.result_type(like.data, x)
         if dt == np.float64 and like.data.dtype != np.float64: dt = np.float32
         try: return _wrap(np.asarray(x, dt))
-        except OverflowError: raise OverflowError(f"scalar {x} does not fit in tensor dtype {like.dtype}") from None
+        except OverflowError:
+            raise OverflowError(f"scalar {x} does not fit in tensor dtype {like.dtype}") from None
     return Tensor(x)
 
 def _op_error(op: str, e: ValueError, a: Tensor, b: Tensor) -> ValueError:
-    "The error to raise when NumPy's `fn(a, b)` raised `e`: name the op, and the shapes if they do not broadcast."
-    if 'broadcast' in str(e): return ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast")
+    """The error to raise when NumPy's `fn(a, b)` raised `e`: name the op, and the shapes if they do
+    not broadcast."""
+    if 'broadcast' in str(e):
+        return ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast")
     return ValueError(f"{op}: {e} (shapes {a.shape} and {b.shape}, dtypes {a.dtype} and {b.dtype})")
 
 _F64 = np.dtype(np.float64)
@@ -425,12 +442,14 @@ test_eq(_fix_float(np.zeros(2), np.zeros(2, np.int64)).dtype, np.float32)
 def _binary(a: Tensor, b, op: str, fn) -> Tensor:
     "Apply the NumPy binary function `fn` to `a` and `b` with broadcasting; record it as `op`."
     if not isinstance(b, Tensor): b = _lift(b, a)
-    # Set `out` to fn's result (float64 made float32 by `_fix_float`); shapes that do not broadcast: `_op_error`.
+    # Set `out` to fn's result; if NumPy raises a ValueError, raise `_op_error(op, e, a, b)`
+    # instead.
     ### BEGIN SOLUTION
     try: out = fn(a.data, b.data)
     except ValueError as e: raise _op_error(op, e, a, b) from None
-    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)  # the test inline: this runs on every op
     ### END SOLUTION
+    # the dtype test inline: it runs on every op
+    if out.dtype is _F64: out = _fix_float(out, a.data, b.data)
     return Tensor._from_op(out, op, (a, b))
 
 # %%
@@ -485,7 +504,8 @@ test_eq((2 - a).numpy().ravel(), [1., 0., -1.])
 test_eq((a ** 2).numpy().ravel(), [1., 4., 9.])
 test_eq((2 ** Tensor([1., 3.])).numpy(), [2., 8.])
 test_eq((1 / Tensor([2., 4.])).numpy(), [0.5, 0.25])
-test_eq((np.array([1., 2.]) * Tensor([3., 4.])).numpy(), [3., 8.])   # ndarray on the left still gives a Tensor
+# ndarray on the left still gives a Tensor
+test_eq((np.array([1., 2.]) * Tensor([3., 4.])).numpy(), [3., 8.])
 test_eq(type(np.array([1., 2.]) * Tensor([3., 4.])), Tensor)
 with trace_ops() as ops: Tensor([1., 2.]) * 2 - 1
 test_eq(ops, [('mul', ()), ('sub', ())])   # the op names the gradient rules are registered under
@@ -493,17 +513,20 @@ test_eq(ops, [('mul', ()), ('sub', ())])   # the op names the gradient rules are
 # %%
 i8 = Tensor(np.array([1, 2], np.int8))
 test_eq((i8 + 1).dtype, np.int8)                 # scalar takes the tensor's dtype
-test_eq((Tensor([1, 2]) / 2).dtype, np.float32)  # true division of ints gives float32, as in PyTorch
+# true division of ints gives float32, as in PyTorch
+test_eq((Tensor([1, 2]) / 2).dtype, np.float32)
 test_eq((Tensor([1., 2.]) + Tensor([1, 2])).dtype, np.float32)
 test_eq((Tensor([1., 2.], dtype=np.float64) * 2).dtype, np.float64)
-test_fail(lambda: Tensor(np.ones((2, 3))) + Tensor(np.ones(4)), contains="add: shapes (2, 3) and (4,) do not broadcast")
+test_fail(lambda: Tensor(np.ones((2, 3))) + Tensor(np.ones(4)),
+          contains="add: shapes (2, 3) and (4,) do not broadcast")
 test_fail(lambda: Tensor([2, 3]) ** -1, contains="pow: Integers to negative integer powers")
 
 # %% [markdown]
 # ## Unary math
 #
 # `exp`, `log`, `sqrt`, `abs`, negation and `clip` apply elementwise. Integer inputs to `exp`, `log`
-# and `sqrt` give float32, as in PyTorch. As in NumPy and PyTorch, `log` of a negative number is NaN.
+# and `sqrt` give float32, as in PyTorch. As in NumPy and PyTorch, `log` of a negative number is
+# NaN.
 
 # %%
 #| export
@@ -541,7 +564,8 @@ def __abs__(self: Tensor) -> Tensor:
 @patch
 def clip(self: Tensor, min=None, max=None) -> Tensor:
     "Limit values to [`min`, `max`]; either bound may be None."
-    if min is None and max is None: raise ValueError("clip: at least one of min and max must be given")
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
     return _unary(self, 'clip', lambda d: np.clip(d, min, max), min=min, max=max)
 
 # %%
@@ -559,7 +583,7 @@ test_fail(lambda: x.clip(), contains="at least one")
 # ## Comparisons
 #
 # Comparisons give boolean tensors. They have no gradient, so they wrap their result directly
-# instead of going through `_from_op`. Defining `__eq__` makes Python drop the default hash, so we
+# instead of being recorded as ops. Defining `__eq__` makes Python drop the default hash, so we
 # restore hashing by identity, as PyTorch does: tensors can be dictionary keys and set members.
 
 # %%
@@ -625,7 +649,8 @@ def __matmul__(self: Tensor, other) -> Tensor:
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ValueError(f"matmul: inner dims differ, {a.shape} @ {b.shape}")
     try: out = _fix_float(np.matmul(a, b), a, b)
-    except ValueError: raise ValueError(f"matmul: batch dims do not broadcast, {a.shape} @ {b.shape}") from None
+    except ValueError:
+        raise ValueError(f"matmul: batch dims do not broadcast, {a.shape} @ {b.shape}") from None
     ### END SOLUTION
     return Tensor._from_op(out, 'matmul', (self, other))
 
@@ -648,8 +673,8 @@ with trace_ops() as ops: Tensor(np.ones((2, 3))) @ Tensor(np.ones((3, 4)))
 test_eq(ops, [('matmul', ())])
 
 # %% [markdown]
-# A measurement: the matrix product is where the arithmetic lives, so its rate in GFLOP/s
-# ($2nkm$ floating-point operations for an $(n,k) @ (k,m)$ product) says how fast this machine's BLAS is.
+# A measurement: the matrix product is where the arithmetic lives, so its rate in GFLOP/s ($2nkm$
+# floating-point operations for an $(n,k) @ (k,m)$ product) says how fast this machine's BLAS is.
 
 # %%
 a, b = randn(512, 512, seed=0), randn(512, 512, seed=1)
@@ -660,10 +685,10 @@ print(f"(512, 512) @ (512, 512) float32: {t_mm*1e3:.2f} ms, {2 * 512**3 / t_mm /
 # ## Reductions
 #
 # `sum`, `mean`, `max` and `min` reduce over `axis` (an int, a tuple of ints, or None for all axes);
-# `keepdims=True` keeps each reduced axis with size 1, so the result still broadcasts against the input.
-# PyTorch calls the argument `dim` and the flag `keepdim`; we use NumPy's names here.
-# `max` returns only the values (NumPy's convention); `argmax` gives the indices.
-# An axis that does not exist is an error that names the axis and the shape.
+# `keepdims=True` keeps each reduced axis with size 1, so the result still broadcasts against the
+# input. PyTorch calls the argument `dim` and the flag `keepdim`; we use NumPy's names here. `max`
+# returns only the values (NumPy's convention); `argmax` gives the indices. An axis that does not
+# exist is an error that names the axis and the shape.
 
 # %%
 #| export
@@ -675,10 +700,12 @@ def _check_axis(op: str, axis, ndim: int, shape: tuple):
 
 def _reduce(a: Tensor, op: str, fn, axis, keepdims: bool) -> Tensor:
     "Reduce `a` with the NumPy function `fn` over `axis`; record it as `op`."
-    # Check the axis (`_check_axis`), refuse max/min of an empty tensor, and set `out` to fn's result array.
+    # Check the axis (`_check_axis`), refuse max/min of an empty tensor, and set `out` to fn's
+    # result array.
     ### BEGIN SOLUTION
     _check_axis(op, axis, a.data.ndim, a.data.shape)
-    if a.data.size == 0 and op in ('max', 'min'): raise ValueError(f"{op}: tensor of shape {a.shape} is empty")
+    if a.data.size == 0 and op in ('max', 'min'):
+        raise ValueError(f"{op}: tensor of shape {a.shape} is empty")
     out = _fix_float(np.asarray(fn(a.data, axis=axis, keepdims=keepdims)), a.data)
     ### END SOLUTION
     return Tensor._from_op(out, op, (a,), axis=axis, keepdims=keepdims)
@@ -720,7 +747,8 @@ test_eq(x.min(axis=-1).numpy(), [1., 2.])
 test_eq(x.argmax(axis=1).numpy(), [1, 2])
 test_eq(x.argmax().item(), 5)
 test_eq(Tensor([1, 2]).mean().dtype, np.float32)
-test_eq(Tensor(np.ones(3, np.int8)).sum().dtype, np.int64)   # integer sums widen, as in NumPy and PyTorch
+# integer sums widen, as in NumPy and PyTorch
+test_eq(Tensor(np.ones(3, np.int8)).sum().dtype, np.int64)
 test_fail(lambda: x.sum(axis=2), contains="axis 2 out of range for tensor of shape (2, 3)")
 test_fail(lambda: x.max(axis=(0, -3)), contains="axis -3")
 test_fail(lambda: zeros(0).max(), contains="empty")
@@ -730,11 +758,11 @@ test_eq(ops, [('max', ('axis', 'keepdims'))])
 # %% [markdown]
 # ## Shape operations
 #
-# `reshape` gives the same elements in row-major order under a new shape; one size may be `-1` and is
-# inferred. It returns a view when the strides allow it and a copy otherwise. `view` is the strict form
-# from PyTorch: it never copies, and refuses a tensor whose layout would need one, such as a transpose.
-# `flatten`, `squeeze` and `unsqueeze` are reshapes with the new shape worked out for you,
-# so they share the one gradient rule of `reshape`.
+# `reshape` gives the same elements in row-major order under a new shape; one size may be `-1` and
+# is inferred. It returns a view when the strides allow it and a copy otherwise. `view` is the
+# strict form from PyTorch: it never copies, and refuses a tensor whose layout would need one, such
+# as a transpose. `flatten`, `squeeze` and `unsqueeze` are reshapes with the new shape worked out
+# for you, so they share the one gradient rule of `reshape`.
 
 # %%
 #| export
@@ -758,7 +786,8 @@ def view(self: Tensor, *shape) -> Tensor:
     except ValueError as e:
         if 'copy' not in str(e): raise ValueError(f"view: cannot view tensor of shape {self.shape} "
                                                   f"({self.size} elements) as {shape}") from None
-        raise ValueError(f"view: tensor of shape {self.shape} with strides {self.stride()} is not contiguous "
+        raise ValueError(f"view: tensor of shape {self.shape} with strides {self.stride()} is "
+                         f"not contiguous "
                          f"enough to view as {shape}; use reshape, which copies") from None
     return Tensor._from_op(out, 'reshape', (self,))
 
@@ -766,9 +795,11 @@ def view(self: Tensor, *shape) -> Tensor:
 x = Tensor(np.arange(6, dtype=np.float32))
 test_eq(x.reshape(2, 3).shape, (2, 3))
 test_eq(x.reshape((3, -1)).shape, (3, 2))
-test_eq(np.shares_memory(x.reshape(2, 3).data, x.data), True)   # reshape of contiguous data is a view
+# reshape of contiguous data is a view
+test_eq(np.shares_memory(x.reshape(2, 3).data, x.data), True)
 test_eq(x.view(3, 2).numpy()[2], [4., 5.])
-test_fail(lambda: x.reshape(4, 2), contains="cannot reshape tensor of shape (6,) (6 elements) into (4, 2)")
+test_fail(lambda: x.reshape(4, 2),
+          contains="cannot reshape tensor of shape (6,) (6 elements) into (4, 2)")
 test_fail(lambda: x.view(4, 2), contains="cannot view tensor of shape (6,)")
 test_fail(lambda: Tensor(x.reshape(2, 3).data.T).view(6), contains="not contiguous")
 test_eq(Tensor(x.reshape(2, 3).data.T).reshape(6).numpy(), [0., 3., 1., 4., 2., 5.])
@@ -790,7 +821,9 @@ def squeeze(self: Tensor, dim=None) -> Tensor:
     "Drop axes of size 1 (only `dim`, if given and of size 1)."
     if dim is None: return self.reshape(tuple(n for n in self.shape if n != 1))
     _check_axis('squeeze', dim, self.ndim, self.shape)
-    return self if self.shape[dim] != 1 else self.reshape(self.shape[:dim % self.ndim] + self.shape[dim % self.ndim + 1:])
+    if self.shape[dim] != 1: return self
+    d = dim % self.ndim
+    return self.reshape(self.shape[:d] + self.shape[d + 1:])
 
 @patch
 def unsqueeze(self: Tensor, dim: int) -> Tensor:
@@ -812,8 +845,8 @@ test_eq(x.unsqueeze(-1).shape, (2, 1, 3, 4, 1))
 test_fail(lambda: x.unsqueeze(6), contains="axis 6 out of range")
 
 # %% [markdown]
-# `permute` reorders all axes; `transpose(dim0, dim1)` swaps two; `T` reverses all of them, as in NumPy.
-# All three are one op, a permutation of the strides, and return views.
+# `permute` reorders all axes; `transpose(dim0, dim1)` swaps two; `T` reverses all of them, as in
+# NumPy. All three are one op, a permutation of the strides, and return views.
 
 # %%
 #| export
@@ -823,8 +856,10 @@ def permute(self: Tensor, *dims) -> Tensor:
     dims = _shape_arg(dims)
     # Check that `dims` is a permutation, make it non-negative (it is recorded), and set `out`.
     ### BEGIN SOLUTION
-    if sorted(d % max(self.ndim, 1) for d in dims) != list(range(self.ndim)) or len(dims) != self.ndim:
-        raise ValueError(f"permute: {dims} is not a permutation of the {self.ndim} axes of shape {self.shape}")
+    if (sorted(d % max(self.ndim, 1) for d in dims) != list(range(self.ndim))
+            or len(dims) != self.ndim):
+        raise ValueError(f"permute: {dims} is not a permutation of the {self.ndim} axes of "
+                         f"shape {self.shape}")
     dims = tuple(d % self.ndim for d in dims)
     out = self.data.transpose(dims)
     ### END SOLUTION
@@ -860,10 +895,10 @@ test_eq(ops, [('permute', ('dims',))])
 # %% [markdown]
 # ## Indexing and slicing
 #
-# Indexing follows NumPy: integers and slices (basic indexing) give views; integer arrays and boolean
-# masks (advanced indexing) give copies. Index tensors are accepted wherever index arrays are.
-# The index is recorded as `key=` in the op's context, because the gradient of `x[key]` scatters back
-# into the positions `key` chose.
+# Indexing follows NumPy: integers and slices (basic indexing) give views; integer arrays and
+# boolean masks (advanced indexing) give copies. Index tensors are accepted wherever index arrays
+# are. The index is recorded as `key=` in the op's context, because the gradient of `x[key]`
+# scatters back into the positions `key` chose.
 
 # %%
 #| export
@@ -910,13 +945,15 @@ def cat(tensors: list, dim: int = 0) -> Tensor:
     "Concatenate `tensors` along the existing axis `dim`."
     if not tensors: raise ValueError("cat: expected a non-empty list of tensors")
     tensors = tuple(t if isinstance(t, Tensor) else Tensor(t) for t in tensors)
-    # Check `dim`, then set `out` to the joined arrays; sizes that differ outside `dim` are an error.
+    # Check `dim`, then set `out` to the joined arrays; sizes that differ outside `dim` are an
+    # error.
     ### BEGIN SOLUTION
     _check_axis('cat', dim, tensors[0].ndim, tensors[0].shape)
     arrays = [t.data for t in tensors]
     try: out = _fix_float(np.concatenate(arrays, axis=dim), *arrays)
     except ValueError:
-        raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ outside dim {dim}") from None
+        raise ValueError(f"cat: shapes {[a.shape for a in arrays]} differ "
+                         f"outside dim {dim}") from None
     ### END SOLUTION
     return Tensor._from_op(out, 'cat', tensors, dim=dim)
 
@@ -936,7 +973,8 @@ test_eq(cat([a, ones(2, 3, dtype=np.int64)]).dtype, np.float32)
 test_eq(stack([a, a]).shape, (2, 2, 3))
 test_eq(stack([a, a], dim=-1).shape, (2, 3, 2))
 test_eq(stack([Tensor([1, 2]), Tensor([3, 4])], dim=1).numpy(), [[1, 3], [2, 4]])
-test_fail(lambda: cat([a, ones(2, 2)]), contains="cat: shapes [(2, 3), (2, 2)] differ outside dim 0")
+test_fail(lambda: cat([a, ones(2, 2)]),
+          contains="cat: shapes [(2, 3), (2, 2)] differ outside dim 0")
 test_fail(lambda: stack([a, b]), contains="stack: shapes [(2, 3), (1, 3)] differ")
 test_fail(lambda: cat([]), contains="non-empty")
 test_fail(lambda: cat([a, a], dim=2), contains="axis 2 out of range")
@@ -946,9 +984,9 @@ test_eq(ops, [('cat', ('dim',))])
 # %% [markdown]
 # ## What a tensor costs
 #
-# Each op above adds a little Python work around a NumPy call: lifting the operand, checking the dtype,
-# building the result. For large arrays this is invisible; for small ones it dominates.
-# The measurement below prints both, with this module's timing protocol (median of 5 repetitions).
+# Each op above adds a little Python work around a NumPy call: lifting the operand, checking the
+# dtype, building the result. For large arrays this is invisible; for small ones it dominates. The
+# measurement below prints both, with this module's timing protocol (median of 5 repetitions).
 
 # %%
 for n in (100, 1_000_000):
@@ -963,6 +1001,7 @@ for n in (100, 1_000_000):
 # %% [markdown]
 # ## Summary
 #
-# `Tensor` wraps an ndarray and follows PyTorch's names and dtype rules. Every differentiable op builds
-# its result through `Tensor._from_op(data, op, parents, **ctx)`; the autograd module extends that one
-# function, and adds `backward`, without touching the ops defined here.
+# `Tensor` wraps an ndarray and follows PyTorch's names and dtype rules. Every differentiable op
+# builds its result in one place that names the op, its input tensors and the settings its gradient
+# needs (`ctx`); the autograd module extends that one function, and adds `backward`, without
+# touching the ops defined here.

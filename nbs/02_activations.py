@@ -4,16 +4,20 @@
 # %% [markdown]
 # # Activations
 #
-# > The nonlinear functions between layers, computed so that large inputs give neither overflow nor NaN.
+# > The nonlinear functions between layers, computed so that large inputs give no overflow or NaN.
 
 # %% [markdown]
-# A stack of linear layers is still linear: $W_2(W_1 x) = (W_2 W_1) x$. An elementwise nonlinearity between
-# them is what lets a network represent anything else. This module builds the common ones as functions
-# (`relu(x)`) and as callable classes (`ReLU()(x)`), with PyTorch's names.
+# A stack of linear layers is still linear: $W_2(W_1 x) = (W_2 W_1) x$. An elementwise nonlinearity
+# between them is what lets a network represent anything else. This module builds the common ones as
+# functions with PyTorch's names (`relu(x)`, like `torch.nn.functional.relu`). The classes that put
+# them in a model (`ReLU()`, like `torch.nn.ReLU`) are `Module`s, so they come with `Module` in the
+# layers module; they are exported into this package module as well, so
+# `from tinytorch.core.activations import ReLU` works.
 #
-# Each is one named op built through `Tensor._from_op`, so the autograd module can attach one gradient rule
-# to each. Two of them need care with floating point: `sigmoid` and `softmax` exponentiate, and $e^{89}$
-# already exceeds float32's largest value, about $3.4 \cdot 10^{38}$. The fixes are stated and tested below.
+# Each is one named op (`'relu'`, or `'softmax'` with its `dim`), so the autograd module can attach
+# one gradient rule to each. Two of them need care with floating point: `sigmoid` and `softmax`
+# exponentiate, and $e^{89}$ already exceeds float32's largest value, about $3.4 \cdot 10^{38}$. The
+# fixes are stated and tested below.
 
 # %%
 #| export
@@ -33,24 +37,6 @@ from tinytorch.core.tensor import trace_ops
 from tinytorch.utils.timing import measure
 
 # %% [markdown]
-# ## A common shape for activations
-#
-# Every activation here is a function from a Tensor to a Tensor of the same shape. The classes exist so that
-# an activation can sit in a list of layers; they hold their settings (such as `dim`) and call the function.
-# `Activation` gives them a shared `__call__` and a PyTorch-style `repr`.
-
-# %%
-#| export
-class Activation:
-    "Base for callable activation classes: `__call__` runs `forward`."
-    def forward(self, x: Tensor) -> Tensor: raise NotImplementedError(f"{type(self).__name__}.forward")
-    def __call__(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor): raise TypeError(f"{type(self).__name__}: expected a Tensor, got {type(x).__name__}")
-        return self.forward(x)
-    def extra_repr(self) -> str: return ''
-    def __repr__(self) -> str: return f"{type(self).__name__}({self.extra_repr()})"
-
-# %% [markdown]
 # ## ReLU
 #
 # $\mathrm{ReLU}(x) = \max(x, 0)$. It is cheap, its gradient is 0 or 1, and it does not saturate for
@@ -66,16 +52,10 @@ def relu(x: Tensor) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'relu', (x,))
 
-class ReLU(Activation):
-    "$\\max(x, 0)$ elementwise."
-    def forward(self, x: Tensor) -> Tensor: return relu(x)
-
 # %%
 x = Tensor([-2., 0., 3.])
 test_eq(relu(x).numpy(), [0., 0., 3.])
-test_eq(ReLU()(x).dtype, np.float32)
-test_eq(repr(ReLU()), "ReLU()")
-test_fail(lambda: ReLU()(np.array([1.])), contains="ReLU: expected a Tensor, got ndarray")
+test_eq(relu(x).dtype, np.float32)
 with trace_ops() as ops: relu(Tensor([1.]))
 test_eq(ops, [('relu', ())])
 
@@ -83,10 +63,10 @@ test_eq(ops, [('relu', ())])
 # ## Sigmoid
 #
 # $\sigma(x) = 1 / (1 + e^{-x})$ maps any real number into $(0, 1)$. Written that way it computes
-# $e^{1000}$ for $x = -1000$: an overflow, a warning, and a result that is right only by luck.
-# The fix is to exponentiate only non-positive numbers. With $e = e^{-|x|} \le 1$,
-# $\sigma(x) = 1 / (1 + e)$ for $x \ge 0$ and $\sigma(x) = e / (1 + e)$ for $x < 0$ (multiply the top and
-# bottom of the definition by $e^x$). No overflow, no warning, and small results such as
+# $e^{1000}$ for $x = -1000$: an overflow, a warning, and a result that is right only by luck. The
+# fix is to exponentiate only non-positive numbers. With $e = e^{-|x|} \le 1$,
+# $\sigma(x) = 1 / (1 + e)$ for $x \ge 0$ and $\sigma(x) = e / (1 + e)$ for $x < 0$ (multiply the
+# top and bottom of the definition by $e^x$). No overflow, no warning, and small results such as
 # $\sigma(-20) \approx 2 \cdot 10^{-9}$ keep their relative accuracy.
 
 # %%
@@ -100,10 +80,6 @@ def sigmoid(x: Tensor) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'sigmoid', (x,))
 
-class Sigmoid(Activation):
-    "$1 / (1 + e^{-x})$ elementwise."
-    def forward(self, x: Tensor) -> Tensor: return sigmoid(x)
-
 # %%
 test_close(sigmoid(Tensor([0., 2.])).numpy(), [0.5, 1 / (1 + math.exp(-2))], eps=1e-7)
 with warnings.catch_warnings():
@@ -111,7 +87,8 @@ with warnings.catch_warnings():
     s = sigmoid(Tensor([-1000., -20., 1000.])).numpy()
 test_eq(s[0], 0.)
 test_eq(s[2], 1.)
-test_close(s[1] / (1 / (1 + math.exp(20))), 1., eps=1e-6)   # relative error of float32, not absolute
+# relative error of float32, not absolute
+test_close(s[1] / (1 / (1 + math.exp(20))), 1., eps=1e-6)
 test_eq(s.dtype, np.float32)
 with trace_ops() as ops: sigmoid(Tensor([1.]))
 test_eq(ops, [('sigmoid', ())])
@@ -128,10 +105,6 @@ def tanh(x: Tensor) -> Tensor:
     "Hyperbolic tangent elementwise."
     return Tensor._from_op(np.tanh(x.data), 'tanh', (x,))
 
-class Tanh(Activation):
-    "Hyperbolic tangent elementwise."
-    def forward(self, x: Tensor) -> Tensor: return tanh(x)
-
 # %%
 x = Tensor([-1000., -1., 0., 1.])
 test_close(tanh(x).numpy(), [-1., math.tanh(-1.), 0., math.tanh(1.)], eps=1e-7)
@@ -141,13 +114,14 @@ test_close(tanh(x).numpy(), 2 * sigmoid(2 * x).numpy() - 1, eps=1e-6)
 # ## GELU
 #
 # GELU weights its input by the probability that a standard normal variable is below it:
-# $\mathrm{GELU}(x) = x\,\Phi(x) = \tfrac{x}{2}\left(1 + \mathrm{erf}(x/\sqrt{2})\right)$. It is the activation
-# of GPT and BERT. PyTorch offers the exact form (`approximate='none'`) and the tanh approximation of
-# Hendrycks and Gimpel (`approximate='tanh'`),
-# $\tfrac{x}{2}\left(1 + \tanh\left(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\right)\right)$, which GPT-2 used.
+# $\mathrm{GELU}(x) = x\,\Phi(x) = \tfrac{x}{2}\left(1 + \mathrm{erf}(x/\sqrt{2})\right)$. It is the
+# activation of GPT and BERT. PyTorch offers the exact form (`approximate='none'`) and the tanh
+# approximation of Hendrycks and Gimpel (`approximate='tanh'`),
+# $\tfrac{x}{2}\left(1 + \tanh\left(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\right)\right)$, which GPT-2
+# used.
 #
-# NumPy has no `erf`. We use Abramowitz and Stegun's formula 7.1.26, a rational approximation whose absolute
-# error is below $1.5 \cdot 10^{-7}$ for every $x$: about one float32 rounding step near 1.
+# NumPy has no `erf`. We use Abramowitz and Stegun's formula 7.1.26, a rational approximation whose
+# absolute error is below $1.5 \cdot 10^{-7}$ for every $x$: about one float32 rounding step near 1.
 # The cell under it checks that bound against Python's `math.erf`.
 
 # %%
@@ -174,36 +148,31 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 def gelu(x: Tensor, approximate: str = 'none') -> Tensor:
     "$x\\,\\Phi(x)$; `approximate='tanh'` uses the tanh approximation."
     d = x.data
-    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming it.
+    # Set `out` to the result array in `d`'s dtype; any other `approximate` is a ValueError naming
+    # it.
     ### BEGIN SOLUTION
     if approximate == 'none': out = 0.5 * d * (1 + erf(d * (1 / math.sqrt(2))))
     elif approximate == 'tanh':   # d*d*d: NumPy computes float32 d**3 with the slow general power
         out = 0.5 * d * (1 + np.tanh(_SQRT_2_OVER_PI * (d + 0.044715 * (d * d * d))))
     else: raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    out = out.astype(d.dtype, copy=False)
     ### END SOLUTION
+    out = out.astype(d.dtype, copy=False)
     return Tensor._from_op(out, 'gelu', (x,), approximate=approximate)
 
-class GELU(Activation):
-    "$x\\,\\Phi(x)$, exact (`approximate='none'`) or with the tanh approximation."
-    def __init__(self, approximate: str = 'none'):
-        if approximate not in ('none', 'tanh'): raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
-    def forward(self, x: Tensor) -> Tensor: return gelu(x, self.approximate)
-    def extra_repr(self) -> str: return f"approximate={self.approximate!r}"
-
 # %% [markdown]
-# Worked values: $\mathrm{GELU}(1) = \Phi(1)$, and how far the tanh form is from the exact one, printed below.
+# Worked values: $\mathrm{GELU}(1) = \Phi(1)$, and how far the tanh form is from the exact one,
+# printed below.
 
 # %%
 x = Tensor(np.linspace(-5, 5, 1001))
 exact, approx = gelu(x).numpy(), gelu(x, 'tanh').numpy()
 test_close(gelu(Tensor([1.])).item(), 0.5 * (1 + math.erf(1 / math.sqrt(2))), eps=3e-7)
 test_eq(gelu(Tensor([0.])).item(), 0.)
-print(f"GELU(1) = {gelu(Tensor([1.])).item():.6f}, Phi(1) = {0.5 * (1 + math.erf(1 / math.sqrt(2))):.6f}")
+print(f"GELU(1) = {gelu(Tensor([1.])).item():.6f}, Phi(1) = "
+      f"{0.5 * (1 + math.erf(1 / math.sqrt(2))):.6f}")
 print(f"max |GELU_tanh - GELU_exact| on [-5, 5]: {np.abs(exact - approx).max():.1e}")
-test_eq(repr(GELU('tanh')), "GELU(approximate='tanh')")
-test_fail(lambda: GELU('fast'), contains="'none' or 'tanh', got 'fast'")
+test_fail(lambda: gelu(x, 'fast'),
+          contains="gelu: approximate must be 'none' or 'tanh', got 'fast'")
 test_eq(gelu(Tensor([1.], dtype=np.float64)).dtype, np.float64)
 with trace_ops() as ops: gelu(Tensor([1.]), 'tanh')
 test_eq(ops, [('gelu', ('approximate',))])
@@ -211,15 +180,16 @@ test_eq(ops, [('gelu', ('approximate',))])
 # %% [markdown]
 # ## Softmax
 #
-# $\mathrm{softmax}(x)_i = e^{x_i} / \sum_j e^{x_j}$ along one axis `dim` turns scores into probabilities.
-# For logits near 1000, $e^{1000}$ overflows. Softmax does not change when a constant is subtracted from
-# every input, so we subtract the maximum along `dim` first: the largest exponent is then $e^0 = 1$ and
-# the sum is at least 1, so neither overflow nor division by zero can happen.
+# $\mathrm{softmax}(x)_i = e^{x_i} / \sum_j e^{x_j}$ along one axis `dim` turns scores into
+# probabilities. For logits near 1000, $e^{1000}$ overflows. Softmax does not change when a constant
+# is subtracted from every input, so we subtract the maximum along `dim` first: the largest exponent
+# is then $e^0 = 1$ and the sum is at least 1, so neither overflow nor division by zero can happen.
 
 # %%
 #| export
 def _check_dim(op: str, dim: int, x: Tensor):
-    if not -x.ndim <= dim < x.ndim: raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
+    if not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"{op}: dim {dim} out of range for tensor of shape {x.shape}")
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     "$e^{x_i} / \\sum_j e^{x_j}$ along `dim`, with the maximum subtracted first."
@@ -231,12 +201,6 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'softmax', (x,), dim=dim)
 
-class Softmax(Activation):
-    "Softmax along `dim`."
-    def __init__(self, dim: int = -1): self.dim = dim
-    def forward(self, x: Tensor) -> Tensor: return softmax(x, self.dim)
-    def extra_repr(self) -> str: return f"dim={self.dim}"
-
 # %%
 p = softmax(Tensor([[1., 2., 3.], [1000., 1000., 1000.]]))
 test_close(p.numpy()[0], np.exp([1., 2., 3.]) / np.exp([1., 2., 3.]).sum(), eps=1e-7)
@@ -244,15 +208,16 @@ test_close(p.numpy()[1], [1/3, 1/3, 1/3], eps=1e-7)
 test_close(p.numpy().sum(axis=-1), [1., 1.], eps=1e-6)
 test_eq(np.isfinite(softmax(Tensor([1000., -1000.])).numpy()).all(), True)
 test_eq(softmax(Tensor(np.ones((2, 3))), dim=0).numpy(), np.full((2, 3), 0.5, np.float32))
-test_fail(lambda: softmax(Tensor([1., 2.]), dim=1), contains="dim 1 out of range for tensor of shape (2,)")
+test_fail(lambda: softmax(Tensor([1., 2.]), dim=1),
+          contains="dim 1 out of range for tensor of shape (2,)")
 with trace_ops() as ops: softmax(Tensor([1., 2.]))
 test_eq(ops, [('softmax', ('dim',))])
 
 # %% [markdown]
 # ## Log-softmax
 #
-# Losses need $\log \mathrm{softmax}(x)$. Taking the log of a softmax that underflowed to 0 gives $-\infty$.
-# The log-sum-exp form avoids ever forming the small probability:
+# Losses need $\log \mathrm{softmax}(x)$. Taking the log of a softmax that underflowed to 0 gives
+# $-\infty$. The log-sum-exp form avoids ever forming the small probability:
 # $\log \mathrm{softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}$ with $m = \max_j x_j$.
 
 # %%
@@ -267,12 +232,6 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     ### END SOLUTION
     return Tensor._from_op(out, 'log_softmax', (x,), dim=dim)
 
-class LogSoftmax(Activation):
-    "Log of softmax along `dim`, by log-sum-exp."
-    def __init__(self, dim: int = -1): self.dim = dim
-    def forward(self, x: Tensor) -> Tensor: return log_softmax(x, self.dim)
-    def extra_repr(self) -> str: return f"dim={self.dim}"
-
 # %%
 x = Tensor([[0., 1000.], [1., 2.]])
 with warnings.catch_warnings():
@@ -280,15 +239,14 @@ with warnings.catch_warnings():
     ls = log_softmax(x).numpy()
 test_eq(ls[0], [-1000., 0.])                                   # naive log(softmax) gives -inf here
 test_close(ls[1], np.log(softmax(Tensor([1., 2.])).numpy()), eps=1e-6)
-test_eq(repr(LogSoftmax(dim=1)), "LogSoftmax(dim=1)")
 with trace_ops() as ops: log_softmax(Tensor([1., 2.]))
 test_eq(ops, [('log_softmax', ('dim',))])
 
 # %% [markdown]
-# How much the stable forms matter, measured: the naive formulas on inputs where they break. In float32,
-# $e^{-x}$ overflows for $x < -88.7$, so the naive sigmoid returns 0 there, although $\sigma(-95)$ and
-# $\sigma(-90)$ are representable (as subnormal numbers); the stable form computes them. The naive
-# log-softmax divides infinity by infinity.
+# How much the stable forms matter, measured: the naive formulas on inputs where they break. In
+# float32, $e^{-x}$ overflows for $x < -88.7$, so the naive sigmoid returns 0 there, although
+# $\sigma(-95)$ and $\sigma(-90)$ are representable (as subnormal numbers); the stable form computes
+# them. The naive log-softmax divides infinity by infinity.
 
 # %%
 neg = np.array([-95., -90., 0.], np.float32)
@@ -305,8 +263,8 @@ assert (stable_sig[:2] > 0).all()
 # %% [markdown]
 # ## Cost
 #
-# Relative cost of each activation on a (256, 1024) float32 batch: `measure`, the median of 5 samples
-# of 10 calls each after a warm-up call.
+# Relative cost of each activation on a (256, 1024) float32 batch: `measure`, the median of 5
+# samples of 10 calls each after a warm-up call.
 
 # %%
 xb = Tensor(np.random.default_rng(0).standard_normal((256, 1024), dtype=np.float32))

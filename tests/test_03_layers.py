@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tinytorch.core import activations
+from tinytorch.core.activations import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from tinytorch.core.layers import Identity, IncompatibleKeys, Linear, Module, Parameter, Sequential
 from tinytorch.core.tensor import Tensor, manual_seed, ones, zeros
 
@@ -238,3 +240,49 @@ def test_repr_tree():
         "    (1): Linear(in_features=8, out_features=2, bias=False)\n"
         "  )\n"
         ")")
+
+
+ACTIVATION_MODULES = [ReLU(), Sigmoid(), Tanh(), GELU(), GELU("tanh"), Softmax(0), LogSoftmax(-1)]
+
+
+def test_activation_classes_are_modules_without_copied_methods():
+    "The activation classes derive from Module (as torch.nn.ReLU does); no methods are copied onto them."
+    for act in ACTIVATION_MODULES:
+        assert isinstance(act, Module) and act.training is True
+        assert list(act.parameters()) == [] and act.state_dict() == {} and list(act.buffers()) == []
+    base = activations.Activation
+    assert issubclass(base, Module)
+    copied = {"named_modules", "parameters", "state_dict", "load_state_dict", "train", "eval", "zero_grad",
+              "_parameters", "_modules", "_buffers", "training"}
+    assert not copied & set(vars(base)), sorted(copied & set(vars(base)))  # the old setattr loop is gone
+    import tinytorch.core.layers as layers
+    assert not hasattr(layers, "_TREE_METHODS")
+
+
+def test_activation_modules_in_a_model():
+    "In a Sequential: named, repr'd, switched by eval(), reached by hooks, and the output is the function's."
+    manual_seed(0)
+    net = Sequential(Linear(3, 4), *ACTIVATION_MODULES)
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias"]
+    assert repr(net).splitlines()[1:9] == [
+        "  (0): Linear(in_features=3, out_features=4, bias=True)", "  (1): ReLU()", "  (2): Sigmoid()",
+        "  (3): Tanh()", "  (4): GELU(approximate='none')", "  (5): GELU(approximate='tanh')",
+        "  (6): Softmax(dim=0)", "  (7): LogSoftmax(dim=-1)"]
+    net.eval()
+    assert [m.training for m in net.modules()] == [False] * 9
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda m, args: calls.append(type(m).__name__))
+               for m in ACTIVATION_MODULES]
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(2, 3) - 2)
+    out = net(x)
+    for h in handles: h.remove()
+    assert calls == ["ReLU", "Sigmoid", "Tanh", "GELU", "GELU", "Softmax", "LogSoftmax"]
+    want = net[0](x)
+    for f in (activations.relu, activations.sigmoid, activations.tanh, activations.gelu,
+              lambda t: activations.gelu(t, "tanh"), lambda t: activations.softmax(t, 0),
+              activations.log_softmax):
+        want = f(want)
+    np.testing.assert_array_equal(out.numpy(), want.numpy())
+    net.train()
+    with pytest.raises(TypeError, match="Tanh: expected a Tensor, got ndarray"): Tanh()(np.zeros(2))
+

@@ -148,7 +148,7 @@ def test_trace_parses_and_nests(tmp_path):
     events = json.loads(path.read_text())["traceEvents"]
     assert {e["ph"] for e in events} == {"X"} and all(e["dur"] >= 0 for e in events)
     names = {e["name"] for e in events if e["cat"] == "module"}
-    assert names == {"Sequential", "0", "2", "2.0", "3"}      # activations are not Modules
+    assert names == {"Sequential", "0", "1", "2", "2.0", "2.1", "3"}  # activations are Modules too
     stack = []                                   # intervals either nest or are disjoint
     for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
         start, end = e["ts"], e["ts"] + e["dur"]

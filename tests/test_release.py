@@ -1,5 +1,7 @@
 """The student edition: the transform on text and cells, and whole releases of a demo project and of the real repo."""
+import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,6 +44,13 @@ def test_message_names_class_method_and_falls_back():
     assert student_source(no_doc).split("\n")[-1] == '    raise NotImplementedError("implement relu")'
     top_level = '#| export\n### BEGIN SOLUTION\nEPS = 1e-5\n### END SOLUTION'
     assert student_source(top_level) == '#| export\nraise NotImplementedError("implement this exercise")'
+
+
+def test_message_is_the_docstrings_first_paragraph_on_one_line():
+    src = ('def f(x):\n    """Return `x` doubled, for a docstring wrapped\n    at the line limit.\n\n    More."""\n'
+           '    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION')
+    assert student_source(src).split("\n")[-1] == \
+        '    raise NotImplementedError("f: Return `x` doubled, for a docstring wrapped at the line limit.")'
 
 
 def test_nearest_enclosing_def_wins_and_code_after_block_stays():
@@ -265,6 +274,18 @@ def test_real_module_student_fails_on_its_own_stubs_full_passes(name, full_editi
         assert not _marker_lines(text)  # prose may still mention the markers
 
 
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    reason="max_pool2d's exercise is tested only after avg_pool2d's; not this branch's module"))
+    if n == "09_spatial" else n for n in REAL_MODULES])
+def test_every_exercise_is_tested_before_the_next_one(name):
+    "Immediate feedback: after each exercise cell, a test cell (not `#| export`) runs before the next exercise."
+    cells = [c.source for c in jupytext.read(REPO / "nbs" / f"{name}.py").cells if c.cell_type == "code"]
+    exercises = [i for i, c in enumerate(cells) if BEGIN in c]
+    untested = [cells[i].splitlines()[1:3] for i, j in zip(exercises, exercises[1:] + [len(cells)])
+                if all(re.search(r"^#\|\s*export", cells[k], re.M) for k in range(i + 1, j))]
+    assert not untested, f"{name}: exercises with no test cell before the next exercise: {untested}"
+
+
 @pytest.mark.parametrize("name", REAL_MODULES)
 def test_every_stub_states_its_contract(name):
     "A stub's message is its exercise's docstring; a bare 'implement NAME' tells a student nothing."
@@ -273,3 +294,105 @@ def test_every_stub_states_its_contract(name):
     assert messages, f"{name} has no stubs"
     bare = [m for m in messages if m.startswith("implement ")]
     assert not bare, f"{name}: stubs without a docstring: {bare}"
+
+
+# The student edition as a student installs it (slow: a venv and `pip install`, about 40 s with pip's cache)
+
+_RUN_TO_FIRST_ERROR = """
+import json, os, sys
+from pathlib import Path
+from execnb.nbio import read_nb
+from execnb.shell import CaptureShell
+from fastcore.xtras import working_directory
+from nbdev.process import extract_directives
+import numpy, matplotlib.pyplot  # imported once; each notebook runs in a forked child that has them
+flags, notebooks = set(sys.argv[1].split()), sys.argv[2:]
+os.environ["IN_TEST"] = "1"
+def skip(cell):  # the cells `tito test` skips (tito/nbrun.py)
+    if cell.cell_type != "code" or "nbdev_export" + "(" in cell.source: return True
+    d = extract_directives(cell, remove=False)
+    return d.get("eval:", [""])[0].lower() == "false" or bool(flags & d.keys())
+def run(fn):
+    shell, result = CaptureShell(fn), {"notebook": fn.stem, "cell": None}
+    with working_directory(fn.parent):
+        for i, cell in enumerate(read_nb(fn).cells):
+            if skip(cell): continue
+            shell.cell(cell)
+            if shell.exc is not None:
+                result |= {"cell": i, "type": type(shell.exc).__name__, "message": str(shell.exc)}
+                break
+    os.write(1, (json.dumps(result) + "\\n").encode())  # fd 1: the shell may still hold sys.stdout
+for fn in (Path(p).resolve() for p in notebooks):  # one child per notebook: a notebook patches classes the next one imports
+    pid = os.fork()
+    if pid == 0:
+        try: run(fn)
+        except BaseException as e: os.write(2, f"{fn.name}: {e!r}\\n".encode())
+        finally: os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def _readme_start_command(readme: str) -> str:
+    "The one-line command in the fenced block under the student README's '## Start' heading."
+    start = readme.split("## Start", 1)[1]
+    block = re.search(r"```bash\n(.*?)\n```", start, re.S)
+    assert block and "\n" not in block.group(1).strip(), "the README's start block is not one command"
+    return block.group(1).strip()
+
+
+def _first_exercise(ipynb) -> tuple[int, int, str]:
+    "(cell of the first stub, cell of the next stub or the end, the first stub's message) of a student notebook."
+    cells = json.loads(ipynb.read_text())["cells"]
+    src = lambda c: c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+    stubs = [(i, ast.literal_eval(f'"{m}"')) for i, c in enumerate(cells) if c["cell_type"] == "code"
+             for m in _STUB.findall(src(c))]
+    assert stubs, f"{ipynb.name} has no stubs"
+    first, message = stubs[0]
+    return first, next((i for i, _ in stubs if i > first), len(cells)), message
+
+
+@pytest.mark.install
+@pytest.mark.skipif((REPO / MARKER_FILE).is_file(), reason="this checkout is itself a student edition")
+def test_student_edition_installs_from_its_readme_and_each_notebook_runs_to_its_first_stub(full_edition, tmp_path):
+    """The released student edition, installed with its README's command (python3 -m venv, pip install -e),
+    imports every package module without error; in that venv each module notebook, with the modules before it
+    solved (the full edition's package first on PYTHONPATH, as a student who works in order has them), runs its
+    cells in order and stops at the NotImplementedError of its own first exercise: no ImportError, no other
+    error, nothing earlier. The README's last step, `tito status`, runs every module's tests (minutes), so
+    only its presence is checked."""
+    student = tmp_path / "student"
+    release(Project(REPO), student)
+    steps = _readme_start_command((student / "README.md").read_text()).split(" && ")
+    assert steps[:2] == ["python3 -m venv .venv", '.venv/bin/pip install -e ".[dev]"'], steps
+    assert steps[2:] == [".venv/bin/tito status"], steps
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "IN_TEST")}
+    proc = subprocess.run(["bash", "-c", " && ".join(steps[:2])], cwd=student, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    python = student / ".venv" / "bin" / "python"
+    assert (student / ".venv" / "bin" / "tito").is_file()
+    # the student's package, from the editable install (run outside the folder): every module imports
+    code = ("import importlib, pkgutil, tinytorch; print(tinytorch.__file__); "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(tinytorch.__path__, 'tinytorch.')]")
+    proc = subprocess.run([str(python), "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(student / "tinytorch" / "__init__.py")
+    runner = tmp_path / "run_to_first_error.py"
+    runner.write_text(_RUN_TO_FIRST_ERROR)
+
+    nb_env = env | {"PYTHONPATH": str(full_edition)}
+    proc = subprocess.run([str(python), str(runner), " ".join(Project(REPO).tst_flags),
+                           *[str(student / "nbs" / f"{name}.ipynb") for name in REAL_MODULES]],
+                          cwd=student, env=nb_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"the runner failed:\n{proc.stderr[-3000:]}"
+    results = {r["notebook"]: r for r in map(json.loads, re.findall(r"^\{\"notebook\": .*$", proc.stdout, re.M))}
+    assert sorted(results) == REAL_MODULES, proc.stderr[-3000:]
+    problems = []
+    for name, got in results.items():
+        first, nxt, message = _first_exercise(student / "nbs" / f"{name}.ipynb")
+        where = f"cell {got['cell']}" if got["cell"] is not None else "nowhere"
+        if got["cell"] is None or got["type"] != "NotImplementedError" or got["message"] != message \
+                or not first <= got["cell"] < nxt:
+            problems.append(f"{name}: stopped {where} with {got.get('type')}: {got.get('message')!r}; expected the "
+                            f"stub of its first exercise (cell {first}, its tests before cell {nxt}): {message!r}")
+    assert not problems, "\n".join(problems)

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from .nbrun import EXECUTED, META_KEY, executed_path, package_key, run_notebook, source_key
-from .project import Project, TitoError
+from .project import Project, TitoError, exported_cells
 
 IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
 _SOURCE_LINK = re.compile(r"\[source\]\([^)]*/([\w/]+\.py)#L(\d+)\)")
@@ -316,10 +316,17 @@ def check_links(cache: Path, project: Project) -> list[str]:
     return problems
 
 
-def exported_names(module_file: Path) -> list[str]:
-    "The functions and classes in a generated module's `__all__` (nbdev documents those, not assigned names)."
+def exported_names(module_file: Path, notebook: str | None = None) -> list[str]:
+    """The functions and classes in a generated module's `__all__` (nbdev documents those, not assigned names);
+    with `notebook`, only those defined in cells exported from that notebook (`03_layers.ipynb`)."""
     body = ast.parse(module_file.read_text(encoding="utf-8")).body
-    defined = {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    if notebook is not None:
+        starts = [first for first, _ in exported_cells(module_file, notebook)]
+        origins = sorted(first for first, _ in _all_cells(module_file))
+        mine = lambda line: max((o for o in origins if o <= line), default=None) in starts
+        defs = [n for n in defs if mine(n.lineno)]
+    defined = {n.name for n in defs}
     for node in body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
             return [n for n in ast.literal_eval(node.value) if n in defined]
@@ -362,6 +369,12 @@ def check_source(py: Path) -> list[str]:
     return problems
 
 
+def _all_cells(module_file: Path) -> list[tuple[int, str]]:
+    "(first line, origin) of every cell of a generated module, whatever notebook it came from."
+    lines = module_file.read_text(encoding="utf-8").splitlines()
+    return [(i + 1, l) for i, l in enumerate(lines, 1) if l.startswith("# %% ")]
+
+
 def check_pages(cache: Path, project: Project, log=print) -> list[str]:
     "Every check on the processed pages: one page per notebook, executed and fresh, API docs complete, links sound."
     problems, pkg = [], package_key(project)
@@ -377,8 +390,10 @@ def check_pages(cache: Path, project: Project, log=print) -> list[str]:
         documented = {n for n, _, _ in doc_entries(page)}
         if exp and exp[0] != "__init__":
             module = project.lib / (exp[0].replace(".", "/") + ".py")
-            names = exported_names(module)
-            if not names: found.append(f"{nb_path.name}: {module} exports nothing (empty __all__)")
+            if not exported_names(module, nb_path.name):
+                found.append(f"{nb_path.name}: {module} exports nothing (empty __all__)")
+            # every name this notebook exports, also into another notebook's module (`#| export core.x`)
+            names = [n for f in sorted(project.lib.rglob("*.py")) for n in exported_names(f, nb_path.name)]
             missing = [n for n in names if n not in documented]
             if missing: found.append(f"{nb_path.name}: no API docs rendered for {missing}")
         images = sum(any(t in o.get("data", {}) for t in IMAGE_TYPES) for c in _code_cells(page) for o in c.get("outputs", []))

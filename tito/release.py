@@ -50,7 +50,7 @@ def _functions(tree: ast.AST):
 def exercise_message(source: str,  # the cell's code, markers included
                      lineno: int,  # 1-based line of the `### BEGIN SOLUTION` marker
                     ) -> str:
-    "What the student implements: the enclosing function's name and the first line of its docstring."
+    "What the student implements: the enclosing function's name and the first paragraph of its docstring."
     line = source.split("\n")[lineno - 1]
     indent = len(line) - len(line.lstrip())
     try: tree = ast.parse(source)
@@ -63,7 +63,7 @@ def exercise_message(source: str,  # the cell's code, markers included
     if cls is None and args and args[0].arg == "self" and args[0].annotation is not None:
         cls = ast.unparse(args[0].annotation)  # a `@patch`ed method: `def reshape(self: Tensor, ...)`
     name = f"{cls}.{fn.name}" if cls else fn.name
-    doc = (ast.get_docstring(fn) or "").strip().split("\n")[0]
+    doc = " ".join((ast.get_docstring(fn) or "").strip().split("\n\n")[0].split())  # its first paragraph
     return f"{name}: {doc}" if doc else f"implement {name}"
 
 
