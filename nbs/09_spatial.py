@@ -702,6 +702,21 @@ def max_pool2d(x: Tensor,       # input (N, C, H, W)
     return Tensor._from_op(out, 'max_pool2d', (x,), kernel=(KH, KW), stride=stride)
 
 # %% [markdown]
+# A 4x4 example to check by hand, the output shape for an uneven kernel and stride, the failure
+# paths, and what the op records for its gradient rule.
+
+# %%
+x = Tensor([[[[1., 2., 5., 0.], [3., 4., 1., 1.], [0., 0., 7., 7.], [0., 0., 7., 7.]]]])
+test_eq(max_pool2d(x, 2).numpy(), [[[[4., 5.], [0., 7.]]]])
+test_eq(max_pool2d(randn(2, 3, 7, 5), (3, 2), stride=(2, 1)).shape, (2, 3, 3, 4))
+test_fail(lambda: max_pool2d(randn(2, 3, 1, 5), 2),
+          contains="max_pool2d: input 1x5 with padding (0, 0) is smaller than the kernel 2x2")
+test_fail(lambda: max_pool2d(randn(3, 4, 4), 2),
+          contains="max_pool2d: expected 4-D input (N, C, H, W), got shape (3, 4, 4)")
+with trace_ops() as ops: max_pool2d(randn(1, 1, 4, 4), 2)
+test_eq(ops, [('max_pool2d', ('kernel', 'stride'))])
+
+# %% [markdown]
 # The gradient of a maximum goes only to the element that attained it. The rule finds that element
 # by visiting the kernel positions in order again: where a position's slice equals the output, that
 # position won, unless an earlier position already did. So when several elements of a window tie,
@@ -734,27 +749,18 @@ def _max_pool2d_grad(g, out, x, kernel, stride):
     return (gx,)
 
 # %% [markdown]
-# A 4x4 example to check by hand; a window of four equal values, whose gradient goes to its first
-# element only, as in PyTorch; overlapping windows; and the failure paths.
+# A 4x4 example to check by hand for the gradient: a window of four equal values, whose gradient
+# goes to its first element only, as in PyTorch; and overlapping windows.
 
 # %%
 x = Tensor([[[[1., 2., 5., 0.], [3., 4., 1., 1.], [0., 0., 7., 7.], [0., 0., 7., 7.]]]],
            requires_grad=True)
-y = max_pool2d(x, 2)
-test_eq(y.numpy(), [[[[4., 5.], [0., 7.]]]])
-y.backward(np.array([[[[1., 2.], [3., 4.]]]]))
+max_pool2d(x, 2).backward(np.array([[[[1., 2.], [3., 4.]]]]))
 # ties: first element
 test_eq(x.grad, [[[[0., 0., 2., 0.], [0., 1., 0., 0.], [3., 0., 4., 0.], [0., 0., 0., 0.]]]])
 xo = Tensor(np.array([[[[1., 3., 2.], [0., 9., 0.], [4., 0., 5.]]]]), requires_grad=True)
 max_pool2d(xo, 2, stride=1).sum().backward()  # the 9 wins all four windows
 test_eq(xo.grad, [[[[0., 0., 0.], [0., 4., 0.], [0., 0., 0.]]]])
-test_eq(max_pool2d(randn(2, 3, 7, 5), (3, 2), stride=(2, 1)).shape, (2, 3, 3, 4))
-test_fail(lambda: max_pool2d(randn(2, 3, 1, 5), 2),
-          contains="max_pool2d: input 1x5 with padding (0, 0) is smaller than the kernel 2x2")
-test_fail(lambda: max_pool2d(randn(3, 4, 4), 2),
-          contains="max_pool2d: expected 4-D input (N, C, H, W), got shape (3, 4, 4)")
-with trace_ops() as ops: max_pool2d(randn(1, 1, 4, 4), 2)
-test_eq(ops, [('max_pool2d', ('kernel', 'stride'))])
 
 # %% [markdown]
 # Finite differences agree away from ties (a step of $10^{-6}$ must not change which element wins,

@@ -274,9 +274,7 @@ def test_real_module_student_fails_on_its_own_stubs_full_passes(name, full_editi
         assert not _marker_lines(text)  # prose may still mention the markers
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    reason="max_pool2d's exercise is tested only after avg_pool2d's; not this branch's module"))
-    if n == "09_spatial" else n for n in REAL_MODULES])
+@pytest.mark.parametrize("name", REAL_MODULES)
 def test_every_exercise_is_tested_before_the_next_one(name):
     "Immediate feedback: after each exercise cell, a test cell (not `#| export`) runs before the next exercise."
     cells = [c.source for c in jupytext.read(REPO / "nbs" / f"{name}.py").cells if c.cell_type == "code"]
