@@ -65,7 +65,8 @@ from tinytorch.core.training import Batches, Trainer, save_checkpoint, load_chec
 from tinytorch.data.loader import load_digits
 from tinytorch.optimization.profiling import count_flops
 from tinytorch.optimization.quantization import quantize_model
-from tinytorch.utils.timing import Timer, compare, blas_threads, machine_info, UnstableMeasurementWarning
+from tinytorch.utils.timing import (Timer, UnstableMeasurementWarning, blas_threads, compare,
+                                    machine_info)
 
 warnings.simplefilter('ignore', UnstableMeasurementWarning)  # the tables flag unstable timings
 
