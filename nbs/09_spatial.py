@@ -735,17 +735,18 @@ test_eq(ops, [('max_pool2d', ('kernel', 'stride'))])
 def _max_pool2d_grad(g, out, x, kernel, stride):
     "From g (N, C, OH, OW): gx (N, C, H, W), each g at the first element of its window equal to out"
     gx = np.zeros(x.shape, g.dtype)
-    # Visit the kernel positions in order; add g to gx[_window(p, q, ...)] where that position
-    # first equals out.
-    ### BEGIN SOLUTION
-    free = np.ones(out.shape, bool)  # (N, C, OH, OW): not yet placed
+    free = np.ones(out.shape, bool)  # (N, C, OH, OW): outputs whose gradient is not yet placed
+    overlap = any(s < k for s, k in zip(stride, kernel))
     for k in range(kernel[0] * kernel[1]):
         win = _window(k // kernel[1], k % kernel[1], stride, out.shape[2:])
-        hit = (x.data[win] == out) & free                                    # this position won
+        # Set `hit` (N, C, OH, OW, bool) to where this kernel position is the first in its window
+        # to equal out, and remove those outputs from `free`.
+        ### BEGIN SOLUTION
+        hit = (x.data[win] == out) & free
         free &= ~hit
-        # overlapping windows add up
-        gx[win] += g * hit
-    ### END SOLUTION
+        ### END SOLUTION
+        if overlap: gx[win] += g * hit           # an input in several windows adds up their parts
+        else: np.multiply(g, hit, out=gx[win])   # each input is in one window: write, do not add
     return (gx,)
 
 # %% [markdown]

@@ -79,7 +79,9 @@ def batch_norm(input: Tensor,           # (N, C, ...)
     xhat = xc * np.repeat(inv_std, P)                                  # (N, C*P)
     ### END SOLUTION
     out = xhat if weight is None else xhat * np.repeat(weight.data, P)  # scale and shift
-    if bias is not None: out = out + np.repeat(bias.data, P)           # (a new array: xhat is kept)
+    if bias is not None:               # in place, unless out is xhat, which the rule reads
+        b = np.repeat(bias.data, P)
+        out = out + b if out is xhat else np.add(out, b, out=out)
     params = tuple(p for p in (weight, bias) if p is not None)
     # the gradient rule reads xhat (N, C*P), inv_std (C,), the mode, and which parameters are there
     return Tensor._from_op(out.reshape(input.shape), 'batch_norm', (input, *params),
@@ -220,7 +222,9 @@ def layer_norm(input: Tensor,       # (..., *normalized_shape)
     xhat = xc * inv_std                                                # (R, D)
     ### END SOLUTION
     out = xhat if weight is None else xhat * weight.data.reshape(D)    # scale and shift
-    if bias is not None: out = out + bias.data.reshape(D)              # (a new array: xhat is kept)
+    if bias is not None:               # in place, unless out is xhat, which the rule reads
+        b = bias.data.reshape(D)
+        out = out + b if out is xhat else np.add(out, b, out=out)
     params = tuple(p for p in (weight, bias) if p is not None)
     # the gradient rule reads xhat (R, D), inv_std (R, 1) and which parameters are present
     return Tensor._from_op(out.reshape(input.shape), 'layer_norm', (input, *params),
