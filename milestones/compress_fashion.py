@@ -2,7 +2,7 @@
 
 Starts from runs/fashion_lenet.npz (run `tito milestone fashion_lenet` first). The last 10,000 of
 the 60,000 training images (file order: fixed, no draw) are a validation split; each stage
-fine-tunes with Adam on the first 50,000. Every setting below was chosen by validation accuracy;
+fine-tunes with Adam on the first 50,000. Settings are chosen by validation accuracy (below);
 test accuracy (the 10,000 test images) is measured once per stage, after it. The loaded model
 trained on all 60,000 images, validation ones included, so its validation accuracy is far above
 its test accuracy and a compressed model's validation loss overstates its test loss: validation
@@ -13,15 +13,39 @@ against the loaded model's test accuracy:
      sensitive) stay dense, so the other layers are pruned a little further to make 70% (90% in
      B) of all Conv2d and Linear weights;
   B  90% pruned with the cubic schedule of Zhu and Gupta (from A's model), at most 1 point lost;
-     B fine-tunes with `distillation_loss` (module 18) with the loaded model as teacher (its
-     logits on the fine-tuning images), a standard way to recover accuracy after pruning;
+     B and C fine-tune with `distillation_loss` (module 18) with the loaded model as teacher
+     (its logits on the fine-tuning images), a standard way to recover accuracy after pruning;
   C  channel pruning to at most half the FLOPs (`count_flops`), at least 1.6x faster at batch 64,
      at most 1 point lost;
   D  a student MLP distilled from the LeNet beats the same student trained alone (same initial
      weights, batches and epochs);
   E  B's model quantized by `quantize_model` (per channel) and stored as CSR with INT8 values at
      least 10x smaller on disk than the FP32 dense model, within 1 point.
-How the defaults were chosen: VALIDATION_NOTES
+How the defaults were chosen, by validation accuracy only (baseline: 96.49%), with runs of
+these stage functions on the same split and seeds (each setting alone; 22:10-23:10 on 30 Nov 2026):
+  A  3 epochs, peak learning rate 2e-4, cross-entropy: 95.18%; 5e-4: 95.10%; 2e-4 with
+     distillation (alpha 0.7, T 4): 95.08%. Kept 2e-4 without distillation; 3 epochs not varied.
+  B  from that model, 8 epochs, 10 pruning steps over the first half: cross-entropy at 2e-4
+     92.12%, at 5e-4 92.65%; distillation (alpha 0.7, T 4) at 2e-4 92.01%, at 5e-4 92.74%, at
+     1e-3 92.95% (chosen); at 5e-4 with the 10 steps over the first 30% (a longer recovery)
+     92.59%. 8 epochs (twice the earlier 4) was fixed beforehand, to fit the time budget on a
+     loaded machine; a 4-epoch run for comparison was stopped to free the processor, so 4
+     against 8 was not measured; the 10 pruning steps, alpha 0.7 and T 4 were not varied.
+  C  37.5% of each convolution's channels is the smallest cut (in steps of 1/16) with at most
+     half the FLOPs (31.25% leaves 0.53x), so the FLOPs target fixes it, not accuracy. Cross-
+     entropy, 3 epochs at 1e-3: 93.55% (the earlier default; its full run lost 1.34 points of
+     test accuracy), at 5e-4: 93.49%; 6 epochs at 1e-3: 93.61%. Distillation as in B (alpha 0.7,
+     T 4) at 1e-3: 3 epochs 93.58%, 6 epochs 93.71% (chosen), 9 epochs 93.70%; 6 at 2e-3 93.56%.
+     These C runs were made because the first full run missed C's target on test: the test set
+     prompted the search, validation alone picked its result. The full run with it still loses
+     1.22 points (target not met); no further search, which the test set would have steered.
+  D  15 epochs, 128 hidden units (not varied): alone 89.62%; distilled at T 2, alpha 0.3 90.04%
+     (kept), at T 4, alpha 0.7 89.92%, at T 4, alpha 0.3 89.83%.
+  E  2,048 calibration images (from the fine-tuning split; not varied): INT8 92.84% against B's
+     92.95%, so more calibration or quantization-aware fine-tuning was not tried.
+Settings "not varied" were set in an earlier version of this script by looking at test
+accuracy and were not re-chosen here for lack of time. The whole script took 354 s with
+`tito milestone compress_fashion` (load average 2.3 on 2 cores; A, B, D, E alike in two runs).
 Exit status 1 if a target is missed. Timings use one BLAS thread on a shared machine: noisy.
 """
 import sys
@@ -145,10 +169,11 @@ def stage_gradual90(start, train, val, args, zt):
     return m, accuracy(m, *val)
 
 
-def stage_channels(base, train, val, test, args):
+def stage_channels(base, train, val, test, args, zt):
     slim = prune_channels(base, amount=args.channel_amount, n=1)
     cut = accuracy(slim, *val)
-    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2)
+    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, teacher=zt,
+             T=args.T_ft, alpha=args.channel_alpha)
     acc = accuracy(slim, *val)
     x1 = Tensor(test[0][:1])
     flops = [count_flops(mdl.eval(), x1).total_flops for mdl in (base, slim)]
@@ -228,15 +253,16 @@ def main() -> int:
     arg("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs after 70%% pruning")
     arg("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate in stage A")
     arg("--ft-alpha", type=float, default=0.0, help="distillation weight in stage A (0: none)")
-    arg("--T-ft", type=float, default=4.0, help="distillation temperature in stages A and B")
-    arg("--gradual-epochs", type=float, default=4.0, help="epochs of stage B (pruning + recovery)")
-    arg("--gradual-lr", type=float, default=2e-4, help="peak Adam learning rate in stage B")
-    arg("--gradual-alpha", type=float, default=0.0, help="distillation weight in stage B (0: none)")
+    arg("--T-ft", type=float, default=4.0, help="distillation temperature in stages A-C")
+    arg("--gradual-epochs", type=float, default=8.0, help="epochs of stage B (pruning + recovery)")
+    arg("--gradual-lr", type=float, default=1e-3, help="peak Adam learning rate in stage B")
+    arg("--gradual-alpha", type=float, default=0.7, help="distillation weight in stage B (0: none)")
     arg("--prune-steps", type=int, default=10, help="pruning steps of the cubic schedule")
     arg("--prune-end", type=float, default=0.5, help="fraction of B's steps when 90%% is reached")
     arg("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
     arg("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate, stage C")
-    arg("--channel-epochs", type=float, default=3.0, help="fine-tuning epochs, stage C")
+    arg("--channel-epochs", type=float, default=6.0, help="fine-tuning epochs, stage C")
+    arg("--channel-alpha", type=float, default=0.7, help="distillation weight, stage C (0: none)")
     arg("--hidden", type=int, default=128, help="hidden units of the student MLP")
     arg("--student-epochs", type=int, default=15, help="epochs for each student")
     arg("--T", type=float, default=2.0, help="distillation temperature in stage D")
@@ -287,7 +313,7 @@ def main() -> int:
             f"), validation {v:.2%}; {lost(acc)}", "<= 1 pt",
             base_acc - acc <= 0.01 and sp['overall'] >= 0.9 - 1e-3)
     if 'C' in args.stages:
-        slim, cut, v, flops, c = stage_channels(base, train, val, test, args)
+        slim, cut, v, flops, c = stage_channels(base, train, val, test, args, zt)
         acc = accuracy(slim, *test)
         speed = 1 / c.ratio('slim', 'dense')
         params = lambda net: sum(p.size for p in net.parameters())
