@@ -1,19 +1,52 @@
-"""Compress the Fashion-MNIST LeNet: pruning, channel pruning, distillation, prune + INT8; one table.
+"""Compress the Fashion-MNIST LeNet: pruning, channel pruning, distillation, prune + INT8.
 
-Starts from runs/fashion_lenet.npz (run `tito milestone fashion_lenet` first). Each stage fine-tunes
-with Adam on the 60,000 training images and reports accuracy on the 10,000 test images. Targets
-(issue 18), all against the loaded model's accuracy:
+Starts from runs/fashion_lenet.npz (run `tito milestone fashion_lenet` first). The last 10,000 of
+the 60,000 training images (file order: fixed, no draw) are a validation split; each stage
+fine-tunes with Adam on the first 50,000. Settings are chosen by validation accuracy (below);
+test accuracy (the 10,000 test images) is measured once per stage, after it. The loaded model
+trained on all 60,000 images, validation ones included, so its validation accuracy is far above
+its test accuracy and a compressed model's validation loss overstates its test loss: validation
+ranks settings, it does not predict the test figure. Targets (issue 10), all test accuracy
+against the loaded model's test accuracy:
   A  70% of the weights pruned (one shot, global magnitude), at most 0.5 points lost after
      fine-tuning; the first convolution and the last Linear (1% of the weights, the most
      sensitive) stay dense, so the other layers are pruned a little further to make 70% (90% in
      B) of all Conv2d and Linear weights;
   B  90% pruned with the cubic schedule of Zhu and Gupta (from A's model), at most 1 point lost;
+     B and C fine-tune with `distillation_loss` (module 18) with the loaded model as teacher
+     (its logits on the fine-tuning images), a standard way to recover accuracy after pruning;
   C  channel pruning to at most half the FLOPs (`count_flops`), at least 1.6x faster at batch 64,
      at most 1 point lost;
   D  a student MLP distilled from the LeNet beats the same student trained alone (same initial
      weights, batches and epochs);
   E  B's model quantized by `quantize_model` (per channel) and stored as CSR with INT8 values at
      least 10x smaller on disk than the FP32 dense model, within 1 point.
+How the defaults were chosen, by validation accuracy only (baseline: 96.49%), with runs of
+these stage functions on the same split and seeds (each setting alone; 22:10-23:10 on 30 Nov 2026):
+  A  3 epochs, peak learning rate 2e-4, cross-entropy: 95.18%; 5e-4: 95.10%; 2e-4 with
+     distillation (alpha 0.7, T 4): 95.08%. Kept 2e-4 without distillation; 3 epochs not varied.
+  B  from that model, 8 epochs, 10 pruning steps over the first half: cross-entropy at 2e-4
+     92.12%, at 5e-4 92.65%; distillation (alpha 0.7, T 4) at 2e-4 92.01%, at 5e-4 92.74%, at
+     1e-3 92.95% (chosen); at 5e-4 with the 10 steps over the first 30% (a longer recovery)
+     92.59%. 8 epochs (twice the earlier 4) was fixed beforehand, to fit the time budget on a
+     loaded machine; a 4-epoch run for comparison was stopped to free the processor, so 4
+     against 8 was not measured; the 10 pruning steps, alpha 0.7 and T 4 were not varied.
+  C  37.5% of each convolution's channels is the smallest cut (in steps of 1/16) with at most
+     half the FLOPs (31.25% leaves 0.53x), so the FLOPs target fixes it, not accuracy. Cross-
+     entropy, 3 epochs at 1e-3: 93.55% (the earlier default; its full run lost 1.34 points of
+     test accuracy), at 5e-4: 93.49%; 6 epochs at 1e-3: 93.61%. Distillation as in B (alpha 0.7,
+     T 4) at 1e-3: 3 epochs 93.58%, 6 epochs 93.71% (chosen), 9 epochs 93.70%; 6 at 2e-3 93.56%.
+     These C runs were made because the first full run missed C's target on test: the test set
+     prompted the search, validation alone picked its result. The full run with it still loses
+     1.22 points (target not met); no further search, which the test set would have steered.
+  D  15 epochs, 128 hidden units (not varied): alone 89.62%; distilled at T 2, alpha 0.3 90.04%
+     (kept), at T 4, alpha 0.7 89.92%, at T 4, alpha 0.3 89.83%.
+  E  2,048 calibration images (from the fine-tuning split; not varied): INT8 92.84% against B's
+     92.95%, so more calibration or quantization-aware fine-tuning was not tried.
+Settings "not varied" were set in an earlier version of this script by looking at test
+accuracy and were not re-chosen here for lack of time. The whole script took 354 s and 317 s
+in two runs of `tito milestone compress_fashion` (load average 2.3 and 0.8 on 2 cores), with the
+same accuracies and sizes.
 Exit status 1 if a target is missed. Timings use one BLAS thread on a shared machine: noisy.
 """
 import sys
@@ -51,10 +84,23 @@ from tinytorch.utils.timing import UnstableMeasurementWarning, blas_threads, com
 warnings.simplefilter("ignore", UnstableMeasurementWarning)  # stage C prints the spread instead
 
 BATCH = 128
+VAL = 10_000  # the last 10,000 of the 60,000 training images (file order, fixed): validation
+
+
+def split(X, y):
+    "(fine-tuning set, validation set): the training images minus their last `VAL`, and those."
+    return (X[:-VAL], y[:-VAL]), (X[-VAL:], y[-VAL:])
+
+
+def logits(model, X) -> np.ndarray:
+    "`model`'s logits for `X` in evaluation mode, batches of 1000, no graph: (N, 10)."
+    model.eval()
+    with no_grad():
+        return np.concatenate([model(Tensor(X[i:i + 1000])).data for i in range(0, len(X), 1000)])
 
 
 def accuracy(model, X, y) -> float:
-    "Test accuracy in evaluation mode, batches of 1000, no graph."
+    "Accuracy in evaluation mode, batches of 1000, no graph."
     model.eval()
     with no_grad():
         hits = sum(int((model(Tensor(X[i:i + 1000])).data.argmax(1) == y[i:i + 1000]).sum())
@@ -62,21 +108,27 @@ def accuracy(model, X, y) -> float:
     return hits / len(X)
 
 
-def finetune(model, data, epochs: float, lr: float, seed: int, on_step=None):
-    "Adam with cosine decay for `epochs` (may be fractional) over `data`; `on_step(t)` runs before step t."
+def finetune(model, data, epochs: float, lr: float, seed: int, on_step=None, teacher=None,
+             T: float = 4.0, alpha: float = 0.0):
+    """Adam with cosine decay for `epochs` (may be fractional) over `data`; `on_step(t)` runs before
+    step t. With `teacher` (its logits for every image of `data`, (N, 10)) and `alpha` > 0 the loss
+    is `distillation_loss` at temperature `T`, else cross-entropy."""
     manual_seed(seed)                      # dropout draws from here: each stage repeats on its own
     X, y = data
-    batches = Batches(X, y, BATCH, shuffle=True, seed=seed)
+    batches = Batches(X, np.arange(len(X)), BATCH, shuffle=True, seed=seed)  # indices: teacher rows
     total = int(round(epochs * len(batches)))
     opt = Adam(model.parameters(), lr=lr)
     sched = CosineWarmupLR(opt, 0, total)
     model.train()
     t = 0
     while t < total:
-        for xb, yb in batches:
+        for xb, ib in batches:
             if on_step: on_step(t)
-            opt.zero_grad()
-            cross_entropy(model(xb), yb).backward()
+            i = ib.data
+            out = model(xb)
+            loss = (distillation_loss(out, Tensor(teacher[i]), y[i], T=T, alpha=alpha)
+                    if teacher is not None and alpha > 0 else cross_entropy(out, y[i]))
+            opt.zero_grad(); loss.backward()
             opt.step(); sched.step()
             t += 1
             if t == total: break
@@ -84,39 +136,46 @@ def finetune(model, data, epochs: float, lr: float, seed: int, on_step=None):
 
 
 def prune_overall(model, target: float):
-    "Prune the inner layers globally by magnitude so that `target` of ALL Conv2d/Linear weights are zero."
+    "Prune the inner layers globally by magnitude: `target` of ALL Conv2d/Linear weights become 0."
     everything = prunable(model)
-    inner = everything[1:-1]           # the first conv (400 weights) and the last Linear (840) stay dense
+    inner = everything[1:-1]  # the first conv (400 weights) and the last Linear (840) stay dense
     total, inner_total = (sum(m.weight.size for m, _ in ps) for ps in (everything, inner))
     prune_to(inner, target * total / inner_total)
 
 
-def stage_prune70(base, train, test, args):
+def stage_prune70(base, train, val, args, zt):
+    "One-shot 70%, then fine-tuning: (model, validation accuracy just after the cut, and after)."
     m = copy.deepcopy(base)
     prune_overall(m, 0.7)
-    cut = accuracy(m, *test)
-    finetune(m, train, args.ft_epochs, args.ft_lr, args.seed)
-    return m, cut, accuracy(m, *test)
+    cut = accuracy(m, *val)
+    finetune(m, train, args.ft_epochs, args.ft_lr, args.seed, teacher=zt, T=args.T_ft,
+             alpha=args.ft_alpha)
+    return m, cut, accuracy(m, *val)
 
 
-def stage_gradual90(start, train, test, args):
-    "From the 70% model: the cubic schedule to 90% over the first half of the epochs, then fine-tuning."
+def stage_gradual90(start, train, val, args, zt):
+    """From the 70% model: the cubic schedule to 90% in `prune_steps` steps over the first
+    `prune_end` of the steps, then recovery at the decaying learning rate: (model, validation
+    accuracy)."""
     m = copy.deepcopy(start)
     steps = int(round(args.gradual_epochs * len(Batches(*train, BATCH))))
-    n, dt = 10, max(1, steps // 20)                       # 10 pruning steps over the first half of training
+    n = args.prune_steps
+    dt = max(1, int(args.prune_end * steps) // n)
     s_i = sparsity(m)['overall']
 
     def on_step(t):
         if t % dt == 0 and t <= n * dt: prune_overall(m, cubic_sparsity(t, s_i, 0.9, 0, n, dt))
-    finetune(m, train, args.gradual_epochs, args.ft_lr, args.seed + 1, on_step)
-    return m, accuracy(m, *test)
+    finetune(m, train, args.gradual_epochs, args.gradual_lr, args.seed + 1, on_step, teacher=zt,
+             T=args.T_ft, alpha=args.gradual_alpha)
+    return m, accuracy(m, *val)
 
 
-def stage_channels(base, train, test, args):
+def stage_channels(base, train, val, test, args, zt):
     slim = prune_channels(base, amount=args.channel_amount, n=1)
-    cut = accuracy(slim, *test)
-    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2)
-    acc = accuracy(slim, *test)
+    cut = accuracy(slim, *val)
+    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, teacher=zt,
+             T=args.T_ft, alpha=args.channel_alpha)
+    acc = accuracy(slim, *val)
     x1 = Tensor(test[0][:1])
     flops = [count_flops(mdl.eval(), x1).total_flops for mdl in (base, slim)]
     xb = Tensor(test[0][:64])
@@ -126,15 +185,14 @@ def stage_channels(base, train, test, args):
             with no_grad(): net(xb)
         return f
     with blas_threads(1):
-        c = compare({'dense': fwd(base.eval()), 'slim': fwd(slim.eval())}, rounds=args.rounds, min_time=0.05)
+        c = compare({'dense': fwd(base.eval()), 'slim': fwd(slim.eval())}, rounds=args.rounds,
+                    min_time=0.05)
     return slim, cut, acc, flops, c
 
 
-def stage_distill(base, train, test, args):
-    "An MLP 784-hidden-10 trained alone and from the LeNet's logits: same init, batches and epochs."
+def stage_distill(base, train, val, args, zt):
+    "MLPs 784-hidden-10 trained alone and from the LeNet's logits: same init, batches and epochs."
     X, y = train
-    with no_grad():
-        zt = np.concatenate([base.eval()(Tensor(X[i:i + 1000])).data for i in range(0, len(X), 1000)])
     idx = np.arange(len(X))
 
     def student():
@@ -151,16 +209,16 @@ def stage_distill(base, train, test, args):
             for xb, ib in batches:
                 i = ib.data
                 out = s(xb)
-                loss = (distillation_loss(out, Tensor(zt[i]), y[i], T=args.T, alpha=args.alpha) if distill
-                        else cross_entropy(out, y[i]))
+                loss = (distillation_loss(out, Tensor(zt[i]), y[i], T=args.T, alpha=args.alpha)
+                        if distill else cross_entropy(out, y[i]))
                 opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        return accuracy(s, *test)
+        return s.eval()
     return train_student(False), train_student(True)
 
 
 def store(model, path: Path) -> int:
-    "Write `model`'s state to `path` and return the file's bytes: 2-D+ weights with under a third nonzero as CSR."
-    packed, meta = {}, []                                  # one array per dtype, so .npz headers stay few
+    "Write `model`'s state to `path`, return its bytes: 2-D+ weights under 1/3 nonzero as CSR."
+    packed, meta = {}, []                          # one array per dtype, so .npz headers stay few
 
     def put(key, a):
         a = np.ascontiguousarray(a).ravel()
@@ -170,51 +228,67 @@ def store(model, path: Path) -> int:
         a = t.data if isinstance(t, Tensor) else np.asarray(t)
         if a.ndim >= 2 and np.count_nonzero(a) < a.size / 3:
             A = to_csr(a.reshape(a.shape[0], -1), np.uint16)
-            put(key + '/data', A.data); put(key + '/indices', A.indices); put(key + '/indptr', A.indptr)
+            put(key + '/data', A.data); put(key + '/indices', A.indices)
+            put(key + '/indptr', A.indptr)
         else: put(key, a)
     with atomic_write(path) as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.concatenate(v) for k, v in packed.items()})
+        np.savez(f, meta=np.array(json.dumps(meta)),
+                 **{k: np.concatenate(v) for k, v in packed.items()})
     return path.stat().st_size
 
 
-def stage_deep(p90, train, test, args):
-    "B's model with its masks made permanent, quantized by `quantize_model` (static INT8, per channel)."
+def stage_deep(p90, train, val, args):
+    "B's model, masks made permanent, quantized by `quantize_model` (static INT8, per channel)."
     m = copy.deepcopy(p90)
     for mod in m.modules():
         if 'weight' in _hooks(mod): remove(mod, 'weight')
-    calib = [Tensor(train[0][i:i + 256]) for i in range(0, 2048, 256)]
+    calib = [Tensor(train[0][i:i + 256]) for i in range(0, args.calib, 256)]  # fine-tuning images
     q = quantize_model(m, calib, per_channel=True)
-    return m, q, accuracy(q, *test)
+    return m, q, accuracy(q, *val)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=f"runs/{CHECKPOINT}", help="the trained LeNet (default runs/%(default)s)")
-    ap.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs after 70%% pruning")
-    ap.add_argument("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate in stages A and B")
-    ap.add_argument("--gradual-epochs", type=float, default=4.0, help="epochs of gradual pruning to 90%%")
-    ap.add_argument("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
-    ap.add_argument("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate after channel pruning")
-    ap.add_argument("--channel-epochs", type=float, default=3.0, help="fine-tuning epochs after channel pruning")
-    ap.add_argument("--hidden", type=int, default=128, help="hidden units of the student MLP")
-    ap.add_argument("--student-epochs", type=int, default=15, help="epochs for each student")
-    ap.add_argument("--T", type=float, default=2.0, help="distillation temperature")
-    ap.add_argument("--alpha", type=float, default=0.3, help="weight of the distillation term")
-    ap.add_argument("--rounds", type=int, default=15, help="alternating timing rounds")
-    ap.add_argument("--stages", default="ABCDE", help="which stages to run (default ABCDE)")
-    ap.add_argument("--seed", type=int, default=0)
+    arg = ap.add_argument
+    arg("--checkpoint", default=f"runs/{CHECKPOINT}", help="the trained LeNet (%(default)s)")
+    arg("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs after 70%% pruning")
+    arg("--ft-lr", type=float, default=2e-4, help="peak Adam learning rate in stage A")
+    arg("--ft-alpha", type=float, default=0.0, help="distillation weight in stage A (0: none)")
+    arg("--T-ft", type=float, default=4.0, help="distillation temperature in stages A-C")
+    arg("--gradual-epochs", type=float, default=8.0, help="epochs of stage B (pruning + recovery)")
+    arg("--gradual-lr", type=float, default=1e-3, help="peak Adam learning rate in stage B")
+    arg("--gradual-alpha", type=float, default=0.7, help="distillation weight in stage B (0: none)")
+    arg("--prune-steps", type=int, default=10, help="pruning steps of the cubic schedule")
+    arg("--prune-end", type=float, default=0.5, help="fraction of B's steps when 90%% is reached")
+    arg("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
+    arg("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate, stage C")
+    arg("--channel-epochs", type=float, default=6.0, help="fine-tuning epochs, stage C")
+    arg("--channel-alpha", type=float, default=0.7, help="distillation weight, stage C (0: none)")
+    arg("--hidden", type=int, default=128, help="hidden units of the student MLP")
+    arg("--student-epochs", type=int, default=15, help="epochs for each student")
+    arg("--T", type=float, default=2.0, help="distillation temperature in stage D")
+    arg("--alpha", type=float, default=0.3, help="weight of the distillation term in stage D")
+    arg("--calib", type=int, default=2048, help="fine-tuning images that calibrate INT8 in stage E")
+    arg("--rounds", type=int, default=15, help="alternating timing rounds")
+    arg("--stages", default="ABCDE", help="which stages to run (default ABCDE)")
+    arg("--seed", type=int, default=0)
     args = ap.parse_args()
     if not Path(args.checkpoint).exists():
-        sys.exit(f"compress_fashion: no checkpoint at {args.checkpoint}; run `tito milestone fashion_lenet` first")
+        sys.exit(f"compress_fashion: no checkpoint at {args.checkpoint}; "
+                 "run `tito milestone fashion_lenet` first")
     start = time.perf_counter()
     info = machine_info()
-    print(f"compress_fashion: {info['cores']} cores, BLAS {info['blas']} with {info['blas_threads']} thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"compress_fashion: {info['cores']} cores, BLAS {info['blas']} with "
+          f"{info['blas_threads']} thread(s), load average {os.getloadavg()[0]:.1f}", flush=True)
     X_train, y_train, X_test, y_test = load_fashion_mnist()
-    train, test = (prepare(X_train, False), y_train), (prepare(X_test, False), y_test)
+    train, val = split(prepare(X_train, False), y_train)
+    test = prepare(X_test, False), y_test
     base = load_lenet(args.checkpoint)
-    base_acc = accuracy(base, *test)
-    print(f"loaded {args.checkpoint}: test accuracy {base_acc:.2%}", flush=True)
+    base_val, base_acc = accuracy(base, *val), accuracy(base, *test)
+    print(f"loaded {args.checkpoint}: validation accuracy {base_val:.2%} (it trained on these "
+          f"images), test accuracy {base_acc:.2%}; fine-tuning on {len(train[0]):,} images",
+          flush=True)
+    zt = logits(base, train[0])           # the teacher's logits for every fine-tuning image
     rows, ok = [], True
 
     def row(name, figure, target, met):
@@ -224,46 +298,57 @@ def main() -> int:
         print(f"  [{time.perf_counter() - start:6.0f} s] {name}: {figure} (target {target}: "
               f"{'met' if met else 'NOT met'})", flush=True)
 
+    def lost(acc): return f"test {acc:.2%}, lost {100 * (base_acc - acc):.2f} pt"
     p70 = p90 = None
     if 'A' in args.stages or 'B' in args.stages or 'E' in args.stages:
-        p70, cut, acc = stage_prune70(base, train, test, args)
-        sp = sparsity(p70)['overall']
-        row("A 70% one-shot + fine-tune", f"sparsity {sp:.1%}, accuracy {base_acc:.2%} -> {cut:.2%} -> {acc:.2%}, "
-            f"lost {100 * (base_acc - acc):.2f} pt", "<= 0.5 pt", base_acc - acc <= 0.005 and sp >= 0.7 - 1e-3)
+        p70, cut, v = stage_prune70(base, train, val, args, zt)
+        sp, acc = sparsity(p70)['overall'], accuracy(p70, *test)
+        row("A 70% one-shot + fine-tune", f"sparsity {sp:.1%}, validation {base_val:.2%} -> "
+            f"{cut:.2%} cut -> {v:.2%} fine-tuned; {lost(acc)}", "<= 0.5 pt",
+            base_acc - acc <= 0.005 and sp >= 0.7 - 1e-3)
     if 'B' in args.stages or 'E' in args.stages:
-        p90, acc = stage_gradual90(p70, train, test, args)
-        sp = sparsity(p90)
+        p90, v = stage_gradual90(p70, train, val, args, zt)
+        sp, acc = sparsity(p90), accuracy(p90, *test)
         row("B 90% gradual (cubic)", f"sparsity {sp['overall']:.1%} (" + ", ".join(
-            f"{k.split('.')[0]} {v:.0%}" for k, v in sp.items() if k != 'overall') + f"), accuracy {acc:.2%}, "
-            f"lost {100 * (base_acc - acc):.2f} pt", "<= 1 pt", base_acc - acc <= 0.01 and sp['overall'] >= 0.9 - 1e-3)
+            f"{k.split('.')[0]} {x:.0%}" for k, x in sp.items() if k != 'overall') +
+            f"), validation {v:.2%}; {lost(acc)}", "<= 1 pt",
+            base_acc - acc <= 0.01 and sp['overall'] >= 0.9 - 1e-3)
     if 'C' in args.stages:
-        slim, cut, acc, flops, c = stage_channels(base, train, test, args)
+        slim, cut, v, flops, c = stage_channels(base, train, val, test, args, zt)
+        acc = accuracy(slim, *test)
         speed = 1 / c.ratio('slim', 'dense')
         params = lambda net: sum(p.size for p in net.parameters())
-        row("C channel pruning", f"{args.channel_amount:.1%} of channels cut, {params(base):,} -> {params(slim):,} "
-            f"params, FLOPs {flops[0]:,} -> {flops[1]:,} ({flops[1] / flops[0]:.2f}x), batch 64 forward "
-            f"{c['dense'].median * 1e3:.2f} -> {c['slim'].median * 1e3:.2f} ms ({speed:.2f}x faster; IQR "
-            f"{c['dense'].spread:.0%} and {c['slim'].spread:.0%} of the medians), accuracy "
-            f"{cut:.2%} cut -> {acc:.2%}, lost {100 * (base_acc - acc):.2f} pt",
-            "FLOPs <= 0.5x, >= 1.6x faster, <= 1 pt",
+        row("C channel pruning", f"{args.channel_amount:.1%} of channels cut, {params(base):,} -> "
+            f"{params(slim):,} params, FLOPs {flops[0]:,} -> {flops[1]:,} "
+            f"({flops[1] / flops[0]:.2f}x), batch 64 forward {c['dense'].median * 1e3:.2f} -> "
+            f"{c['slim'].median * 1e3:.2f} ms ({speed:.2f}x faster; IQR {c['dense'].spread:.0%} "
+            f"and {c['slim'].spread:.0%} of the medians), validation {cut:.2%} cut -> {v:.2%}; "
+            f"{lost(acc)}", "FLOPs <= 0.5x, >= 1.6x faster, <= 1 pt",
             flops[1] <= flops[0] / 2 and speed >= 1.6 and base_acc - acc <= 0.01)
     if 'D' in args.stages:
-        alone, taught = stage_distill(base, train, test, args)
-        row("D distillation", f"MLP 784-{args.hidden}-10, {args.student_epochs} epochs, T={args.T}, alpha={args.alpha}: "
-            f"alone {alone:.2%}, distilled {taught:.2%} ({100 * (taught - alone):+.2f} pt)",
-            "distilled > alone", taught > alone)
+        alone, taught = stage_distill(base, train, val, args, zt)
+        (va, vt), (ta, tt) = ([accuracy(s, *d) for s in (alone, taught)] for d in (val, test))
+        row("D distillation", f"MLP 784-{args.hidden}-10, {args.student_epochs} epochs, "
+            f"T={args.T}, alpha={args.alpha}: validation alone {va:.2%}, distilled {vt:.2%}; "
+            f"test alone {ta:.2%}, distilled {tt:.2%} ({100 * (tt - ta):+.2f} pt)",
+            "distilled > alone", tt > ta)
     if 'E' in args.stages:
-        fixed, q, acc8 = stage_deep(p90, train, test, args)
+        fixed, q, v8 = stage_deep(p90, train, val, args)
+        acc8 = accuracy(q, *test)
         with tempfile.TemporaryDirectory() as d:
-            dense_b, csr32, csr8 = (store(mdl, Path(d) / f"{i}.npz") for i, mdl in enumerate((base, fixed, q)))
-        row("E prune + INT8 on disk", f"dense FP32 {dense_b:,} B; 90% pruned as CSR FP32 {csr32:,} B "
-            f"({dense_b / csr32:.1f}x); then quantize_model (static INT8, per channel, BatchNorm folded) as CSR INT8 "
-            f"{csr8:,} B ({dense_b / csr8:.1f}x); INT8 accuracy {acc8:.2%}, lost {100 * (base_acc - acc8):.2f} pt",
-            ">= 10x, <= 1 pt", dense_b / csr8 >= 10 and base_acc - acc8 <= 0.01)
+            dense_b, csr32, csr8 = (store(mdl, Path(d) / f"{i}.npz")
+                                    for i, mdl in enumerate((base, fixed, q)))
+        row("E prune + INT8 on disk", f"dense FP32 {dense_b:,} B; 90% pruned as CSR FP32 "
+            f"{csr32:,} B ({dense_b / csr32:.1f}x); then quantize_model (static INT8, per channel, "
+            f"BatchNorm folded, {args.calib:,} calibration images) as CSR INT8 {csr8:,} B "
+            f"({dense_b / csr8:.1f}x); INT8 validation {v8:.2%}; {lost(acc8)}", ">= 10x, <= 1 pt",
+            dense_b / csr8 >= 10 and base_acc - acc8 <= 0.01)
     total = time.perf_counter() - start
-    print(f"\ncompress_fashion: baseline {base_acc:.2%}, {total:.0f} s in all")
+    print(f"\ncompress_fashion: baseline validation {base_val:.2%}, test {base_acc:.2%}; "
+          f"{total:.0f} s in all")
     w = max(len(r[0]) for r in rows)
-    for name, fig, target, met in rows: print(f"{name:<{w}}  {met:<7}  target {target}\n{'':<{w}}  {fig}")
+    for name, fig, target, met in rows:
+        print(f"{name:<{w}}  {met:<7}  target {target}\n{'':<{w}}  {fig}")
     return 0 if ok else 1
 
 
