@@ -48,11 +48,11 @@ these stage functions on the same split and seeds (each setting alone; 22:10-23:
      (k1 < 5 measured 1.17-1.54x faster without fine-tuning, below 1.6x: at equal FLOPs, cuts
      in the first convolution save more time). Chosen: 50% and 9.375% (8 and 3 channels). With
      it: 9 epochs 94.10%, 6 at 2e-3 93.96%, at 5e-4 94.02%, alpha 0.9 94.16%, so 6 epochs at
-     1e-3, alpha 0.7 stay. This search was made because the test result
-     of the full run above missed C's target: the test set prompted it; validation alone chose
-     among its candidates (test accuracy was not computed in these runs). The full run with it
-     (23:38) loses 1.09 points of test accuracy (90.98%): C's target is still NOT met; no
-     further search, which the test set would have steered.
+     1e-3, alpha 0.7 stay. This search was made because the test result of the full run above
+     missed C's target: the test set prompted it; validation alone chose among its candidates
+     (test accuracy was not computed in these runs). The full run with it (23:38) loses 1.09
+     points of test accuracy (90.98%): C's target is still NOT met; no further search, which the
+     test set would have steered.
   D  15 epochs, 128 hidden units (not varied): alone 89.62%; distilled at T 2, alpha 0.3 90.04%
      (kept), at T 4, alpha 0.7 89.92%, at T 4, alpha 0.3 89.83%.
   E  2,048 calibration images (from the fine-tuning split; not varied): INT8 92.84% against B's
