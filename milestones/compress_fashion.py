@@ -31,14 +31,28 @@ these stage functions on the same split and seeds (each setting alone; 22:10-23:
      92.59%. 8 epochs (twice the earlier 4) was fixed beforehand, to fit the time budget on a
      loaded machine; a 4-epoch run for comparison was stopped to free the processor, so 4
      against 8 was not measured; the 10 pruning steps, alpha 0.7 and T 4 were not varied.
-  C  37.5% of each convolution's channels is the smallest cut (in steps of 1/16) with at most
-     half the FLOPs (31.25% leaves 0.53x), so the FLOPs target fixes it, not accuracy. Cross-
-     entropy, 3 epochs at 1e-3: 93.55% (the earlier default; its full run lost 1.34 points of
-     test accuracy), at 5e-4: 93.49%; 6 epochs at 1e-3: 93.61%. Distillation as in B (alpha 0.7,
-     T 4) at 1e-3: 3 epochs 93.58%, 6 epochs 93.71% (chosen), 9 epochs 93.70%; 6 at 2e-3 93.56%.
-     These C runs were made because the first full run missed C's target on test: the test set
-     prompted the search, validation alone picked its result. The full run with it still loses
-     1.22 points (target not met); no further search, which the test set would have steered.
+  C  (first search) uniform cuts: 37.5% of each convolution's channels is the smallest uniform
+     cut (in steps of 1/16) with at most half the FLOPs (31.25% leaves 0.53x). Cross-entropy, 3
+     epochs at 1e-3: 93.55% (the earlier default; its full run lost 1.34 points of test
+     accuracy), at 5e-4: 93.49%; 6 epochs at 1e-3: 93.61%. Distillation as in B (alpha 0.7, T 4)
+     at 1e-3: 3 epochs 93.58%, 6 epochs 93.71%, 9 epochs 93.70%; 6 at 2e-3 93.56%. The full run
+     with 6 epochs of distillation lost 1.22 points of test accuracy (target not met).
+     (second search, 23:25-23:37 on 30 Nov 2026) per-layer cuts (`--channel-amounts`). For each
+     count k1 of the first convolution's 16 channels, the fewest k2 of the second's 32 that give
+     at most 0.5x FLOPs; each fine-tuned 6 epochs with distillation (alpha 0.7, T 4) at 1e-3;
+     validation accuracy, FLOPs ratio and speed-up at batch 64 (two runs at a time, so noisy):
+       k1/16 k2/32   FLOPs  speed  validation      k1/16 k2/32   FLOPs  speed  validation
+        5    13     0.48x  1.58x  93.80%           8     3     0.49x  1.82x  94.24%
+        6    10     0.49x  1.69x  93.99%           9     0     0.48x  1.85x  93.98%
+        7     7     0.49x  1.71x  94.18%
+     (k1 < 5 measured 1.17-1.54x faster without fine-tuning, below 1.6x: at equal FLOPs, cuts
+     in the first convolution save more time). Chosen: 50% and 9.375% (8 and 3 channels). With
+     it: 9 epochs 94.10%, 6 at 2e-3 93.96%, at 5e-4 94.02%, alpha 0.9 94.16%, so 6 epochs at
+     1e-3, alpha 0.7 stay. This search was made because the test result of the full run above
+     missed C's target: the test set prompted it; validation alone chose among its candidates
+     (test accuracy was not computed in these runs). The full run with it (23:38) loses 1.09
+     points of test accuracy (90.98%): C's target is still NOT met; no further search, which the
+     test set would have steered.
   D  15 epochs, 128 hidden units (not varied): alone 89.62%; distilled at T 2, alpha 0.3 90.04%
      (kept), at T 4, alpha 0.7 89.92%, at T 4, alpha 0.3 89.83%.
   E  2,048 calibration images (from the fine-tuning split; not varied): INT8 92.84% against B's
@@ -46,7 +60,11 @@ these stage functions on the same split and seeds (each setting alone; 22:10-23:
 Settings "not varied" were set in an earlier version of this script by looking at test
 accuracy and were not re-chosen here for lack of time. The whole script took 354 s and 317 s
 in two runs of `tito milestone compress_fashion` (load average 2.3 and 0.8 on 2 cores), with the
-same accuracies and sizes.
+same accuracies and sizes, and 337 s (load 0.6) after the framework changes merged at 23:24
+(modules 01-14): same seeds, but the floating-point results differ, so A fine-tunes to 95.19%
+(validation; test 91.62%) and B, with the same 92.95% validation, reaches 90.93% test accuracy
+(1.14 points lost, NOT met; 91.16% with the framework before the merge, re-run at 23:43), and E,
+INT8 from B, 90.93% (NOT met). The A, B and first C searches above ran before that merge.
 Exit status 1 if a target is missed. Timings use one BLAS thread on a shared machine: noisy.
 """
 import sys
@@ -71,12 +89,13 @@ from tinytorch.core.autograd import no_grad
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import cross_entropy
 from tinytorch.core.optimizers import Adam, CosineWarmupLR
-from tinytorch.core.spatial import Flatten
+from tinytorch.core.spatial import Conv2d, Flatten
 from tinytorch.core.tensor import Tensor, manual_seed
 from tinytorch.core.training import Batches, atomic_write
 from tinytorch.data.loader import load_fashion_mnist
-from tinytorch.optimization.compression import (_hooks, cubic_sparsity, distillation_loss, prunable,
-                                                prune_channels, prune_to, remove, sparsity, to_csr)
+from tinytorch.optimization.compression import (_hooks, cubic_sparsity, distillation_loss,
+                                                magnitude_mask, prunable, prune_to, remove,
+                                                remove_channels, sparsity, to_csr)
 from tinytorch.optimization.profiling import count_flops
 from tinytorch.optimization.quantization import quantize_model
 from tinytorch.utils.timing import UnstableMeasurementWarning, blas_threads, compare, machine_info
@@ -170,8 +189,27 @@ def stage_gradual90(start, train, val, args, zt):
     return m, accuracy(m, *val)
 
 
+def cut_channels(model, amounts):
+    """A smaller dense copy of `model` without `amounts[j]` (a fraction) of the j-th Conv2d's
+    output channels, those of smallest L1 norm, as `prune_channels` ranks them (one amount: all)."""
+    convs = [i for i, m in enumerate(model) if isinstance(m, Conv2d)]
+    if len(amounts) == 1: amounts = amounts * len(convs)
+    if len(amounts) != len(convs):
+        raise ValueError(f"cut_channels: {len(amounts)} amounts for {len(convs)} convolutions")
+    for i, amount in zip(convs, amounts):
+        w = model[i].weight.data
+        norms = np.abs(w.reshape(w.shape[0], -1)).sum(1)                      # (O,) L1 norms
+        k = int(round(amount * w.shape[0]))
+        if not 0 <= amount < 1 or k == w.shape[0]:
+            raise ValueError(f"cut_channels: amount {amount} of model[{i}]'s {w.shape[0]} "
+                             "channels is not in [0, 1) or removes them all")
+        if k: model = remove_channels(model, i, np.flatnonzero(magnitude_mask(norms, k)))
+    return model
+
+
 def stage_channels(base, train, val, test, args, zt):
-    slim = prune_channels(base, amount=args.channel_amount, n=1)
+    "Channel pruning, then fine-tuning: (model, validation after the cut and after, FLOPs, times)."
+    slim = cut_channels(base, args.channel_amounts)
     cut = accuracy(slim, *val)
     finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, teacher=zt,
              T=args.T_ft, alpha=args.channel_alpha)
@@ -247,6 +285,12 @@ def stage_deep(p90, train, val, args):
     return m, q, accuracy(q, *val)
 
 
+def amounts(text: str) -> list:
+    "'0.25,0.5' -> [0.25, 0.5]: the --channel-amounts option."
+    try: return [float(a) for a in text.split(",")]
+    except ValueError: raise argparse.ArgumentTypeError(f"not comma-separated fractions: {text!r}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     arg = ap.add_argument
@@ -260,7 +304,8 @@ def main() -> int:
     arg("--gradual-alpha", type=float, default=0.7, help="distillation weight in stage B (0: none)")
     arg("--prune-steps", type=int, default=10, help="pruning steps of the cubic schedule")
     arg("--prune-end", type=float, default=0.5, help="fraction of B's steps when 90%% is reached")
-    arg("--channel-amount", type=float, default=0.375, help="fraction of each conv's channels cut")
+    arg("--channel-amounts", type=amounts, default="0.5,0.09375",
+        help="fraction of each conv's channels cut, one per conv or one for all (%(default)s)")
     arg("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate, stage C")
     arg("--channel-epochs", type=float, default=6.0, help="fine-tuning epochs, stage C")
     arg("--channel-alpha", type=float, default=0.7, help="distillation weight, stage C (0: none)")
@@ -318,7 +363,8 @@ def main() -> int:
         acc = accuracy(slim, *test)
         speed = 1 / c.ratio('slim', 'dense')
         params = lambda net: sum(p.size for p in net.parameters())
-        row("C channel pruning", f"{args.channel_amount:.1%} of channels cut, {params(base):,} -> "
+        cuts = " and ".join(f"{a:.1%}" for a in args.channel_amounts)
+        row("C channel pruning", f"{cuts} of the convolutions' channels cut, {params(base):,} -> "
             f"{params(slim):,} params, FLOPs {flops[0]:,} -> {flops[1]:,} "
             f"({flops[1] / flops[0]:.2f}x), batch 64 forward {c['dense'].median * 1e3:.2f} -> "
             f"{c['slim'].median * 1e3:.2f} ms ({speed:.2f}x faster; IQR {c['dense'].spread:.0%} "
