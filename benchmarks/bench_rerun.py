@@ -20,11 +20,11 @@ import argparse
 import itertools
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tinytorch.benchmarking.tinymlperf import (Leaderboard, compare_latencies, compare_results,
                                                rerun_probability)
+from tinytorch.utils.timing import Timer
 
 REPO = Path(__file__).resolve().parents[1]
 TITO = [sys.executable, "-m", "tito.cli"]
@@ -32,10 +32,10 @@ TITO = [sys.executable, "-m", "tito.cli"]
 
 def run(task: str, out: Path) -> float:
     "One `tito benchmark` in a process of its own; its wall time in seconds."
-    start = time.perf_counter()
-    subprocess.run(TITO + ["benchmark", "--task", task, "--out", str(out), "--quiet"], cwd=REPO,
-                   check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    with Timer() as t:
+        subprocess.run(TITO + ["benchmark", "--task", task, "--out", str(out), "--quiet"], cwd=REPO,
+                       check=True, stdout=subprocess.DEVNULL)
+    return t.elapsed
 
 
 def comparisons(folder: Path, task: str, q: float) -> dict:

@@ -362,18 +362,25 @@ test_fail(lambda: Adam([w], eps=-1.), contains="invalid eps=-1.0")
 # %%
 #| export
 @patch
+def _begin_update(self: Adam, i: int, p: Tensor, g: np.ndarray) -> tuple:
+    "Weight decay, then parameter i's state with its step count advanced: (gradient to use, state)."
+    lr, wd = self.lr, self.weight_decay
+    if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd      # AdamW: shrink θ itself
+    elif wd != 0: g = g + wd * p.data                                       # Adam: L2 term in g
+    st = self.state.get(i)
+    if st is None:
+        zeros = lambda: np.zeros_like(p.data)
+        st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
+    st['step'] += 1
+    return g, st
+
+@patch
 def step(self: Adam):
     """One Adam update of each parameter with a gradient; `self.state[i]` holds `step`, `exp_avg`
     (m), `exp_avg_sq` (v)."""
-    (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
+    (b1, b2), lr, eps = self.betas, self.lr, self.eps
     for i, p, g in self._grads():
-        if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in g
-        st = self.state.get(i)
-        if st is None:
-            zeros = lambda: np.zeros_like(p.data)
-            st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
-        st['step'] += 1
+        g, st = self._begin_update(i, p, g)                 # weight decay; state; st['step'] += 1
         # Update st['exp_avg'] and st['exp_avg_sq'], then subtract γ·m̂ / (√v̂ + ε) from p.data in
         # place.
         ### BEGIN SOLUTION
@@ -694,15 +701,9 @@ def _adam_update_(p: np.ndarray,  # the parameter's data, updated in place
 
 def _adam_step_in_place(self: Adam):
     "One Adam update of each parameter with a gradient, in place; `self.state[i]` as above."
-    (b1, b2), lr, eps, wd = self.betas, self.lr, self.eps, self.weight_decay
+    (b1, b2), lr, eps = self.betas, self.lr, self.eps
     for i, p, g in self._grads():
-        if wd != 0 and self.decoupled_weight_decay: p.data *= 1 - lr * wd  # AdamW: shrink θ itself
-        elif wd != 0: g = g + wd * p.data                                   # Adam: L2 term in g
-        st = self.state.get(i)
-        if st is None:
-            zeros = lambda: np.zeros_like(p.data)
-            st = self.state[i] = dict(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
-        st['step'] += 1
+        g, st = self._begin_update(i, p, g)
         _adam_update_(p.data, g, st['exp_avg'], st['exp_avg_sq'], st['step'], lr, b1, b2, eps)
 
 Adam.step = _adam_step_in_place  # replaces the step above; AdamW inherits it

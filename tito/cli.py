@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from .nbrun import run_notebook
-from .project import Module, Project, TitoError, exported_cells, last_line, run_nbdev_export, subprocess_env
+from .project import (Module, Project, TitoError, cell_origin, exported_cells, last_line, run_nbdev_export,
+                      subprocess_env)
 
 # jupytext (and `tito.release`, which uses it) is imported inside the commands that need it: it imports
 # nbformat and jsonschema, about 3 s here, and `tito test` or a mistyped command should not wait for that.
@@ -92,9 +93,7 @@ def _without_cells(text: str, notebook: str):
     "The lines of an exported file, minus the cells exported from `notebook`."
     keep = True
     for line in text.splitlines(keepends=True):
-        if line.startswith("# %% "):
-            parts = line.split()
-            keep = not (len(parts) > 2 and Path(parts[2]).name == notebook)
+        if line.startswith("# %% "): keep = cell_origin(line) != notebook
         if keep: yield line
 
 

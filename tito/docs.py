@@ -323,7 +323,7 @@ def exported_names(module_file: Path, notebook: str | None = None) -> list[str]:
     defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     if notebook is not None:
         starts = [first for first, _ in exported_cells(module_file, notebook)]
-        origins = sorted(first for first, _ in _all_cells(module_file))
+        origins = sorted(first for first, _ in exported_cells(module_file))
         mine = lambda line: max((o for o in origins if o <= line), default=None) in starts
         defs = [n for n in defs if mine(n.lineno)]
     defined = {n.name for n in defs}
@@ -367,12 +367,6 @@ def check_source(py: Path) -> list[str]:
                             f"drops from the page's description; keep it to one line")
             break
     return problems
-
-
-def _all_cells(module_file: Path) -> list[tuple[int, str]]:
-    "(first line, origin) of every cell of a generated module, whatever notebook it came from."
-    lines = module_file.read_text(encoding="utf-8").splitlines()
-    return [(i + 1, l) for i, l in enumerate(lines, 1) if l.startswith("# %% ")]
 
 
 def check_pages(cache: Path, project: Project, log=print) -> list[str]:

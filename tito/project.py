@@ -127,17 +127,23 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def exported_cells(path: Path, notebook: str) -> list[tuple[int, str]]:
+def cell_origin(line: str) -> str | None:
+    "The notebook (`03_layers.ipynb`) named by nbdev's origin comment `# %% ../nbs/03_layers.ipynb #id`, else None."
+    parts = line.split() if line.startswith("# %% ") else []
+    return Path(parts[2]).name if len(parts) > 2 else None
+
+
+def exported_cells(path: Path, notebook: str | None = None) -> list[tuple[int, str]]:
     """(first line, code) of each cell of the package file `path` that nbdev exported from the notebook named
-    `notebook` (`03_layers.ipynb`), found by nbdev's origin comments (`# %% ../nbs/03_layers.ipynb #id`).
-    A notebook may export cells into another notebook's module (`#| export core.activations`)."""
+    `notebook` (`03_layers.ipynb`; None: from any notebook), found by nbdev's origin comments
+    (`# %% ../nbs/03_layers.ipynb #id`). A notebook may export cells into another notebook's module
+    (`#| export core.activations`)."""
     cells, current = [], None
     if not path.is_file(): return cells
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.startswith("# %% "):
-            parts = line.split()
-            current = [] if len(parts) > 2 and Path(parts[2]).name == notebook else None
+            origin = cell_origin(line)
+            current = [] if origin is not None and notebook in (None, origin) else None
             if current is not None: cells.append((i + 1, current))
         elif current is not None: current.append(line)
     return [(first, "\n".join(lines).strip()) for first, lines in cells]
-
