@@ -1,6 +1,7 @@
 """Does a re-run of `tito benchmark` reproduce its latency comparisons within their intervals?
 
 Run: .venv/bin/python benchmarks/bench_rerun.py [--runs N] [--task digits] [--out DIR]
+                                                 [-- OPTIONS OF TITO BENCHMARK]
 
 Runs `tito benchmark --task TASK` N times (default 3), each in a process of its own and writing to
 DIR/runK (default runs/rerun/), after one run that trains or loads the reference checkpoint. Then,
@@ -30,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 TITO = [sys.executable, "-m", "tito.cli"]
 
 
-def run(task: str, out: Path) -> float:
+def run(task: str, out: Path, extra=()) -> float:
     "One `tito benchmark` in a process of its own; its wall time in seconds."
     with Timer() as t:
-        subprocess.run(TITO + ["benchmark", "--task", task, "--out", str(out), "--quiet"], cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(TITO + ["benchmark", "--task", task, "--out", str(out), "--quiet", *extra],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return t.elapsed
 
 
@@ -57,13 +58,16 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs to compare (default 3)")
     ap.add_argument("--task", default="digits", help="the task (default digits)")
     ap.add_argument("--out", default="runs/rerun", help="folder for the runs (default runs/rerun)")
+    ap.add_argument("tito_args", nargs=argparse.REMAINDER,
+                    help="after --: options passed to every `tito benchmark`, e.g. --min-duration 10")
     args = ap.parse_args()
+    extra = [a for a in args.tito_args if a != "--"]
     if args.runs < 2: sys.exit(f"bench_rerun: need at least 2 runs, got {args.runs}")
     base = REPO / args.out
-    print(f"bench_rerun: {args.runs} runs of `tito benchmark --task {args.task}`, each in its own "
-          f"process, into {base}/runK")
+    print(f"bench_rerun: {args.runs} runs of `tito benchmark --task {args.task} {' '.join(extra)}`, "
+          f"each in its own process, into {base}/runK")
     for k in range(1, args.runs + 1):
-        print(f"  run {k}: {run(args.task, base / f'run{k}'):.1f} s", flush=True)
+        print(f"  run {k}: {run(args.task, base / f'run{k}', extra):.1f} s", flush=True)
     expected = rerun_probability(11, 2)
     for q in (50, 90):
         per_run = [comparisons(base / f"run{k}", args.task, q) for k in range(1, args.runs + 1)]

@@ -528,8 +528,9 @@ def _draw(logits: np.ndarray, temperature: float, top_k, rng) -> np.ndarray:
     if top_k == 1:                                                    # the top-1 token, unless tied
         z = logits.astype(np.float64) / temperature                   # (B, V), as sample_next
         best = np.maximum.reduce(z, axis=-1, keepdims=True)           # (B, 1)
-        if np.isfinite(best).all() and ((z == best).sum(-1) == 1).all():
-            rng.random((z.shape[0], 1))                               # sample_next's one draw per
+        # each row has at least one maximum, so B of them in all means one per row
+        if np.isfinite(best).all() and np.count_nonzero(z == best) == len(z):
+            rng.random((len(z), 1))                                   # sample_next's one draw per
             return z.argmax(-1)                                       # row: the same stream after
     return sample_next(logits, temperature, top_k, rng)
 
@@ -770,20 +771,20 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))
 # %%
 #| export
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
-    "`ln` on an array (..., C): (x - mean) / sqrt(var + eps) * weight + bias."
+    "`ln` on an array (N, C): (x - mean) / sqrt(var + eps) * weight + bias."
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
     n = x.shape[-1]                                                   # add.reduce / n is mean's
     xc = x - np.add.reduce(x, axis=-1, keepdims=True) / n             # sum without its Python layer
-    xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (..., C)
-    if w is not None: xc *= w.data
-    if b is not None: xc += b.data
+    xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (N, C)
+    if w is not None: xc *= w.data[None]                              # (1, C): see below
+    if b is not None: xc += b.data[None]
     return xc
 
 def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
-    "`lin` on an array (..., in) -> (..., out)."
+    "`lin` on an array (N, in) -> (N, out)."
     p = lin._parameters                                               # registry: no __getattr__
-    y, b = x @ p['weight'].data.T, p.get('bias')                      # (..., out)
-    if b is not None: y += b.data                                     # in place: no new array
+    y, b = x @ p['weight'].data.T, p.get('bias')                      # (N, out)
+    if b is not None: y += b.data[None]                               # in place: no new array
     return y
 
 def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
@@ -792,10 +793,10 @@ def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
 
 # %%
 #| export
-def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -> np.ndarray:
-    "Causal self-attention of new positions h (B, T, C) over the cached ones and themselves."
-    B, T, C = h.shape; nh, hs = attn.num_heads, attn.head_dim
-    qkv = _lin(h, attn._modules['qkv'])                               # (B, T, 3C)
+def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, B: int, layer: int, cache) -> np.ndarray:
+    "Causal self-attention of new positions h (B*T, C) over the cached ones and themselves."
+    (N, C), nh, hs = h.shape, attn.num_heads, attn.head_dim; T = N // B
+    qkv = _lin(h, attn._modules['qkv'])                               # (B*T, 3C)
     q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
     k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
     s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
@@ -803,7 +804,7 @@ def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, layer: int, cache) -
     s -= np.maximum.reduce(s, axis=-1, keepdims=True)                 # every row has a finite
     np.exp(s, out=s); s /= np.add.reduce(s, axis=-1, keepdims=True)   # score: plain softmax
     y = s @ v                                                         # (B, nh, T, hs)
-    return _lin(y.transpose(0, 2, 1, 3).reshape(B, T, C), attn._modules['proj'])   # (B, T, C)
+    return _lin(y.transpose(0, 2, 1, 3).reshape(N, C), attn._modules['proj'])   # (B*T, C)
 
 # %%
 #| export
@@ -820,13 +821,14 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
                 tr.wte.weight.dtype)
     _check_ids('GPT.forward', ids, c.vocab_size)
     x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
+    x = x.reshape(B * T, -1)                                          # (B*T, C): see below
     for i, blk in enumerate(tr.h.children()):
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
-        x += _attend_cached(b['attn'], _ln(x, b['ln_1']), i, cache)   # (B, T, C), in place
-        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B, T, 4C)
-        x += _lin(h, mlp['proj'])                                     # (B, T, C)
+        x += _attend_cached(b['attn'], _ln(x, b['ln_1']), B, i, cache)   # (B*T, C), in place
+        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B*T, 4C)
+        x += _lin(h, mlp['proj'])                                     # (B*T, C)
     cache.advance(T)
-    logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head))               # (B, T, V)
+    logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head).reshape(B, T, -1))   # (B, T, V)
     loss = None
     if targets is not None:
         t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
