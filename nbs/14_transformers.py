@@ -766,7 +766,9 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))
 # wrapper, a graph check, argument checks) costs more than the arithmetic. So with a cache the
 # forward pass runs on the arrays inside the parameters: the same operations in the same order as
 # the layers, checked below against the full pass. It needs `no_grad` (the cache stores values, not
-# a graph) and no dropout.
+# a graph) and no dropout. Its arrays are two-dimensional, (B*T, C), and it reads each bias and
+# LayerNorm vector as a (1, C) row: NumPy combines two arrays of one shape by a fast path, and
+# broadcasting a (C,) vector over (B, T, C) costs more than the arithmetic of a single token.
 
 # %%
 #| export
@@ -776,7 +778,7 @@ def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     n = x.shape[-1]                                                   # add.reduce / n is mean's
     xc = x - np.add.reduce(x, axis=-1, keepdims=True) / n             # sum without its Python layer
     xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (N, C)
-    if w is not None: xc *= w.data[None]                              # (1, C): see below
+    if w is not None: xc *= w.data[None]                              # (1, C) rows
     if b is not None: xc += b.data[None]
     return xc
 
@@ -821,7 +823,7 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
                 tr.wte.weight.dtype)
     _check_ids('GPT.forward', ids, c.vocab_size)
     x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
-    x = x.reshape(B * T, -1)                                          # (B*T, C): see below
+    x = x.reshape(B * T, -1)                                          # (B*T, C)
     for i, blk in enumerate(tr.h.children()):
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
         x += _attend_cached(b['attn'], _ln(x, b['ln_1']), B, i, cache)   # (B*T, C), in place

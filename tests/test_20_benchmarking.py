@@ -21,7 +21,8 @@ from tinytorch.core.training import save_checkpoint
 from tinytorch.optimization.quantization import quantize_model
 from tito.cli import main
 
-QUICK = RunConfig(min_queries=40, min_duration=0.0, warmup=2, offline_repeats=1)
+# QUICK measures its blocks in this process (fast); the re-run and worker tests use workers.
+QUICK = RunConfig(min_queries=40, min_duration=0.0, warmup=2, offline_repeats=1, workers=False)
 DIGITS = TASKS['digits']
 
 
@@ -261,6 +262,29 @@ def test_crashing_submissions_are_reported_with_the_reason(setup, body, ckpt, re
     r = run(setup, submission(setup[0], 'bad', body, ckpt))
     assert r['status'] == 'error' and reason in r['reason'], r['reason']
     validate_result(r)
+
+
+# Each block runs in a new process that loads the submission again. A file that behaves there
+# unlike in the parent (here, only in a process other than the main one) fails that submission
+# with the reason, whether it raises or kills the worker; the other submission is measured.
+IN_WORKER = ("import multiprocessing, os\n" + BUILD + "\n"
+             "if multiprocessing.current_process().name != 'MainProcess': {}")
+
+
+@pytest.mark.parametrize('action, reason', [
+    ("raise RuntimeError('only in a worker')", "RuntimeError: only in a worker"),
+    ("os._exit(3)", "the worker died"),
+])
+def test_a_submission_failing_in_the_worker_is_reported_and_the_others_run(setup, action, reason):
+    tmp, data, reference, acc = setup
+    subs = [submission(tmp, 'flaky', IN_WORKER.format(action), 'ref.npz'),
+            submission(tmp, 'fp32', BUILD, 'ref.npz')]
+    cfg = RunConfig(min_queries=60, min_duration=0.0, warmup=2, offline_repeats=1, blocks=6)
+    flaky, fp32 = run_submissions(subs, DIGITS, data, reference, acc, cfg)
+    assert flaky['status'] == 'error' and reason in flaky['reason'], flaky['reason']
+    assert flaky['reason'].startswith('block 1: ') and flaky['quality']['value'] == acc
+    assert fp32['status'] == 'pass' and fp32['single_stream']['blocks'] == 6
+    validate_result(flaky); validate_result(fp32)
 
 
 def test_nan_and_wrong_shape_outputs_are_errors(setup):

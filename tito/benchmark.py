@@ -283,7 +283,7 @@ def run_config(args):
                         f"got {args.blocks}")
     return RunConfig(min_queries=args.queries, min_duration=args.min_duration, warmup=args.warmup,
                      offline_repeats=args.offline_repeats, threads=args.threads,
-                     blocks=args.blocks, seed=args.seed)
+                     blocks=args.blocks, workers=not args.in_process, seed=args.seed)
 
 
 def cmd_benchmark(project: Project, args) -> int:
@@ -372,6 +372,9 @@ def add_parser(sub) -> None:
     s.add_argument('--warmup', type=int, default=32, help="warm-up queries (default 32)")
     s.add_argument('--blocks', type=int, default=11,
                    help="single-stream blocks per submission, interleaved (default 11)")
+    s.add_argument('--in-process', action='store_true',
+                   help="measure every block in this process, not each in a new worker process "
+                        "(faster; re-runs reproduce less well: benchmarks/bench_rerun.py)")
     s.add_argument('--offline-repeats', type=int, default=5,
                    help="timed offline passes (default 5)")
     s.add_argument('--threads', type=int, default=1, help="BLAS threads (default 1)")

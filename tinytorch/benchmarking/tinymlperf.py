@@ -22,6 +22,9 @@ import importlib.util
 import itertools
 import json
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -564,6 +567,7 @@ class RunConfig:
     offline_repeats: int = 5     # timed passes of the offline scenario
     threads: int = 1             # BLAS threads during the performance runs
     blocks: int = 11             # single-stream blocks per submission (>= 6 for a 95% interval)
+    workers: bool = True         # each block in a new process (False: here, on fresh copies)
     seed: int = 0                # the subsets
 
 def flops_per_sample(model: Module, x: np.ndarray) -> int | None:
@@ -626,6 +630,43 @@ def _single_stream_result(lat: dict) -> dict:
             'vs_reference_p90': compare_latencies(sub, ref, q=90)}
 
 # %% ../../nbs/20_benchmarking.ipynb #2cc9ef26
+def _block_here(model: Module, reference: Module, X: np.ndarray, rounds: int, warmup: int,
+                rng: np.random.Generator):
+    "One block in this process, on fresh copies: latencies, or the reason it failed."
+    m, r = fresh_copies(model, reference, rng)
+    try: return measure_block(m, X, r, rounds, warmup)
+    except Exception as e: return f"single-stream block: {type(e).__name__}: {e}"
+
+def _blocks_in_process(subs: list, reference: Module, X: np.ndarray, rounds: list, warmup: int,
+                       threads: int, seed: int) -> list:
+    "One block of each of `subs` (their fields), in a new process: latencies, or why it failed."
+    out, rng = [], np.random.default_rng(seed)
+    with blas_threads(threads):
+        for fields, n in zip(subs, rounds):
+            try: out.append(_block_here(load_model(Submission(**fields)), reference, X, n, warmup,
+                                        rng))
+            except SubmissionError as e: out.append(f"single-stream block: {e}")
+    return out
+
+def _in_worker(subs: list, reference: Module, X: np.ndarray, rounds: list, warmup: int,
+               threads: int, seed: int) -> list:
+    "`_blocks_in_process` in a new worker process; if the worker dies, one worker per submission."
+    # A spawned process finds a function or class by its module's name: the package's function,
+    # and a submission's fields, not a notebook's own copies (in its __main__).
+    from tinytorch.benchmarking.tinymlperf import _blocks_in_process as blocks
+    def run(subs, rounds):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
+            return pool.submit(blocks, [vars(s) for s in subs], reference, X, rounds, warmup,
+                               threads, seed).result()
+    try: return run(subs, rounds)
+    except BrokenProcessPool:
+        out = []
+        for sub, n in zip(subs, rounds):
+            try: out += run([sub], [n])
+            except BrokenProcessPool as e: out.append(f"single-stream block: the worker died ({e})")
+        return out
+
+# %% ../../nbs/20_benchmarking.ipynb #9896f913
 def run_submissions(subs: list, task: Benchmark, data: TaskData, reference: Module,
                     reference_score: float, cfg: RunConfig = RunConfig(),
                     progress: Callable = None,   # called with (index in subs, short stage name)
@@ -642,18 +683,26 @@ def run_submissions(subs: list, task: Benchmark, data: TaskData, reference: Modu
                                 lambda stage: step(i, stage))
             results.append(r)
             if model is not None: models[i] = model
-        X = data.performance(task.performance_size, cfg.seed)
+        X, warmup = data.performance(task.performance_size, cfg.seed), min(cfg.warmup, 8)
         rounds = {i: block_rounds(m, X, cfg.min_queries, cfg.min_duration, cfg.blocks, cfg.warmup)
                   for i, m in models.items()}
         lat, ids = {i: {'submission': [], 'reference': []} for i in models}, list(models)
-        rng = np.random.default_rng(cfg.seed)
+        rng, failed = np.random.default_rng(cfg.seed), {}
         for b in range(cfg.blocks if ids else 0):
-            for i in ids[b % len(ids):] + ids[:b % len(ids)]:   # who starts rotates by block
-                step(i, f"single-stream block {b + 1} of {cfg.blocks}")
-                m, r = fresh_copies(models[i], reference, rng)
-                blk = measure_block(m, X, r, rounds[i], min(cfg.warmup, 8))
+            order = [i for i in ids[b % len(ids):] + ids[:b % len(ids)] if i not in failed]
+            for i in order: step(i, f"single-stream block {b + 1} of {cfg.blocks}")
+            if cfg.workers:
+                blks = _in_worker([subs[i] for i in order], reference, X,
+                                  [rounds[i] for i in order], warmup, cfg.threads,
+                                  int(rng.integers(2**63)))
+            else: blks = [_block_here(models[i], reference, X, rounds[i], warmup, rng)
+                          for i in order]
+            for i, blk in zip(order, blks):
+                if isinstance(blk, str): failed[i] = f"block {b + 1}: {blk}"; continue
                 for k, v in blk.items(): lat[i][k].append(v)
         for i, model in models.items():
+            if i in failed:
+                _fail(results[i], 'error', failed[i]); continue
             step(i, 'offline')
             results[i]['single_stream'] = _single_stream_result(lat[i])
             results[i]['offline'] = offline(model, X, task.batch_size, cfg.offline_repeats)

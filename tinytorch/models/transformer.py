@@ -298,7 +298,7 @@ def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     n = x.shape[-1]                                                   # add.reduce / n is mean's
     xc = x - np.add.reduce(x, axis=-1, keepdims=True) / n             # sum without its Python layer
     xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (N, C)
-    if w is not None: xc *= w.data[None]                              # (1, C): see below
+    if w is not None: xc *= w.data[None]                              # (1, C) rows
     if b is not None: xc += b.data[None]
     return xc
 
@@ -341,7 +341,7 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
                 tr.wte.weight.dtype)
     _check_ids('GPT.forward', ids, c.vocab_size)
     x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
-    x = x.reshape(B * T, -1)                                          # (B*T, C): see below
+    x = x.reshape(B * T, -1)                                          # (B*T, C)
     for i, blk in enumerate(tr.h.children()):
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
         x += _attend_cached(b['attn'], _ln(x, b['ln_1']), B, i, cache)   # (B*T, C), in place
