@@ -73,19 +73,25 @@ def _fit(model, ctx: Context, loss_fn, epochs: int, lr: float):
     from tinytorch.core.training import Batches
     from tinytorch.utils.timing import blas_threads
     opt = Adam(model.parameters(), lr=lr)
+    batches = Batches(ctx.data.X_train, ctx.data.y_train, 32, shuffle=True, seed=ctx.seed)
     model.train()
     with blas_threads(1):
         for _ in range(epochs):
-            for x, y in Batches(ctx.data.X_train, ctx.data.y_train, 32, shuffle=True,
-                                seed=ctx.seed):
+            for x, y in batches:                                      # a new order every epoch
                 opt.zero_grad()
                 loss_fn(model(x), x, y).backward()
                 opt.step()
     return model.eval()
 
 
-def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3):
-    "Prune `amount` of the weights by global magnitude, fine-tune with the masks kept, then INT8."
+def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3,
+                 lr: float = 3e-4):
+    """Prune `amount` of the weights by global magnitude, fine-tune with the masks kept, then INT8.
+
+    The learning rate and epochs were chosen on a validation split (the last 287 of the 1,438
+    training images), pruning a reference trained on the other 1,151 (98.26% on validation),
+    seeds 0-2, mean accuracy: 3 epochs at 1e-3 99.07%, 6 at 1e-3 99.42%, 10 at 1e-3 99.42%,
+    3 at 3e-4 99.65%, 6 at 3e-4 99.65%; pruned, not fine-tuned, 97.91%."""
     from tinytorch.core.losses import cross_entropy
     from tinytorch.core.tensor import manual_seed
     from tinytorch.optimization.compression import global_unstructured, prunable, remove, sparsity
@@ -93,13 +99,19 @@ def _pruned_int8(ctx: Context, path: Path, amount: float = 0.7, epochs: int = 3)
     manual_seed(ctx.seed)
     model = _copy_reference(ctx)
     global_unstructured(prunable(model), amount=amount)
-    _fit(model, ctx, lambda out, x, y: cross_entropy(out, y), epochs, lr=1e-3)
+    _fit(model, ctx, lambda out, x, y: cross_entropy(out, y), epochs, lr=lr)
     for m, name in prunable(model): remove(m, name)
     _save(path, quantize_model(model, _calibration_batches(ctx), per_channel=True), ctx)
 
 
-def _distilled(ctx: Context, path: Path, T: float = 4.0, alpha: float = 0.9, epochs: int = 12):
-    "Train `digits_student` on the reference's softened outputs and the labels."
+def _distilled(ctx: Context, path: Path, T: float = 4.0, alpha: float = 0.9, epochs: int = 30):
+    """Train `digits_student` on the reference's softened outputs and the labels.
+
+    Epochs chosen on a validation split (the last 287 of the 1,438 training images; the student
+    trained on the rest, seeds 0-2, mean accuracy): 12 epochs 98.14% (alone on the labels also
+    98.14%), 20 epochs 99.42% (alone 98.95%), 30 epochs 99.77% (alone 99.19%); T 4 and alpha
+    0.9 against 0.5 and T 2 at 12 epochs: 98.14%, 98.49%, 97.33-97.44%. Distillation needs the
+    longer schedule (Beyer et al. 2022, "A good teacher is patient and consistent")."""
     from tinytorch.benchmarking.tinymlperf import digits_student
     from tinytorch.core.autograd import no_grad
     from tinytorch.core.tensor import manual_seed
