@@ -29,6 +29,7 @@
 
 # %%
 #| export
+import functools
 import math
 from dataclasses import dataclass
 
@@ -526,10 +527,12 @@ test_fail(lambda: sample_next(z, top_k=0), contains="got 0")
 def _draw(logits: np.ndarray, temperature: float, top_k, rng) -> np.ndarray:
     "`sample_next` for `generate`, whose arguments are checked once; greedy rows by argmax."
     if top_k == 1:                                                    # the top-1 token, unless tied
-        z = logits.astype(np.float64) / temperature                   # (B, V), as sample_next
+        z = logits.astype(np.float64)                                 # (B, V), as sample_next
+        if temperature != 1: z /= temperature                         # x / 1 is x
         best = np.maximum.reduce(z, axis=-1, keepdims=True)           # (B, 1)
-        # each row has at least one maximum, so B of them in all means one per row
-        if np.isfinite(best).all() and np.count_nonzero(z == best) == len(z):
+        # each row has at least one maximum, so B of them in all means one per row; the largest
+        # is below inf unless a row holds inf or NaN (NaN < inf is False)
+        if np.count_nonzero(z == best) == len(z) and best.max() < np.inf:
             rng.random((len(z), 1))                                   # sample_next's one draw per
             return z.argmax(-1)                                       # row: the same stream after
     return sample_next(logits, temperature, top_k, rng)
@@ -768,16 +771,32 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))
 # the layers, checked below against the full pass. It needs `no_grad` (the cache stores values, not
 # a graph) and no dropout. Its arrays are two-dimensional, (B*T, C), and it reads each bias and
 # LayerNorm vector as a (1, C) row: NumPy combines two arrays of one shape by a fast path, and
-# broadcasting a (C,) vector over (B, T, C) costs more than the arithmetic of a single token.
+# broadcasting a (C,) vector over (B, T, C) costs more than the arithmetic of a single token. For
+# the same reason LayerNorm takes its means as products with a column of 1/C (one call, where a
+# sum and a division are two), and constants are 0-d arrays made once (NumPy converts a Python
+# number anew in every operation), in LayerNorm and in GELU's tanh form, computed here as `gelu`
+# computes it. LayerNorm's rounding differs from the layer's in the last bits; the checks below
+# bound the difference.
 
 # %%
 #| export
+@functools.cache
+def _consts(dtype, *values) -> tuple:
+    "`values` as 0-d arrays of `dtype`, made once: the same arithmetic as Python numbers."
+    return tuple(np.array(v, dtype) for v in values)
+
+@functools.cache
+def _mean_column(dtype, C: int) -> np.ndarray:
+    "A column of 1/C, (C, 1), in `dtype`: x.dot(it) is the mean of each row of x (N, C)."
+    return np.full((C, 1), 1 / C, dtype)
+
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     "`ln` on an array (N, C): (x - mean) / sqrt(var + eps) * weight + bias."
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
-    n = x.shape[-1]                                                   # add.reduce / n is mean's
-    xc = x - np.add.reduce(x, axis=-1, keepdims=True) / n             # sum without its Python layer
-    xc *= 1 / np.sqrt(np.add.reduce(xc * xc, axis=-1, keepdims=True) / n + ln.eps)   # (N, C)
+    col, (eps,) = _mean_column(x.dtype, x.shape[-1]), _consts(x.dtype, ln.eps)   # (C, 1), ()
+    xc = x - x.dot(col)                                               # means (N, 1) by one product
+    var = (xc * xc).dot(col); var += eps                              # (N, 1)
+    xc /= np.sqrt(var, out=var)                                       # (N, C)
     if w is not None: xc *= w.data[None]                              # (1, C) rows
     if b is not None: xc += b.data[None]
     return xc
@@ -790,8 +809,10 @@ def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
     return y
 
 def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
-    "`g` on an array (under `no_grad`, `gelu` records nothing)."
-    return gelu(_wrap(x), g.approximate).data
+    "`g` on an array: the tanh form as `gelu` computes it, with 0-d constants; others by `gelu`."
+    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
+    half, one, c, a = _consts(x.dtype, 0.5, 1, math.sqrt(2 / math.pi), 0.044715)
+    return half * x * (one + np.tanh(c * (x + a * (x * x * x))))
 
 # %%
 #| export
@@ -824,7 +845,7 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
     _check_ids('GPT.forward', ids, c.vocab_size)
     x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
     x = x.reshape(B * T, -1)                                          # (B*T, C)
-    for i, blk in enumerate(tr.h.children()):
+    for i, blk in enumerate(tr.h._modules.values()):                 # registry: no generator
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
         x += _attend_cached(b['attn'], _ln(x, b['ln_1']), B, i, cache)   # (B*T, C), in place
         h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B*T, 4C)
