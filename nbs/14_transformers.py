@@ -769,9 +769,12 @@ test_eq(long[:, :16], generate_uncached(m64, prompt, 13, seed=5))
 # wrapper, a graph check, argument checks) costs more than the arithmetic. So with a cache the
 # forward pass runs on the arrays inside the parameters: the same operations in the same order as
 # the layers, checked below against the full pass. It needs `no_grad` (the cache stores values, not
-# a graph) and no dropout. Its arrays are two-dimensional, (B*T, C), and it reads each bias and
-# LayerNorm vector as a (1, C) row: NumPy combines two arrays of one shape by a fast path, and
-# broadcasting a (C,) vector over (B, T, C) costs more than the arithmetic of a single token. For
+# a graph) and no dropout. A layer that is not exactly the class the path expects, or that has
+# forward pre-hooks (module 18's pruning sets a layer's weight in one), is called as a module
+# instead, so that what it computes is what the full pass computes. The path's arrays are
+# two-dimensional, (B*T, C), and it reads each bias and LayerNorm vector as a (1, C) row: NumPy
+# combines two arrays of one shape by a fast path, and broadcasting a (C,) vector over
+# (B, T, C) costs more than the arithmetic of a single token. For
 # the same reason LayerNorm takes its means as products with a column of 1/C (one call, where a
 # sum and a division are two), and constants are 0-d arrays made once (NumPy converts a Python
 # number anew in every operation), in LayerNorm and in GELU's tanh form, computed here as `gelu`
@@ -790,8 +793,13 @@ def _mean_column(dtype, C: int) -> np.ndarray:
     "A column of 1/C, (C, 1), in `dtype`: x.dot(it) is the mean of each row of x (N, C)."
     return np.full((C, 1), 1 / C, dtype)
 
+def _plain(m: Module, cls) -> bool:
+    "True if `m` is exactly a `cls` with no forward pre-hooks: its parameters are what it uses."
+    return type(m) is cls and not m.__dict__.get('_forward_pre_hooks')
+
 def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     "`ln` on an array (N, C): (x - mean) / sqrt(var + eps) * weight + bias."
+    if not _plain(ln, LayerNorm): return ln(_wrap(x)).data            # hooks, a subclass: call it
     w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
     col, (eps,) = _mean_column(x.dtype, x.shape[-1]), _consts(x.dtype, ln.eps)   # (C, 1), ()
     xc = x - x.dot(col)                                               # means (N, 1) by one product
@@ -803,6 +811,7 @@ def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
 
 def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
     "`lin` on an array (N, in) -> (N, out)."
+    if not _plain(lin, Linear): return lin(_wrap(x)).data             # e.g. pruned: its hook runs
     p = lin._parameters                                               # registry: no __getattr__
     y, b = x @ p['weight'].data.T, p.get('bias')                      # (N, out)
     if b is not None: y += b.data[None]                               # in place: no new array
@@ -810,7 +819,7 @@ def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
 
 def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
     "`g` on an array: the tanh form as `gelu` computes it, with 0-d constants; others by `gelu`."
-    if g.approximate != 'tanh': return gelu(_wrap(x), g.approximate).data
+    if not _plain(g, GELU) or g.approximate != 'tanh': return g(_wrap(x)).data
     half, one, c, a = _consts(x.dtype, 0.5, 1, math.sqrt(2 / math.pi), 0.044715)
     return half * x * (one + np.tanh(c * (x + a * (x * x * x))))
 
@@ -843,7 +852,9 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
     cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head,
                 tr.wte.weight.dtype)
     _check_ids('GPT.forward', ids, c.vocab_size)
-    x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]  # (B, T, C)
+    if _plain(tr.wte, Embedding) and _plain(tr.wpe, LearnedPositionalEmbedding):
+        x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]   # (B, T, C)
+    else: x = (tr.wte(ids) + tr.wpe(T, start=start)).data
     x = x.reshape(B * T, -1)                                          # (B*T, C)
     for i, blk in enumerate(tr.h._modules.values()):                 # registry: no generator
         b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them

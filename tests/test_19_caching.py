@@ -235,3 +235,28 @@ def test_int8_cache_logits_close_and_greedy_mostly_agree():
     d8 = np.abs(prefill_decode(g, ids, 4, cache_for(g, 2, Int8KVCache)) - full)
     d32 = np.abs(prefill_decode(g, ids, 4, cache_for(g, 2)) - full)
     assert d32.max() < d8.max() < 0.2 * np.abs(full).max()   # int8 error visible, yet small
+
+
+def test_a_pruned_model_decodes_with_its_pruned_weights():
+    # Pruning (module 18) moves a layer's weight to weight_orig and sets the weight in a forward
+    # pre-hook; the cached path must compute with what the hooks set, as the full pass does.
+    from tinytorch.optimization.compression import global_unstructured, prunable
+    g = model(3, 2, 2, 16, T=16).double()
+    global_unstructured(prunable(g), amount=0.6)                 # every Linear, attention included
+    ids = np.random.default_rng(3).integers(0, 17, (2, 16))
+    with no_grad():
+        full = g(ids)[0].numpy()                                  # (2, 16, 17)
+        kv = cache_for(g, 2, dtype=np.float64)
+        steps = [g(ids[:, :5], cache=kv)[0].numpy()]
+        steps += [g(ids[:, t:t + 1], start=t, cache=kv)[0].numpy() for t in range(5, 16)]
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, rtol=0, atol=1e-9)
+    fc = next(g.transformer.h.children()).mlp.fc
+    fc.weight_orig.data *= 2                                      # a later change of the weights
+    with no_grad():
+        kv.reset()
+        cached = g(ids, cache=kv)[0].numpy()
+        np.testing.assert_allclose(cached, g(ids)[0].numpy(), rtol=0, atol=1e-9)
+    assert not np.allclose(cached, full)
+    prompt = ids[:, :3]
+    assert (g.generate(prompt, 13, top_k=1, cache=cache_for(g, 2, dtype=np.float64)).numpy()
+            == recompute(g, prompt, 13)).all()
