@@ -9,6 +9,7 @@ __all__ = ['MLP', 'TransformerBlock', 'GPTConfig', 'GPT', 'sample_next', 'get_ba
 import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from fastcore.basics import patch
@@ -274,82 +275,107 @@ def generate(self: GPT,
     rng, was_training, keep = np.random.default_rng(seed), self.training, max(1, limit // 2)
     def prefill(ctx):                                                 # a fresh cache of ctx
         if cache is None: return self(ctx, use_cache=True)
-        cache.reset(); return self(ctx, use_cache=True, cache=cache)
+        cache.reset(); return self(ctx, use_cache=True, cache=cache)  # checks the cache
     self.eval()
     try:
         with no_grad():
+            plan = None if cache is None else self._decode_plan()      # the layers, on arrays
             ctx = out[:, max(0, T0 - limit):T0]                       # (B, <= limit) the prefill
             logits, _, kv = prefill(ctx)                              # (B, T, V), T cached
-            pos = ctx.shape[1]                                        # positions held in the cache
+            logits, pos = logits.data, ctx.shape[1]                   # positions held in the cache
             for t in range(T0, end):
-                out[:, t] = _draw(logits.data[:, -1], temperature, top_k, rng)   # (B,)
+                out[:, t] = _draw(logits[:, -1], temperature, top_k, rng)   # (B,)
                 if pos == limit:                                      # full: crop, rebuild
                     ctx = out[:, t + 1 - keep:t + 1]                  # (B, keep)
-                    logits, _, kv = prefill(ctx); pos = ctx.shape[1]
-                else:
-                    past = kv if cache is None else None
-                    logits, _, kv = self(out[:, t:t + 1], start=pos, past_kv=past,
-                                         use_cache=True, cache=cache)  # (B, 1, V)
-                    pos += 1
+                    logits, _, kv = prefill(ctx); logits, pos = logits.data, ctx.shape[1]
+                    continue
+                if cache is None:
+                    logits = self(out[:, t:t + 1], start=pos, past_kv=kv, use_cache=True)
+                    logits, kv = logits[0].data, logits[2]            # (B, 1, V)
+                else: logits = self._decode(plan, out[:, t:t + 1], pos, cache)   # (B, 1, V)
+                pos += 1
     finally: self.train(was_training)
     return Tensor(out)
 
 # %% ../../nbs/14_transformers.ipynb #1043a44c
-@functools.cache
-def _consts(dtype, *values) -> tuple:
-    "`values` as 0-d arrays of `dtype`, made once: the same arithmetic as Python numbers."
-    return tuple(np.array(v, dtype) for v in values)
-
-@functools.cache
-def _mean_column(dtype, C: int) -> np.ndarray:
-    "A column of 1/C, (C, 1), in `dtype`: x.dot(it) is the mean of each row of x (N, C)."
-    return np.full((C, 1), 1 / C, dtype)
-
 def _plain(m: Module, cls) -> bool:
     "True if `m` is exactly a `cls` with no forward pre-hooks: its parameters are what it uses."
     return type(m) is cls and not m.__dict__.get('_forward_pre_hooks')
 
-def _ln(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
-    "`ln` on an array (N, C): (x - mean) / sqrt(var + eps) * weight + bias."
-    if not _plain(ln, LayerNorm): return ln(_wrap(x)).data            # hooks, a subclass: call it
-    w, b = ln._parameters.get('weight'), ln._parameters.get('bias')   # registry: no __getattr__
-    col, (eps,) = _mean_column(x.dtype, x.shape[-1]), _consts(x.dtype, ln.eps)   # (C, 1), ()
-    xc = x - x.dot(col)                                               # means (N, 1) by one product
-    var = (xc * xc).dot(col); var += eps                              # (N, 1)
-    xc /= np.sqrt(var, out=var)                                       # (N, C)
-    if w is not None: xc *= w.data[None]                              # (1, C) rows
-    if b is not None: xc += b.data[None]
-    return xc
+@functools.cache
+def _ln_consts(dtype, C: int, eps: float) -> tuple:
+    "A column of 1/C, (C, 1), and eps, 0-d, in `dtype`: made once per dtype, size and eps."
+    return np.full((C, 1), 1 / C, dtype), np.array(eps, dtype)
 
-def _lin(x: np.ndarray, lin: Linear) -> np.ndarray:
-    "`lin` on an array (N, in) -> (N, out)."
-    if not _plain(lin, Linear): return lin(_wrap(x)).data             # e.g. pruned: its hook runs
-    p = lin._parameters                                               # registry: no __getattr__
-    y, b = x @ p['weight'].data.T, p.get('bias')                      # (N, out)
-    if b is not None: y += b.data[None]                               # in place: no new array
-    return y
+@functools.cache
+def _gelu_consts(dtype) -> tuple:
+    "The tanh GELU's 0.5, 1, sqrt(2/pi) and 0.044715 as 0-d arrays of `dtype`, made once."
+    return tuple(np.array(v, dtype) for v in (0.5, 1, math.sqrt(2 / math.pi), 0.044715))
 
-def _gelu(x: np.ndarray, g: GELU) -> np.ndarray:
-    "`g` on an array: the tanh form as `gelu` computes it, with 0-d constants; others by `gelu`."
-    if not _plain(g, GELU) or g.approximate != 'tanh': return g(_wrap(x)).data
-    half, one, c, a = _consts(x.dtype, 0.5, 1, math.sqrt(2 / math.pi), 0.044715)
-    return half * x * (one + np.tanh(c * (x + a * (x * x * x))))
+def _on_arrays(m: Module, dtype) -> Callable:
+    "A function x (N, n) -> array computing `m` from its arrays now; `m` itself if not plain."
+    p = m._parameters                                                 # registry: no __getattr__
+    if _plain(m, Linear):
+        W, b = p['weight'].data, p.get('bias')                        # (out, in), (out,) or None
+        if b is None: return lambda x: x @ W.T
+        b = b.data[None]                                              # (1, out) row
+        def linear(x): y = x @ W.T; y += b; return y                  # in place: no new array
+        return linear
+    if _plain(m, LayerNorm) and p.get('weight') is not None and p.get('bias') is not None:
+        w, b = p['weight'].data[None], p['bias'].data[None]           # (1, C) rows
+        col, eps = _ln_consts(dtype, w.shape[1], m.eps)               # x.dot(col): row means
+        def layer_norm(x):
+            xc = x - x.dot(col)                                       # (N, C)
+            var = (xc * xc).dot(col); var += eps                      # (N, 1)
+            xc /= np.sqrt(var, out=var); xc *= w; xc += b
+            return xc
+        return layer_norm
+    if _plain(m, GELU) and m.approximate == 'tanh':                   # as `gelu` computes it
+        half, one, c, a = _gelu_consts(dtype)
+        return lambda x: half * x * (one + np.tanh(c * (x + a * (x * x * x))))
+    return lambda x: m(_wrap(x)).data                                 # hooks run, as in the pass
 
 # %% ../../nbs/14_transformers.ipynb #580a4f8d
-def _attend_cached(attn: MultiHeadAttention, h: np.ndarray, B: int, layer: int, cache) -> np.ndarray:
-    "Causal self-attention of new positions h (B*T, C) over the cached ones and themselves."
-    (N, C), nh, hs = h.shape, attn.num_heads, attn.head_dim; T = N // B
-    qkv = _lin(h, attn._modules['qkv'])                               # (B*T, 3C)
+def _attend(qkv: np.ndarray, B: int, nh: int, layer: int, cache) -> np.ndarray:
+    "Causal attention of the new positions' qkv (B*T, 3C) over the cached ones and themselves."
+    N, C = qkv.shape[0], qkv.shape[1] // 3; T, hs = N // B, C // nh
     q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # (B, nh, T, hs) each
     k, v = cache.write(layer, k, v)                                   # (B, nh, length + T, hs) each
     s = (q * hs ** -0.5) @ k.swapaxes(-1, -2)                         # (B, nh, T, length + T)
     if T > 1: s += _causal_bias(T, k.shape[2], s.dtype)               # bottom-right aligned
     s -= np.maximum.reduce(s, axis=-1, keepdims=True)                 # every row has a finite
     np.exp(s, out=s); s /= np.add.reduce(s, axis=-1, keepdims=True)   # score: plain softmax
-    y = s @ v                                                         # (B, nh, T, hs)
-    return _lin(y.transpose(0, 2, 1, 3).reshape(N, C), attn._modules['proj'])   # (B*T, C)
+    return (s @ v).transpose(0, 2, 1, 3).reshape(N, C)                # (B*T, C)
 
 # %% ../../nbs/14_transformers.ipynb #fc632175
+@patch
+def _decode_plan(self: GPT) -> list:
+    "Per block (ln_1, qkv, proj, ln_2, fc, gelu, proj, n_head), then (ln_f, lm_head): `_on_arrays`."
+    tr, dt = self.transformer, self.transformer.wte.weight.dtype
+    on = lambda *ms: tuple(_on_arrays(m, dt) for m in ms)
+    blocks = []
+    for blk in tr.h._modules.values():                                # registries: no __getattr__
+        b, attn, mlp = blk._modules, blk._modules['attn'], blk._modules['mlp']._modules
+        blocks.append(on(b['ln_1'], attn._modules['qkv'], attn._modules['proj'], b['ln_2'],
+                         mlp['fc'], mlp['gelu'], mlp['proj']) + (attn.num_heads,))
+    return blocks + [on(tr.ln_f, self.lm_head)]
+
+@patch
+def _decode(self: GPT, plan: list, ids: np.ndarray, start: int, cache) -> np.ndarray:
+    "Logits (B, T, V) of ids (B, T) at positions start.., after the cached ones; the cache extended."
+    tr, (B, T) = self.transformer, ids.shape
+    if _plain(tr.wte, Embedding) and _plain(tr.wpe, LearnedPositionalEmbedding):
+        x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]   # (B, T, C)
+    else: x = (tr.wte(ids) + tr.wpe(T, start=start)).data
+    x = x.reshape(B * T, -1)                                          # (B*T, C)
+    for i, (ln_1, qkv, proj, ln_2, fc, gelu, mlp_proj, nh) in enumerate(plan[:-1]):
+        x += proj(_attend(qkv(ln_1(x)), B, nh, i, cache))             # in place
+        x += mlp_proj(gelu(fc(ln_2(x))))
+    cache.advance(T)
+    ln_f, head = plan[-1]
+    return head(ln_f(x)).reshape(B, T, -1)
+
+# %% ../../nbs/14_transformers.ipynb #370d05f6
 @patch
 def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_cache: bool):
     "`forward` with a preallocated cache, on arrays: logits of positions start.., cache extended."
@@ -362,17 +388,7 @@ def _forward_cached(self: GPT, ids: np.ndarray, targets, start: int, cache, use_
     cache.check('GPT.forward', B, T, start, c.n_layer, c.n_head, c.n_embd // c.n_head,
                 tr.wte.weight.dtype)
     _check_ids('GPT.forward', ids, c.vocab_size)
-    if _plain(tr.wte, Embedding) and _plain(tr.wpe, LearnedPositionalEmbedding):
-        x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]   # (B, T, C)
-    else: x = (tr.wte(ids) + tr.wpe(T, start=start)).data
-    x = x.reshape(B * T, -1)                                          # (B*T, C)
-    for i, blk in enumerate(tr.h._modules.values()):                 # registry: no generator
-        b, mlp = blk._modules, blk._modules['mlp']._modules          # as blk.ln_1 finds them
-        x += _attend_cached(b['attn'], _ln(x, b['ln_1']), B, i, cache)   # (B*T, C), in place
-        h = _gelu(_lin(_ln(x, b['ln_2']), mlp['fc']), mlp['gelu'])   # (B*T, 4C)
-        x += _lin(h, mlp['proj'])                                     # (B*T, C)
-    cache.advance(T)
-    logits = _wrap(_lin(_ln(x, tr.ln_f), self.lm_head).reshape(B, T, -1))   # (B, T, V)
+    logits = _wrap(self._decode(self._decode_plan(), ids, start, cache))   # (B, T, V)
     loss = None
     if targets is not None:
         t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
