@@ -636,15 +636,17 @@ for name, (V, cfg) in configs.items():
 # For one token, the arithmetic of a decode step is small: a few matrix-vector products per layer.
 # Profiling the step (cProfile) showed three costs beside it. First, framework overhead: through the
 # modules, every intermediate result is wrapped in a `Tensor`, checked and recorded, and every
-# parameter is found through `Module.__getattr__`; `GPT.forward` with a cache therefore runs the
-# decode step on the parameters' arrays. Second, NumPy's own cost per call, which for arrays of a
-# few hundred numbers exceeds their arithmetic: `x.mean(-1)` passes through a Python layer that
-# `np.add.reduce(x, -1) / n`, the same pairwise sum divided by the same count, skips, so the
-# decoding path's LayerNorm sums that way (a third of its time went to `mean`). Third, the tanh
-# GELU's cube: NumPy computes a float32 `x**3` with a general `pow`, which on this machine costs
-# several times `x * x * x`. The cell times one decode step at position 128 of the model above
-# through the modules (`past_kv`) and through the cache, the two ways of averaging one position's
-# vector (64 numbers), and the two ways of cubing the MLP's hidden vector (256 numbers).
+# parameter is found through `Module.__getattr__`; `GPT.forward` with a cache therefore runs a
+# decoding plan, one function on arrays per layer, made from the parameters (`forward` makes one
+# at each call, `generate` one for all its tokens). Second, NumPy's own cost per call, which for
+# arrays of a few hundred numbers exceeds their arithmetic: `x.mean(-1)` passes through a Python
+# layer, and a sum followed by a division is two calls where a product with a column of 1/C is
+# one; adding a (C,) vector to a (1, C) row broadcasts, where a (1, C) row takes NumPy's
+# same-shape fast path. Third, the tanh GELU's cube: NumPy computes a float32 `x**3` with a
+# general `pow`, which on this machine costs several times `x * x * x`. The cell times one decode
+# step at position 128 of the model above through the modules (`past_kv`) and through the cache,
+# three ways of averaging one position's vector (64 numbers), the two ways of adding a bias to it,
+# and the two ways of cubing the MLP's hidden vector (256 numbers).
 
 # %%
 with no_grad():
@@ -653,24 +655,29 @@ with no_grad():
     def module_step(): return m(seq[:, 128:129], start=128, past_kv=past, use_cache=True)
     def cache_step():
         kvm.crop(128); return m(seq[:, 128:129], start=128, cache=kvm)
-    row = np.random.default_rng(3).standard_normal((1, 1, 64)).astype(np.float32)   # (B, T, C)
+    row = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)   # (B*T, C)
+    vec, col = row[0] * 0.5, np.full((64, 1), 1 / 64, np.float32)      # (C,), (C, 1)
     h256 = np.random.default_rng(4).standard_normal(256).astype(np.float32)
-    test_eq(np.add.reduce(row, -1, keepdims=True) / 64, row.mean(-1, keepdims=True))  # same sum
+    test_close(row.dot(col), row.mean(-1, keepdims=True), eps=1e-6)   # the same means
     with blas_threads(1):
         r = compare({'modules (past_kv)': module_step, 'arrays (cache)': cache_step}, rounds=5)
         mean = compare({'x.mean': lambda: row.mean(-1, keepdims=True),
-                        'add.reduce / n': lambda: np.add.reduce(row, -1, keepdims=True) / 64},
+                        'add.reduce / n': lambda: np.add.reduce(row, -1, keepdims=True) / 64,
+                        'x.dot(col)': lambda: row.dot(col)}, rounds=5)
+        bias = compare({'x + (C,)': lambda: row + vec, 'x + (1, C)': lambda: row + vec[None]},
                        rounds=5)
         cube = compare({'x**3': lambda: h256 ** 3, 'x * x * x': lambda: h256 * h256 * h256},
                        rounds=5)
-print(r.table()); print(mean.table()); print(cube.table())
+for c in (r, mean, bias, cube): print(c.table())
 print(f"decode step through the modules / through the cache: "
-      f"{r.ratio('modules (past_kv)', 'arrays (cache)'):.1f}x; x.mean / add.reduce on 64 "
-      f"float32: {mean.ratio('x.mean', 'add.reduce / n'):.1f}x; x**3 / x * x * x on 256 float32: "
-      f"{cube.ratio('x**3', 'x * x * x'):.0f}x")
+      f"{r.ratio('modules (past_kv)', 'arrays (cache)'):.1f}x; on 64 float32, x.mean / x.dot(col): "
+      f"{mean.ratio('x.mean', 'x.dot(col)'):.1f}x, add.reduce / n over x.dot(col): "
+      f"{mean.ratio('add.reduce / n', 'x.dot(col)'):.1f}x; x + (C,) / x + (1, C): "
+      f"{bias.ratio('x + (C,)', 'x + (1, C)'):.1f}x (the (1, C) view included); x**3 / x * x * x "
+      f"on 256 float32: {cube.ratio('x**3', 'x * x * x'):.0f}x")
 
 # %% [markdown]
-# What remains is a few dozen NumPy calls per layer, each of a microsecond or more, and the
+# What remains is a few dozen NumPy calls per layer, each of a microsecond or so, and the
 # matrix-vector products, which read every weight once per token. `benchmarks/bench_kvcache.py`
 # measures the cached decode step against the same step written in plain NumPy with the same cheap
 # calls, and greedy generation against recomputation and against a plain NumPy loop: the NumPy
