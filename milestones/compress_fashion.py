@@ -96,6 +96,7 @@ from tinytorch.core.autograd import no_grad
 from tinytorch.core.layers import Linear, Sequential
 from tinytorch.core.losses import cross_entropy
 from tinytorch.core.optimizers import Adam, CosineWarmupLR
+from tinytorch.core.normalization import BatchNorm2d
 from tinytorch.core.spatial import Conv2d, Flatten
 from tinytorch.core.tensor import Tensor, manual_seed
 from tinytorch.core.training import Batches, atomic_write
@@ -196,30 +197,77 @@ def stage_gradual90(start, train, val, args, zt):
     return m, accuracy(m, *val)
 
 
-def cut_channels(model, amounts):
-    """A smaller dense copy of `model` without `amounts[j]` (a fraction) of the j-th Conv2d's
-    output channels, those of smallest L1 norm, as `prune_channels` ranks them (one amount: all)."""
+def channel_scores(model, i, criterion: str) -> np.ndarray:
+    """(O,) importance of `model[i]`'s output channels: 'l1', the L1 norms of its filters (as
+    `prune_channels` ranks them); 'bn', the |scale| of the BatchNorm2d right after it (Liu et al.
+    2017: BatchNorm normalizes a filter's output, so its norm does not set the channel's size)."""
+    if criterion == 'bn':
+        if not isinstance(model[i + 1], BatchNorm2d):
+            raise ValueError(f"channel_scores: model[{i + 1}] is not a BatchNorm2d")
+        return np.abs(model[i + 1].weight.data)
+    w = model[i].weight.data
+    return np.abs(w.reshape(w.shape[0], -1)).sum(1)
+
+
+def channel_counts(model, amounts) -> list:
+    "[(index, channels to cut)] for each Conv2d of `model`, `amounts[j]` a fraction (one: all)."
     convs = [i for i, m in enumerate(model) if isinstance(m, Conv2d)]
     if len(amounts) == 1: amounts = amounts * len(convs)
     if len(amounts) != len(convs):
         raise ValueError(f"cut_channels: {len(amounts)} amounts for {len(convs)} convolutions")
+    plan = []
     for i, amount in zip(convs, amounts):
-        w = model[i].weight.data
-        norms = np.abs(w.reshape(w.shape[0], -1)).sum(1)                      # (O,) L1 norms
-        k = int(round(amount * w.shape[0]))
-        if not 0 <= amount < 1 or k == w.shape[0]:
-            raise ValueError(f"cut_channels: amount {amount} of model[{i}]'s {w.shape[0]} "
+        O = model[i].out_channels
+        k = int(round(amount * O))
+        if not 0 <= amount < 1 or k == O:
+            raise ValueError(f"cut_channels: amount {amount} of model[{i}]'s {O} "
                              "channels is not in [0, 1) or removes them all")
-        if k: model = remove_channels(model, i, np.flatnonzero(magnitude_mask(norms, k)))
+        plan.append((i, k))
+    return plan
+
+
+def cut_channels(model, amounts, criterion: str = 'l1'):
+    """A smaller dense copy of `model` without `amounts[j]` (a fraction) of the j-th Conv2d's
+    output channels, those of smallest `channel_scores` (one amount: all)."""
+    for i, k in channel_counts(model, amounts):
+        if k: model = remove_channels(model, i, np.flatnonzero(
+            magnitude_mask(channel_scores(model, i, criterion), k)))
     return model
 
 
 def stage_channels(base, train, val, test, args, zt):
-    "Channel pruning, then fine-tuning: (model, validation after the cut and after, FLOPs, times)."
-    slim = cut_channels(base, args.channel_amounts)
-    cut = accuracy(slim, *val)
-    finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, teacher=zt,
-             T=args.T_ft, alpha=args.channel_alpha)
+    """Channel pruning, then fine-tuning: (model, validation after a one-shot cut and after, FLOPs,
+    times). With `channel_steps` > 0 the channels go gradually (the cubic schedule, in that many
+    steps over the first `channel_prune_end` of the fine-tuning): a chosen channel is silenced
+    (its BatchNorm scale and shift set to 0 before every step, so it outputs exactly 0) while
+    the rest adapts, and removed at the end, which leaves the outputs unchanged."""
+    cut = accuracy(cut_channels(base, args.channel_amounts, args.channel_criterion), *val)
+    ft = dict(teacher=zt, T=args.T_ft, alpha=args.channel_alpha)
+    if not args.channel_steps:
+        slim = cut_channels(base, args.channel_amounts, args.channel_criterion)
+        finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, **ft)
+    else:
+        m = copy.deepcopy(base)
+        plan = channel_counts(m, args.channel_amounts)
+        gone = {i: np.zeros(m[i].out_channels, bool) for i, _ in plan}
+        n = args.channel_steps
+        dt = max(1, int(args.channel_prune_end * args.channel_epochs
+                        * len(Batches(*train, BATCH))) // n)
+
+        def on_step(t):
+            if t % dt == 0 and t <= n * dt:
+                for i, k in plan:
+                    O = len(gone[i])
+                    more = int(round(cubic_sparsity(t, 0, k / O, 0, n, dt) * O)) - gone[i].sum()
+                    if more > 0:
+                        s = np.where(gone[i], np.inf, channel_scores(m, i, args.channel_criterion))
+                        gone[i][np.argsort(s, kind='stable')[:more]] = True
+            for i, g in gone.items():
+                m[i + 1].weight.data[g] = 0; m[i + 1].bias.data[g] = 0
+        finetune(m, train, args.channel_epochs, args.channel_lr, args.seed + 2, on_step, **ft)
+        slim = m
+        for i, g in gone.items(): slim = remove_channels(slim, i, np.flatnonzero(~g))
+        slim.eval()
     acc = accuracy(slim, *val)
     x1 = Tensor(test[0][:1])
     flops = [count_flops(mdl.eval(), x1).total_flops for mdl in (base, slim)]
@@ -316,6 +364,12 @@ def main() -> int:
     arg("--channel-lr", type=float, default=1e-3, help="peak Adam learning rate, stage C")
     arg("--channel-epochs", type=float, default=6.0, help="fine-tuning epochs, stage C")
     arg("--channel-alpha", type=float, default=0.7, help="distillation weight, stage C (0: none)")
+    arg("--channel-criterion", choices=("l1", "bn"), default="l1",
+        help="channel ranking in stage C: filter L1 norm or BatchNorm |scale| (%(default)s)")
+    arg("--channel-steps", type=int, default=0,
+        help="stage C: cut channels gradually in this many steps (0: all before fine-tuning)")
+    arg("--channel-prune-end", type=float, default=0.5,
+        help="fraction of C's steps when the last channels go (with --channel-steps)")
     arg("--hidden", type=int, default=128, help="hidden units of the student MLP")
     arg("--student-epochs", type=int, default=15, help="epochs for each student")
     arg("--T", type=float, default=2.0, help="distillation temperature in stage D")
@@ -323,8 +377,11 @@ def main() -> int:
     arg("--calib", type=int, default=2048, help="fine-tuning images that calibrate INT8 in stage E")
     arg("--rounds", type=int, default=15, help="alternating timing rounds")
     arg("--stages", default="ABCDE", help="which stages to run (default ABCDE)")
+    arg("--search", action="store_true",
+        help="stage C alone, validation only: test accuracy is not computed (to choose settings)")
     arg("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.search: args.stages = "C"
     if not Path(args.checkpoint).exists():
         sys.exit(f"compress_fashion: no checkpoint at {args.checkpoint}; "
                  "run `tito milestone fashion_lenet` first")
@@ -336,9 +393,11 @@ def main() -> int:
     train, val = split(prepare(X_train, False), y_train)
     test = prepare(X_test, False), y_test
     base = load_lenet(args.checkpoint)
-    base_val, base_acc = accuracy(base, *val), accuracy(base, *test)
+    base_val = accuracy(base, *val)
+    base_acc = float('nan') if args.search else accuracy(base, *test)
     print(f"loaded {args.checkpoint}: validation accuracy {base_val:.2%} (it trained on these "
-          f"images), test accuracy {base_acc:.2%}; fine-tuning on {len(train[0]):,} images",
+          f"images), test accuracy {'not computed' if args.search else f'{base_acc:.2%}'}; "
+          f"fine-tuning on {len(train[0]):,} images",
           flush=True)
     zt = logits(base, train[0])           # the teacher's logits for every fine-tuning image
     rows, ok = [], True
@@ -350,7 +409,9 @@ def main() -> int:
         print(f"  [{time.perf_counter() - start:6.0f} s] {name}: {figure} (target {target}: "
               f"{'met' if met else 'NOT met'})", flush=True)
 
-    def lost(acc): return f"test {acc:.2%}, lost {100 * (base_acc - acc):.2f} pt"
+    def lost(acc):
+        if args.search: return "test accuracy not computed (--search): the 1 pt not checked"
+        return f"test {acc:.2%}, lost {100 * (base_acc - acc):.2f} pt"
     p70 = p90 = None
     if 'A' in args.stages or 'B' in args.stages or 'E' in args.stages:
         p70, cut, v = stage_prune70(base, train, val, args, zt)
@@ -367,11 +428,14 @@ def main() -> int:
             base_acc - acc <= 0.01 and sp['overall'] >= 0.9 - 1e-3)
     if 'C' in args.stages:
         slim, cut, v, flops, c = stage_channels(base, train, val, test, args, zt)
-        acc = accuracy(slim, *test)
+        acc = float('nan') if args.search else accuracy(slim, *test)
         speed = 1 / c.ratio('slim', 'dense')
         params = lambda net: sum(p.size for p in net.parameters())
         cuts = " and ".join(f"{a:.1%}" for a in args.channel_amounts)
-        row("C channel pruning", f"{cuts} of the convolutions' channels cut, {params(base):,} -> "
+        how = (f"in {args.channel_steps} steps" if args.channel_steps else "at once") + \
+            f" by {args.channel_criterion}"
+        row("C channel pruning", f"{cuts} of the convolutions' channels cut {how}, "
+            f"{params(base):,} -> "
             f"{params(slim):,} params, FLOPs {flops[0]:,} -> {flops[1]:,} "
             f"({flops[1] / flops[0]:.2f}x), batch 64 forward {c['dense'].median * 1e3:.2f} -> "
             f"{c['slim'].median * 1e3:.2f} ms ({speed:.2f}x faster; IQR {c['dense'].spread:.0%} "
