@@ -15,13 +15,14 @@ What to expect: if the blocks of both runs were draws from one distribution, a r
 with probability `rerun_probability(11, 2)` = 93.7%, printed below. The p90 is printed for
 information: the verdicts use p50.
 
-Measured on the shared two-core machine this was written on (1 Dec 2026, machine otherwise idle):
-  --in-process (every block in the `tito benchmark` process, on fresh copies of the models):
-    8 runs, 243 of 336 ordered pairs inside (72.3%); with `-- --in-process --min-duration 10`
-    (100 s of blocks per run), 4 runs, 29 of 72 (40.3%): the INT8 ratios stayed put within a run
-    and moved between runs, by more than the intervals are wide. The offset belongs to the
-    process, and more blocks in the same process only narrow the interval around it.
-  default (each block in a new worker process): 6 runs, 164 of 180 inside (91.1%).
+Measured on the shared two-core machine this was written on (1 Dec 2026, otherwise idle), six
+runs each, p50 ratios, 150 ordered pairs (5 comparisons x 30):
+  default (each block in a new worker process): 141 of 150 inside (94.0%); runs 14-19 s each.
+  -- --in-process (every block in the `tito benchmark` process, on fresh copies): 71 of 150
+    (47.3%); runs 15-16 s. Earlier, with 100 s of blocks per run (`--min-duration 10`, blocks in
+    the process as with --in-process), 29 of 72 (40.3%): the INT8 ratios stayed put within a run
+    and moved between runs by more than the intervals are wide. The offset belongs to the
+    process; more blocks in the same process only narrow the interval around it.
 """
 import argparse
 import itertools
