@@ -321,8 +321,9 @@ def _on_arrays(m: Module, dtype) -> Callable:
         b = b.data[None]                                              # (1, out) row
         def linear(x): y = x @ W.T; y += b; return y                  # in place: no new array
         return linear
-    if _plain(m, LayerNorm) and p.get('weight') is not None and p.get('bias') is not None:
-        w, b = p['weight'].data[None], p['bias'].data[None]           # (1, C) rows
+    w, b = p.get('weight'), p.get('bias')
+    if _plain(m, LayerNorm) and w is not None and b is not None and w.ndim == 1:
+        w, b = w.data[None], b.data[None]                             # (1, C) rows
         col, eps = _ln_consts(dtype, w.shape[1], m.eps)               # x.dot(col): row means
         def layer_norm(x):
             xc = x - x.dot(col)                                       # (N, C)
