@@ -858,7 +858,7 @@ def _decode_plan(self: GPT) -> list:
 
 @patch
 def _decode(self: GPT, plan: list, ids: np.ndarray, start: int, cache) -> np.ndarray:
-    "Logits (B, T, V) of ids (B, T) at positions start.., after the cached ones; the cache extended."
+    "Logits (B, T, V) of ids (B, T) at positions start.., after the cached ones; cache extended."
     tr, (B, T) = self.transformer, ids.shape
     if _plain(tr.wte, Embedding) and _plain(tr.wpe, LearnedPositionalEmbedding):
         x = tr.wte.weight.data[ids] + tr.wpe.weight.data[start:start + T]   # (B, T, C)
