@@ -258,10 +258,10 @@ def stage_channels(base, train, val, test, args, zt):
     steps over the first `channel_prune_end` of the fine-tuning): a chosen channel is silenced
     (its BatchNorm scale and shift set to 0 before every step, so it outputs exactly 0) while
     the rest adapts, and removed at the end, which leaves the outputs unchanged."""
-    cut = accuracy(cut_channels(base, args.channel_amounts, args.channel_criterion), *val)
+    slim = cut_channels(base, args.channel_amounts, args.channel_criterion)   # one shot
+    cut = accuracy(slim, *val)
     ft = dict(teacher=zt, T=args.T_ft, alpha=args.channel_alpha)
     if not args.channel_steps:
-        slim = cut_channels(base, args.channel_amounts, args.channel_criterion)
         finetune(slim, train, args.channel_epochs, args.channel_lr, args.seed + 2, **ft)
     else:
         m = copy.deepcopy(base)
@@ -410,8 +410,9 @@ def main() -> int:
     print(f"compress_fashion: {info['cores']} cores, BLAS {info['blas']} with "
           f"{info['blas_threads']} thread(s), load average {os.getloadavg()[0]:.1f}", flush=True)
     X_train, y_train, X_test, y_test = load_fashion_mnist()
-    train, val = split(prepare(X_train, False), y_train)
-    if args.fit == "all": train = prepare(X_train, False), y_train   # validation images included
+    X_all = prepare(X_train, False)
+    train, val = split(X_all, y_train)
+    if args.fit == "all": train = X_all, y_train                   # validation images included
     test = prepare(X_test, False), y_test
     base = load_lenet(args.checkpoint)
     base_val = accuracy(base, *val)

@@ -47,7 +47,6 @@ from tinytorch.core.attention import MultiHeadAttention
 from tinytorch.text.embeddings import Embedding, LearnedPositionalEmbedding
 from tinytorch.core.tensor import _wrap
 from tinytorch.core.autograd import is_grad_enabled
-from tinytorch.core.activations import gelu
 from tinytorch.core.attention import _causal_bias
 from tinytorch.text.embeddings import _check_ids
 
@@ -579,8 +578,8 @@ def generate(self: GPT,
                     logits, _, kv = prefill(ctx); logits, pos = logits.data, ctx.shape[1]
                     continue
                 if cache is None:
-                    logits = self(out[:, t:t + 1], start=pos, past_kv=kv, use_cache=True)
-                    logits, kv = logits[0].data, logits[2]            # (B, 1, V)
+                    lg, _, kv = self(out[:, t:t + 1], start=pos, past_kv=kv, use_cache=True)
+                    logits = lg.data                                  # (B, 1, V)
                 else: logits = self._decode(plan, out[:, t:t + 1], pos, cache)   # (B, 1, V)
                 pos += 1
     finally: self.train(was_training)

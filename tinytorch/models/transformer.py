@@ -24,7 +24,6 @@ from ..core.attention import MultiHeadAttention
 from ..text.embeddings import Embedding, LearnedPositionalEmbedding
 from ..core.tensor import _wrap
 from ..core.autograd import is_grad_enabled
-from ..core.activations import gelu
 from ..core.attention import _causal_bias
 from ..text.embeddings import _check_ids
 
@@ -290,8 +289,8 @@ def generate(self: GPT,
                     logits, _, kv = prefill(ctx); logits, pos = logits.data, ctx.shape[1]
                     continue
                 if cache is None:
-                    logits = self(out[:, t:t + 1], start=pos, past_kv=kv, use_cache=True)
-                    logits, kv = logits[0].data, logits[2]            # (B, 1, V)
+                    lg, _, kv = self(out[:, t:t + 1], start=pos, past_kv=kv, use_cache=True)
+                    logits = lg.data                                  # (B, 1, V)
                 else: logits = self._decode(plan, out[:, t:t + 1], pos, cache)   # (B, 1, V)
                 pos += 1
     finally: self.train(was_training)
